@@ -1,0 +1,405 @@
+"""Who may do what: the namespace state that every operation is checked against.
+
+The state holds, per delegated prefix, its current key, version, and the log
+that hosts its content (its *host*: the origin of the registrar log whose
+operations may write under it), and per identifier its version. It starts from
+trust anchors (the root prefix and the root key; a city registrar starts from
+its own delegated prefix) and grows only by applying checked operations.
+
+Rules, each refused with a message naming the rule and the keys involved:
+
+* content (mint, update, delete of ``P/S``) is signed by the current key of ``P``;
+* a delegation of ``P.N`` (create, change, revoke) is signed by the key of ``P``;
+* a key rotation of ``P`` is signed by the current key of ``P``; the old key
+  then stops working;
+* every operation names the version it replaces (replays are stale);
+* an operation read from a log must be for a prefix that log hosts;
+* a suffix and a child node of the same name cannot both exist under one
+  prefix, which keeps the DNS mapping a bijection.
+
+Pure state, no I/O: the registrar uses it before appending, the resolver
+while replaying logs.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .errors import AuthorityError, ConflictError, IdentifierError, NotFoundError
+from .identifiers import Identifier, Prefix, parse_minted
+from .ops import (
+    Delegate,
+    Delete,
+    Mint,
+    MintRange,
+    Operation,
+    RotateKey,
+    SignedOperation,
+    Update,
+    key_fingerprint,
+)
+from .records import Record
+
+
+@dataclass(slots=True)
+class PrefixState:
+    prefix: Prefix
+    key: bytes
+    version: int
+    host: str
+    record: Record = field(default_factory=lambda: Record(()))
+    old_keys: set[bytes] = field(default_factory=set)
+    revoked: bool = False
+
+
+@dataclass(slots=True)
+class _Ids:
+    """Identifier versions under one prefix: explicit entries plus minted ranges.
+
+    A range mint records one interval instead of its million suffixes; an
+    identifier of a range that was later updated or deleted gets an explicit
+    entry that overrides the range. Versions are stored as ``2*v + alive``.
+    """
+
+    explicit: dict[str, int] = field(default_factory=dict)
+    ranges: list[MintRange] = field(default_factory=list)
+    # (letters, width) -> numbers with explicit entries, to check new ranges fast
+    numbered: dict[tuple[str, int], set[int]] = field(default_factory=lambda: defaultdict(set))
+
+    def get(self, suffix: str) -> tuple[int, bool]:
+        packed = self.explicit.get(suffix)
+        if packed is not None:
+            return packed >> 1, bool(packed & 1)
+        if self.ranges:
+            try:
+                m = parse_minted(suffix)
+            except IdentifierError:
+                return 0, False
+            if any(r.contains(m.letters, m.number, m.width) for r in self.ranges):
+                return 1, True
+        return 0, False
+
+    def set(self, suffix: str, version: int, alive: bool) -> None:
+        self.explicit[suffix] = version << 1 | alive
+        try:
+            m = parse_minted(suffix)
+        except IdentifierError:
+            return
+        self.numbered[(m.letters, m.width)].add(m.number)
+
+    def range_clash(self, r: MintRange) -> str | None:
+        for other in self.ranges:
+            if (other.letters, other.width) == (r.letters, r.width) and (
+                other.start < r.start + r.count and r.start < other.start + other.count
+            ):
+                return f"range {other.suffix(0)}..{other.suffix(other.count - 1)}"
+        taken = self.numbered.get((r.letters, r.width), set())
+        lo, hi = r.start, r.start + r.count
+        hits = (
+            (n for n in taken if lo <= n < hi)
+            if len(taken) < r.count
+            else (n for n in range(lo, hi) if n in taken)
+        )
+        for n in hits:
+            suffix = r.suffix(n - r.start)
+            if suffix in self.explicit:  # `numbered` may hold numbers an undo removed
+                return f"identifier {suffix}"
+        return None
+
+
+class Namespace:
+    """The authority state of one namespace (the whole tree, or one registrar's part)."""
+
+    def __init__(self) -> None:
+        self.prefixes: dict[Prefix, PrefixState] = {}
+        self._ids: dict[Prefix, _Ids] = defaultdict(_Ids)
+        self._children: dict[Prefix, set[str]] = defaultdict(set)
+        self._undo: list[Callable[[], None]] | None = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Apply several operations all or nothing: on an exception, undo them all."""
+        if self._undo is not None:
+            yield  # nested: the outer transaction owns the undo log
+            return
+        self._undo = []
+        try:
+            yield
+        except BaseException:
+            for undo in reversed(self._undo):
+                undo()
+            raise
+        finally:
+            self._undo = None
+
+    def _remember(self, op: Operation) -> None:
+        """Record how to undo ``op`` (which has passed its check)."""
+        if self._undo is None:
+            return
+        if isinstance(op, Delegate | RotateKey) or (
+            isinstance(op, Update | Delete) and op.ident.is_prefix_record
+        ):
+            target = op.prefix if isinstance(op, Delegate | RotateKey) else op.ident.named_prefix
+            assert target is not None
+            old = copy.deepcopy(self.prefixes.get(target))
+            parent = target.parent
+            had_child = parent is not None and target.nodes[-1] in self._children.get(parent, ())
+
+            def undo_prefix() -> None:
+                if old is None:
+                    self.prefixes.pop(target, None)
+                else:
+                    self.prefixes[target] = old
+                if parent is not None and not had_child:
+                    self._children[parent].discard(target.nodes[-1])
+
+            self._undo.append(undo_prefix)
+        elif isinstance(op, MintRange):
+            ids = self._ids[op.prefix]
+            self._undo.append(lambda: ids.ranges.remove(op))
+        else:
+            assert isinstance(op, Mint | Update | Delete)
+            ids = self._ids[op.prefix if isinstance(op, Mint) else op.ident.prefix]
+            suffixes = [i.suffix for i in op.items] if isinstance(op, Mint) else [op.ident.suffix]
+            saved = {s: ids.explicit.get(s) for s in suffixes}
+
+            def undo_ids() -> None:
+                for suffix, packed in saved.items():
+                    if packed is None:
+                        ids.explicit.pop(suffix, None)
+                    else:
+                        ids.explicit[suffix] = packed
+                # A number left in `numbered` is harmless: range_clash confirms
+                # every hit against `explicit`.
+
+            self._undo.append(undo_ids)
+
+    def add_anchor(self, prefix: Prefix, key: bytes, host: str, version: int = 1) -> None:
+        """Trust ``key`` for ``prefix`` without an operation (the root, or a city's own node)."""
+        self.prefixes[prefix] = PrefixState(prefix, key, version, host)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def version(self, ident: Identifier) -> tuple[int, bool]:
+        """(version, alive) of an identifier or prefix record; (0, False) if never created."""
+        if ident.is_prefix_record:
+            named = ident.named_prefix
+            assert named is not None
+            st = self.prefixes.get(named)
+            return (st.version, not st.revoked) if st else (0, False)
+        ids = self._ids.get(ident.prefix)
+        return ids.get(ident.suffix) if ids else (0, False)
+
+    def holder_of(self, public_key: bytes) -> list[Prefix]:
+        return sorted(p for p, st in self.prefixes.items() if st.key == public_key)
+
+    def live_prefix(self, prefix: Prefix) -> PrefixState:
+        """The state of ``prefix`` if it and all its ancestors are delegated and not revoked."""
+        st = self.prefixes.get(prefix)
+        if st is None:
+            raise NotFoundError(f"prefix {prefix} is not delegated", rule="prefix-not-delegated")
+        for anc in prefix.ancestors():
+            a = self.prefixes.get(anc)
+            if a is not None and a.revoked:
+                raise AuthorityError(f"prefix {anc} was revoked", rule="prefix-revoked")
+        return st
+
+    # -- the check ------------------------------------------------------------------
+
+    def _who(self, key: bytes) -> str:
+        held = self.holder_of(key)
+        owner = f" (it holds {', '.join(map(str, held))})" if held else " (it holds no prefix)"
+        return f"key {key_fingerprint(key)}{owner}"
+
+    def _require_key(
+        self, st: PrefixState, signed: SignedOperation, action: str, relation: str = ""
+    ) -> None:
+        if signed.signer == st.key:
+            return
+        if signed.signer in st.old_keys:
+            raise AuthorityError(
+                f"{self._who(signed.signer)} was rotated out of {st.prefix}; "
+                f"{action} needs its current key {key_fingerprint(st.key)}",
+                rule="rotated-out-key",
+            )
+        held = self.holder_of(signed.signer)
+        rule = "wrong-key"
+        if any(h != st.prefix and h.is_within(st.prefix) for h in held):
+            rule = "child-key"  # a node below acting on its ancestor
+        elif any(h != st.prefix and h.parent == st.prefix.parent for h in held):
+            rule = "sibling-key"
+        raise AuthorityError(
+            f"{self._who(signed.signer)} may not {action}: only the key of {st.prefix}"
+            f"{relation} ({key_fingerprint(st.key)}) may",
+            rule=rule,
+        )
+
+    def _require_host(self, st: PrefixState, log: str | None, action: str) -> None:
+        if log is not None and st.host != log:
+            raise AuthorityError(
+                f"log {log} may not {action}: {st.prefix} is hosted by log {st.host}",
+                rule="wrong-log",
+            )
+
+    @staticmethod
+    def _stale(target: str, current: int, prev: int) -> ConflictError:
+        return ConflictError(
+            f"{target} is at version {current} but the operation replaces version {prev} "
+            "(stale or replayed)",
+            rule="stale-version",
+        )
+
+    def check(self, signed: SignedOperation, *, log: str | None = None) -> None:
+        """Raise unless ``signed`` may be applied now (signature already verified)."""
+        op = signed.op
+        if isinstance(op, Delegate):
+            self._check_delegate(op, signed, log)
+        elif isinstance(op, RotateKey):
+            st = self.live_prefix(op.prefix)
+            self._require_host(st, log, f"rotate the key of {op.prefix}")
+            self._require_key(st, signed, f"rotate the key of {op.prefix}")
+            if op.prev != st.version:
+                raise self._stale(str(op.prefix.record_id), st.version, op.prev)
+        elif isinstance(op, Mint | MintRange):
+            self._check_mint(op, signed, log)
+        elif isinstance(op, Update | Delete):
+            self._check_change(op, signed, log)
+        else:  # pragma: no cover - KINDS is closed
+            raise AuthorityError(f"unknown operation {op!r}")
+
+    def _check_delegate(self, op: Delegate, signed: SignedOperation, log: str | None) -> None:
+        parent = op.prefix.parent
+        if parent is None or parent not in self.prefixes:
+            raise AuthorityError(
+                f"{op.prefix} has no delegated parent here: only a delegated prefix "
+                "may delegate a child",
+                rule="no-parent",
+            )
+        pst = self.live_prefix(parent)
+        action = f"delegate {op.prefix}"
+        self._require_host(pst, log, action)
+        self._require_key(pst, signed, action, relation=", its parent")
+        cur = self.prefixes.get(op.prefix)
+        current = cur.version if cur else 0
+        if op.prev != current:
+            raise self._stale(str(op.prefix.record_id), current, op.prev)
+        node = op.prefix.nodes[-1]
+        if self._ids[parent].get(node)[1]:
+            raise AuthorityError(
+                f"{parent}/{node} is an identifier; a child node {op.prefix} would take its "
+                "DNS name",
+                rule="suffix-is-node",
+            )
+
+    def _check_mint(self, op: Mint | MintRange, signed: SignedOperation, log: str | None) -> None:
+        st = self.live_prefix(op.prefix)
+        action = f"mint under {op.prefix}"
+        self._require_host(st, log, action)
+        self._require_key(st, signed, action)
+        ids = self._ids[op.prefix]
+        children = self._children.get(op.prefix, set())
+        if isinstance(op, MintRange):
+            clash = ids.range_clash(op)
+            if clash is not None:
+                raise ConflictError(
+                    f"range overlaps {clash} under {op.prefix}", rule="already-exists"
+                )
+            for node in children:
+                try:
+                    m = parse_minted(node)
+                except IdentifierError:
+                    continue
+                if op.contains(m.letters, m.number, m.width):
+                    raise AuthorityError(
+                        f"{op.prefix}.{node} is a delegated node", rule="suffix-is-node"
+                    )
+            return
+        for item in op.items:
+            version, alive = ids.get(item.suffix)
+            if alive:
+                raise ConflictError(
+                    f"{op.prefix}/{item.suffix} already exists (version {version})",
+                    rule="already-exists",
+                )
+            if item.prev != version:
+                raise self._stale(f"{op.prefix}/{item.suffix}", version, item.prev)
+            if item.suffix in children:
+                raise AuthorityError(
+                    f"{op.prefix}.{item.suffix} is a delegated node; its "
+                    "identifier would share its DNS name",
+                    rule="suffix-is-node",
+                )
+
+    def _check_change(self, op: Update | Delete, signed: SignedOperation, log: str | None) -> None:
+        verb = "update" if isinstance(op, Update) else "delete"
+        if op.ident.is_prefix_record:
+            named = op.ident.named_prefix
+            assert named is not None
+            parent = named.parent
+            if parent is None:
+                raise AuthorityError(
+                    f"the root {named} cannot be changed by an operation", rule="root"
+                )
+            st = self.live_prefix(named)
+            pst = self.live_prefix(parent)
+            # A prefix record belongs to the delegation: the parent changes it.
+            self._require_host(pst, log, f"{verb} {op.ident}")
+            self._require_key(pst, signed, f"{verb} {op.ident}", relation=", its parent")
+            if op.prev != st.version:
+                raise self._stale(str(op.ident), st.version, op.prev)
+            return
+        st = self.live_prefix(op.ident.prefix)
+        self._require_host(st, log, f"{verb} {op.ident}")
+        self._require_key(st, signed, f"{verb} {op.ident}")
+        version, alive = self._ids[op.ident.prefix].get(op.ident.suffix)
+        if not alive:
+            if version == 0:
+                raise NotFoundError(f"{op.ident} does not exist", rule="not-found")
+            raise NotFoundError(f"{op.ident} was deleted (version {version})", rule="deleted")
+        if op.prev != version:
+            raise self._stale(str(op.ident), version, op.prev)
+
+    # -- applying ---------------------------------------------------------------------
+
+    def apply(self, signed: SignedOperation, *, log: str | None = None) -> None:
+        """Check, then change the state. On any error the state is unchanged."""
+        self.check(signed, log=log)
+        op = signed.op
+        self._remember(op)
+        if isinstance(op, Delegate):
+            parent = op.prefix.parent
+            assert parent is not None
+            host = op.origin or self.prefixes[parent].host
+            old = self.prefixes.get(op.prefix)
+            st = PrefixState(op.prefix, op.key, op.prev + 1, host, op.record)
+            if old is not None:
+                st.old_keys = old.old_keys | ({old.key} - {op.key})
+            self.prefixes[op.prefix] = st
+            self._children[parent].add(op.prefix.nodes[-1])
+        elif isinstance(op, RotateKey):
+            st = self.prefixes[op.prefix]
+            st.old_keys.add(st.key)
+            st.key, st.version = op.new_key, st.version + 1
+        elif isinstance(op, MintRange):
+            self._ids[op.prefix].ranges.append(op)
+        elif isinstance(op, Mint):
+            ids = self._ids[op.prefix]
+            for item in op.items:
+                ids.set(item.suffix, item.prev + 1, True)
+        elif isinstance(op, Update | Delete):
+            alive = isinstance(op, Update)
+            if op.ident.is_prefix_record:
+                named = op.ident.named_prefix
+                assert named is not None
+                st = self.prefixes[named]
+                st.version = op.prev + 1
+                if isinstance(op, Update):
+                    st.record = op.record
+                else:
+                    st.revoked = True
+            else:
+                self._ids[op.ident.prefix].set(op.ident.suffix, op.prev + 1, alive)

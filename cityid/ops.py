@@ -1,0 +1,415 @@
+"""Signed operations: the leaves of every registrar's log.
+
+An operation is a canonical msgpack array ``[kind, ...fields]`` (its *body*).
+The writer signs ``DOMAIN + body`` with its own Ed25519 key, and the leaf is
+``[VERSION, body, public_key, signature]``: the client's signature goes into
+the log, so not even the registrar's operator can forge a write it did not
+receive. The domain string keeps these signatures from ever being valid as a
+signed note, a cosignature or anything else signed with the same key.
+
+Every operation names the version it replaces (``prev``): 0 to create, the
+current version to change. Versions only grow, so a replayed operation is
+always stale and refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+import nacl.exceptions
+import nacl.signing
+
+from .errors import OperationError, RecordError, SignatureError
+from .identifiers import (
+    Identifier,
+    IdentifierError,
+    Prefix,
+    mint_suffix,
+    parse_identifier,
+    parse_prefix,
+)
+from .keys import SigningKey
+from .records import Record
+
+VERSION = "cityid/op/v1"
+DOMAIN = b"cityid/op/v1\x00"
+MAX_LEAF = 65535
+MAX_RANGE = 10_000_000
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """A short, stable name for a raw public key in messages and logs."""
+    return hashlib.sha256(public_key).hexdigest()[:8]
+
+
+def _fail(message: str, rule: str = "operation") -> OperationError:
+    return OperationError(message, rule=rule)
+
+
+def _int(x: Any, what: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+        raise _fail(f"{what} must be an integer in {lo}..{hi}", "field")
+    return x
+
+
+def _str(x: Any, what: str) -> str:
+    if not isinstance(x, str):
+        raise _fail(f"{what} must be a string", "field")
+    return x
+
+
+def _key(x: Any, what: str) -> bytes:
+    if not isinstance(x, bytes) or len(x) != 32:
+        raise _fail(f"{what} must be a 32-byte Ed25519 public key", "field")
+    return x
+
+
+def _record(x: Any, what: str) -> Record:
+    try:
+        return Record.from_wire(x)
+    except RecordError as e:
+        raise OperationError(f"{what}: {e.message}", rule=e.rule) from e
+
+
+@dataclass(frozen=True, slots=True)
+class Delegate:
+    """Give ``prefix`` (a child node) to ``key``; ``origin`` names its log if elsewhere."""
+
+    kind: ClassVar[str] = "delegate"
+    prefix: Prefix
+    prev: int
+    key: bytes
+    origin: str | None
+    record: Record
+    time: int
+
+    def body(self) -> list[Any]:
+        return [
+            self.kind,
+            str(self.prefix),
+            self.prev,
+            self.key,
+            self.origin,
+            self.record.to_wire(),
+            self.time,
+        ]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> Delegate:
+        if len(b) != 7:
+            raise _fail("delegate has 7 fields", "arity")
+        origin = None if b[4] is None else _str(b[4], "origin")
+        return cls(
+            parse_prefix(_str(b[1], "prefix")),
+            _int(b[2], "prev"),
+            _key(b[3], "key"),
+            origin,
+            _record(b[5], "record"),
+            _int(b[6], "time"),
+        )
+
+    @property
+    def target(self) -> str:
+        return str(self.prefix.record_id)
+
+
+@dataclass(frozen=True, slots=True)
+class MintItem:
+    suffix: str
+    prev: int
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Mint:
+    """Create explicit identifiers under ``prefix`` (one, or a CSV's rows)."""
+
+    kind: ClassVar[str] = "mint"
+    prefix: Prefix
+    items: tuple[MintItem, ...]
+    time: int
+
+    def body(self) -> list[Any]:
+        return [
+            self.kind,
+            str(self.prefix),
+            [[i.suffix, i.prev, i.record.to_wire()] for i in self.items],
+            self.time,
+        ]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> Mint:
+        if len(b) != 4 or not isinstance(b[2], list) or not b[2]:
+            raise _fail("mint has 4 fields and at least one item", "arity")
+        prefix = parse_prefix(_str(b[1], "prefix"))
+        items = []
+        for n, it in enumerate(b[2]):
+            if not isinstance(it, list) or len(it) != 3:
+                raise _fail(f"mint item {n} is [suffix, prev, record]", "arity")
+            ident = Identifier(prefix, _str(it[0], f"item {n} suffix").upper())
+            if ident.suffix != it[0]:
+                raise _fail(f"item {n} suffix is not canonical (upper case)", "canonical")
+            items.append(MintItem(ident.suffix, _int(it[1], "prev"), _record(it[2], f"item {n}")))
+        suffixes = [i.suffix for i in items]
+        if len(set(suffixes)) != len(suffixes):
+            raise _fail("a mint names the same suffix twice", "duplicate-suffix")
+        return cls(prefix, tuple(items), _int(b[3], "time"))
+
+    @property
+    def target(self) -> str:
+        return str(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class MintRange:
+    """Create ``count`` sequential minted suffixes from one template: one leaf."""
+
+    kind: ClassVar[str] = "mint-range"
+    prefix: Prefix
+    letters: str
+    start: int
+    count: int
+    width: int
+    template: Record
+    time: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.count <= MAX_RANGE:
+            raise _fail(f"a range has 1..{MAX_RANGE} identifiers", "range-count")
+        if not (
+            (self.letters.isascii() and self.letters.isalpha() and self.letters.isupper())
+            or self.letters == ""
+        ):
+            raise _fail("range letters are upper-case A-Z", "range-letters")
+        if not 1 <= self.width <= 30:
+            raise _fail("range width is 1..30 digits", "range-width")
+        mint_suffix(self.letters, self.start + self.count - 1, self.width)  # fits?
+
+    def body(self) -> list[Any]:
+        return [
+            self.kind,
+            str(self.prefix),
+            self.letters,
+            self.start,
+            self.count,
+            self.width,
+            self.template.to_wire(),
+            self.time,
+        ]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> MintRange:
+        if len(b) != 8:
+            raise _fail("mint-range has 8 fields", "arity")
+        return cls(
+            parse_prefix(_str(b[1], "prefix")),
+            _str(b[2], "letters"),
+            _int(b[3], "start"),
+            _int(b[4], "count", 1, MAX_RANGE),
+            _int(b[5], "width", 1, 30),
+            _record(b[6], "template"),
+            _int(b[7], "time"),
+        )
+
+    @property
+    def target(self) -> str:
+        return str(self.prefix)
+
+    def suffix(self, i: int) -> str:
+        return mint_suffix(self.letters, self.start + i, self.width)
+
+    def suffixes(self) -> list[str]:
+        return [self.suffix(i) for i in range(self.count)]
+
+    def contains(self, letters: str, number: int, width: int) -> bool:
+        return (
+            letters == self.letters
+            and width == self.width
+            and self.start <= number < self.start + self.count
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Replace the record of an identifier (or of a prefix's record ``0.NA/P``)."""
+
+    kind: ClassVar[str] = "update"
+    ident: Identifier
+    prev: int
+    record: Record
+    time: int
+
+    def body(self) -> list[Any]:
+        return [self.kind, str(self.ident), self.prev, self.record.to_wire(), self.time]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> Update:
+        if len(b) != 5:
+            raise _fail("update has 5 fields", "arity")
+        return cls(
+            parse_identifier(_str(b[1], "identifier")),
+            _int(b[2], "prev", 1),
+            _record(b[3], "record"),
+            _int(b[4], "time"),
+        )
+
+    @property
+    def target(self) -> str:
+        return str(self.ident)
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete an identifier, or revoke a delegation when the target is ``0.NA/P``."""
+
+    kind: ClassVar[str] = "delete"
+    ident: Identifier
+    prev: int
+    time: int
+
+    def body(self) -> list[Any]:
+        return [self.kind, str(self.ident), self.prev, self.time]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> Delete:
+        if len(b) != 4:
+            raise _fail("delete has 4 fields", "arity")
+        return cls(
+            parse_identifier(_str(b[1], "identifier")), _int(b[2], "prev", 1), _int(b[3], "time")
+        )
+
+    @property
+    def target(self) -> str:
+        return str(self.ident)
+
+
+@dataclass(frozen=True, slots=True)
+class RotateKey:
+    """Replace a prefix's key; signed by the current key, the old one stops working."""
+
+    kind: ClassVar[str] = "rotate"
+    prefix: Prefix
+    prev: int
+    new_key: bytes
+    time: int
+
+    def body(self) -> list[Any]:
+        return [self.kind, str(self.prefix), self.prev, self.new_key, self.time]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> RotateKey:
+        if len(b) != 5:
+            raise _fail("rotate has 5 fields", "arity")
+        return cls(
+            parse_prefix(_str(b[1], "prefix")),
+            _int(b[2], "prev", 1),
+            _key(b[3], "new key"),
+            _int(b[4], "time"),
+        )
+
+    @property
+    def target(self) -> str:
+        return str(self.prefix.record_id)
+
+
+Operation = Delegate | Mint | MintRange | Update | Delete | RotateKey
+KINDS: dict[str, Any] = {c.kind: c for c in (Delegate, Mint, MintRange, Update, Delete, RotateKey)}
+
+
+def encode_body(op: Operation) -> bytes:
+    return msgpack.packb(op.body(), use_bin_type=True)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedOperation:
+    """An operation with its writer's public key and signature: one ledger leaf."""
+
+    op: Operation
+    signer: bytes
+    signature: bytes
+
+    @classmethod
+    def sign(cls, op: Operation, key: SigningKey) -> SignedOperation:
+        sig = key.sign(DOMAIN + encode_body(op))
+        return cls(op, key.public_key, sig)
+
+    def encode(self) -> bytes:
+        leaf = msgpack.packb(
+            [VERSION, self.op.body(), self.signer, self.signature], use_bin_type=True
+        )
+        if len(leaf) > MAX_LEAF:
+            raise _fail(
+                f"operation is {len(leaf)} bytes; a leaf is at most {MAX_LEAF}", "leaf-too-large"
+            )
+        return leaf
+
+    def verify(self) -> None:
+        """Check the writer's signature (who may write is the authority's question)."""
+        try:
+            nacl.signing.VerifyKey(self.signer).verify(
+                DOMAIN + encode_body(self.op), self.signature
+            )
+        except (nacl.exceptions.BadSignatureError, ValueError) as e:
+            raise SignatureError(
+                f"the signature on this {self.op.kind} of {self.op.target} does not verify "
+                f"for key {key_fingerprint(self.signer)}: forged or corrupted",
+                rule="forged-signature",
+            ) from e
+
+    @property
+    def fingerprint(self) -> str:
+        return key_fingerprint(self.signer)
+
+    @classmethod
+    def decode(cls, leaf: bytes) -> SignedOperation:
+        """Parse a leaf strictly (canonical re-encoding) and verify its signature."""
+        if len(leaf) > MAX_LEAF:
+            raise _fail(f"leaf is {len(leaf)} bytes (at most {MAX_LEAF})", "leaf-too-large")
+        try:
+            obj = msgpack.unpackb(leaf, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            raise _fail(f"leaf is not valid msgpack: {e}", "encoding") from e
+        if not isinstance(obj, list) or len(obj) != 4 or obj[0] != VERSION:
+            raise _fail(f"leaf is not a {VERSION} operation", "version")
+        _, body, signer, sig = obj
+        if not isinstance(body, list) or not body or body[0] not in KINDS:
+            raise _fail("unknown operation kind", "kind")
+        if not isinstance(sig, bytes) or len(sig) != 64:
+            raise _fail("signature must be 64 bytes", "field")
+        try:
+            op = KINDS[body[0]].from_body(body)
+        except IdentifierError as e:
+            raise OperationError(e.message, rule=e.rule) from e
+        signed = cls(op, _key(signer, "signer"), sig)
+        if signed.encode() != leaf:
+            raise _fail("leaf is not in canonical form", "canonical")
+        signed.verify()
+        return signed
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def chunk_items(
+    items: Sequence[MintItem], prefix: Prefix, budget: int = MAX_LEAF - 512
+) -> list[list[MintItem]]:
+    """Split mint items into groups whose leaves stay under the leaf limit."""
+    groups: list[list[MintItem]] = []
+    cur: list[MintItem] = []
+    size = 0
+    for it in items:
+        n = len(msgpack.packb([it.suffix, it.prev, it.record.to_wire()], use_bin_type=True))
+        if cur and size + n > budget:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(it)
+        size += n
+    if cur:
+        groups.append(cur)
+    return groups

@@ -1,0 +1,386 @@
+"""Records: lists of typed values, the Handle data model.
+
+A value has ``index``, ``type``, ``data``, ``ttl`` and ``timestamp``. A record is
+a tuple of values with distinct indexes, kept sorted by index. There is one
+canonical encoding, msgpack, used for hashing, the ledger, Redis and the wire:
+each value is the array ``[index, type, data, ttl, timestamp]``, where ``data``
+is a string or, for structured types, a map with sorted keys. Decoding checks
+that re-encoding gives back the same bytes, so no second encoding of one record
+is ever accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
+
+import msgpack
+
+from .errors import RecordError
+
+MAX_VALUES = 32
+MAX_RECORD_BYTES = 8192
+MAX_DATA_CHARS = 4096
+MAX_URL_CHARS = 2048
+MAX_INDEX = 2**31 - 1
+MAX_TTL = 2**31 - 1
+DEFAULT_TTL = 86400
+
+_TYPE_RE = re.compile(r"[A-Za-z0-9_./-]{1,64}")
+_EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,63}")
+_HOST_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
+_ADMIN_KEYS = ("handle", "index", "permissions")
+_SITE_ROLES = ("registrar", "ledger", "resolver")
+
+#: Types with a structured (map) data; everything else carries a string.
+STRUCTURED_TYPES = {"HS_ADMIN": "admin", "HS_SITE": "site"}
+
+Data = str | Mapping[str, Any]
+
+
+def _fail(rule: str, message: str) -> RecordError:
+    return RecordError(message, rule=rule)
+
+
+def check_url(url: str, *, what: str = "URL") -> str:
+    """An absolute http(s) URL with a host and no white space or control characters."""
+    if len(url) > MAX_URL_CHARS:
+        raise _fail("url-length", f"{what} is {len(url)} characters (at most {MAX_URL_CHARS})")
+    if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url):
+        raise _fail(
+            "url-charset", f"{what} {url[:80]!r} contains white space or a control character"
+        )
+    try:
+        parts = urlsplit(url)
+    except ValueError as e:
+        raise _fail("url-syntax", f"{what} {url[:80]!r} is not a URL: {e}") from e
+    if parts.scheme.lower() not in ("http", "https"):
+        raise _fail(
+            "url-scheme",
+            f"{what} {url[:80]!r} has scheme {parts.scheme or 'none'!r}: only http and https",
+        )
+    if not parts.hostname:
+        raise _fail("url-host", f"{what} {url[:80]!r} has no host")
+    return url
+
+
+def _check_geo(data: str) -> str:
+    try:
+        lat_s, lon_s = data.split(",")
+        lat, lon = float(lat_s), float(lon_s)
+    except ValueError as e:
+        raise _fail("geo-syntax", f"GEO {data[:80]!r} is not 'latitude,longitude'") from e
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        raise _fail("geo-range", f"GEO {data!r} is not a finite point")
+    if not -90 <= lat <= 90:
+        raise _fail("geo-range", f"GEO latitude {lat} is outside -90..90")
+    if not -180 <= lon <= 180:
+        raise _fail("geo-range", f"GEO longitude {lon} is outside -180..180")
+    # WGS-84 at 7 decimals is ~1 cm: one canonical text per point.
+    return f"{_fmt_deg(lat)},{_fmt_deg(lon)}"
+
+
+def _fmt_deg(x: float) -> str:
+    text = f"{round(x, 7):.7f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def _check_loc(data: str) -> str:
+    # 10320/LOC is the Handle multiple-locations XML: <locations><location href=.../>
+    try:
+        root = ElementTree.fromstring(data)
+    except ElementTree.ParseError as e:
+        raise _fail("loc-syntax", f"10320/LOC is not well-formed XML: {e}") from e
+    if root.tag != "locations":
+        raise _fail("loc-syntax", "10320/LOC must be a <locations> element")
+    locs = [el for el in root if el.tag == "location"]
+    if not locs:
+        raise _fail("loc-syntax", "10320/LOC has no <location> element")
+    for el in locs:
+        check_url(el.get("href", ""), what="10320/LOC href")
+    return data
+
+
+def _check_ns(data: str) -> str:
+    # "host [address ...]": a name server for referrals, with optional glue.
+    parts = data.split()
+    if not parts or not _HOST_RE.fullmatch(parts[0]):
+        raise _fail("ns-syntax", f"NS {data[:80]!r} must start with a host name")
+    import ipaddress
+
+    for addr in parts[1:]:
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError as e:
+            raise _fail("ns-syntax", f"NS glue {addr!r} is not an IP address") from e
+    return " ".join(parts)
+
+
+def _check_admin(data: Mapping[str, Any]) -> dict[str, Any]:
+    if set(data) != set(_ADMIN_KEYS):
+        raise _fail(
+            "admin-syntax", f"HS_ADMIN data has keys {sorted(data)}; want {list(_ADMIN_KEYS)}"
+        )
+    handle, index, perms = data["handle"], data["index"], data["permissions"]
+    if isinstance(index, str) and index.isdigit():
+        index = int(index)  # Handle clients send "200" as often as 200
+    if not isinstance(handle, str) or not handle or len(handle) > 255:
+        raise _fail("admin-syntax", "HS_ADMIN handle must be a non-empty string")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 < index <= MAX_INDEX:
+        raise _fail("admin-syntax", f"HS_ADMIN index {index!r} is not a positive integer")
+    if not isinstance(perms, str) or not re.fullmatch(r"[01]{1,32}", perms):
+        raise _fail(
+            "admin-syntax", "HS_ADMIN permissions must be a bit string such as 011111110011"
+        )
+    return {"handle": handle.upper(), "index": index, "permissions": perms}
+
+
+def _check_site(data: Mapping[str, Any]) -> dict[str, Any]:
+    if not data or not set(data) <= set(_SITE_ROLES):
+        raise _fail("site-syntax", f"HS_SITE data names roles among {list(_SITE_ROLES)}")
+    out: dict[str, Any] = {}
+    for role in sorted(data):
+        url = data[role]
+        if not isinstance(url, str):
+            raise _fail("site-syntax", f"HS_SITE {role} must be a URL string")
+        out[role] = check_url(url, what=f"HS_SITE {role}")
+    return out
+
+
+def _check_string(vtype: str, data: str) -> str:
+    if len(data) > MAX_DATA_CHARS:
+        raise _fail(
+            "data-length", f"{vtype} data is {len(data)} characters (at most {MAX_DATA_CHARS})"
+        )
+    if vtype == "URL":
+        return check_url(data)
+    if vtype == "EMAIL":
+        if not _EMAIL_RE.fullmatch(data):
+            raise _fail("email-syntax", f"EMAIL {data[:80]!r} is not an address")
+        return data
+    if vtype == "GEO":
+        return _check_geo(data)
+    if vtype == "10320/LOC":
+        return _check_loc(data)
+    if vtype == "NS":
+        return _check_ns(data)
+    if vtype == "HS_PUBKEY":
+        from .keys import VerifierKey
+
+        return str(VerifierKey.parse(data))
+    if any(ord(c) < 0x20 and c not in "\t\n" for c in data):
+        raise _fail("data-charset", f"{vtype} data contains a control character")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Value:
+    """One typed value of a record."""
+
+    index: int
+    type: str
+    data: Data
+    ttl: int = DEFAULT_TTL
+    timestamp: int = 0
+
+    @classmethod
+    def make(
+        cls, index: int, vtype: str, data: Any, ttl: int = DEFAULT_TTL, timestamp: int | None = None
+    ) -> Value:
+        """Validate and normalise; ``timestamp`` defaults to now."""
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 < index <= MAX_INDEX:
+            raise _fail("index", f"index {index!r} is not an integer in 1..{MAX_INDEX}")
+        if not isinstance(vtype, str) or not _TYPE_RE.fullmatch(vtype):
+            raise _fail("type", f"type {vtype!r} must be 1-64 of A-Z a-z 0-9 _ . / -")
+        vtype = vtype.upper() if vtype.upper() in _KNOWN_TYPES else vtype
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL:
+            raise _fail("ttl", f"ttl {ttl!r} is not an integer in 0..{MAX_TTL}")
+        ts = int(time.time()) if timestamp is None else timestamp
+        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**40:
+            raise _fail("timestamp", f"timestamp {ts!r} is not a Unix time in seconds")
+        structured = STRUCTURED_TYPES.get(vtype)
+        if structured is not None:
+            if not isinstance(data, Mapping):
+                raise _fail(f"{structured}-syntax", f"{vtype} data must be an object")
+            norm: Data = _check_admin(data) if structured == "admin" else _check_site(data)
+        elif isinstance(data, str):
+            norm = _check_string(vtype, data)
+        else:
+            raise _fail("data-type", f"{vtype} data must be a string")
+        return cls(index, vtype, norm, ttl, ts)
+
+    @property
+    def data_format(self) -> str:
+        return STRUCTURED_TYPES.get(self.type, "string")
+
+    def to_wire(self) -> list[Any]:
+        data = dict(sorted(self.data.items())) if isinstance(self.data, Mapping) else self.data
+        return [self.index, self.type, data, self.ttl, self.timestamp]
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of a Handle REST ``values`` array."""
+        data = dict(self.data) if isinstance(self.data, Mapping) else self.data
+        return {
+            "index": self.index,
+            "type": self.type,
+            "data": {"format": self.data_format, "value": data},
+            "ttl": self.ttl,
+            "timestamp": iso_timestamp(self.timestamp),
+        }
+
+
+_KNOWN_TYPES = {"URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME"}
+
+
+def iso_timestamp(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A validated record: values sorted by index, indexes distinct, bounded size."""
+
+    values: tuple[Value, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.values) > MAX_VALUES:
+            raise _fail("too-many-values", f"{len(self.values)} values (at most {MAX_VALUES})")
+        indexes = [v.index for v in self.values]
+        if len(set(indexes)) != len(indexes):
+            dup = next(i for i in indexes if indexes.count(i) > 1)
+            raise _fail("duplicate-index", f"index {dup} appears twice")
+        if indexes != sorted(indexes):
+            object.__setattr__(self, "values", tuple(sorted(self.values, key=lambda v: v.index)))
+        size = len(self.encode())
+        if size > MAX_RECORD_BYTES:
+            raise _fail("record-size", f"record is {size} bytes (at most {MAX_RECORD_BYTES})")
+
+    @classmethod
+    def of(cls, values: Iterable[Value]) -> Record:
+        return cls(tuple(values))
+
+    def encode(self) -> bytes:
+        """The canonical msgpack encoding."""
+        return msgpack.packb([v.to_wire() for v in self.values], use_bin_type=True)
+
+    def to_wire(self) -> list[Any]:
+        return [v.to_wire() for v in self.values]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Record:
+        if not isinstance(obj, list):
+            raise _fail("encoding", "a record is an array of values")
+        values = []
+        for item in obj:
+            if not isinstance(item, list) or len(item) != 5:
+                raise _fail("encoding", "a value is [index, type, data, ttl, timestamp]")
+            index, vtype, data, ttl, ts = item
+            values.append(Value.make(index, vtype, data, ttl, ts))
+        return cls(tuple(values))
+
+    @classmethod
+    def decode(cls, data: bytes) -> Record:
+        """Decode and insist on the canonical form."""
+        try:
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            raise _fail("encoding", f"record is not valid msgpack: {e}") from e
+        record = cls.from_wire(obj)
+        if record.encode() != data:
+            raise _fail("encoding", "record is not in canonical form")
+        return record
+
+    def urls(self) -> list[str]:
+        return [v.data for v in self.values if v.type == "URL" and isinstance(v.data, str)]
+
+    def first(self, vtype: str) -> Value | None:
+        return next((v for v in self.values if v.type == vtype), None)
+
+    def select(self, types: Sequence[str] = (), indexes: Sequence[int] = ()) -> Record:
+        """Handle-style filter: a type ending in '.' matches its sub-types."""
+
+        def keep(v: Value) -> bool:
+            if indexes and v.index in indexes:
+                return True
+            for t in types:
+                if v.type == t or (t.endswith(".") and v.type.startswith(t)):
+                    return True
+            return not types and not indexes
+
+        return Record(tuple(v for v in self.values if keep(v)))
+
+    def to_json(self, handle: str, response_code: int = 1) -> dict[str, Any]:
+        """The Handle REST body: ``responseCode``, ``handle``, ``values``."""
+        return {
+            "responseCode": response_code,
+            "handle": handle,
+            "values": [v.to_json() for v in self.values],
+        }
+
+    def with_timestamp(self, ts: int) -> Record:
+        return Record(tuple(replace(v, timestamp=ts) for v in self.values))
+
+
+def values_from_json(items: Any, *, timestamp: int | None = None) -> Record:
+    """Read a Handle REST ``values`` array, as clients send it.
+
+    Accepts ``data`` as ``{format, value}`` or a bare string, and numbers given
+    as strings (``"index": "200"``), as HANDLE.NET clients do.
+    """
+    if isinstance(items, Mapping) and "values" in items:
+        items = items["values"]
+    if not isinstance(items, list):
+        raise _fail("json", "values must be a JSON array")
+    if len(items) > MAX_VALUES:
+        raise _fail("too-many-values", f"{len(items)} values (at most {MAX_VALUES})")
+    out = []
+    for n, item in enumerate(items):
+        if not isinstance(item, Mapping):
+            raise _fail("json", f"values[{n}] is not an object")
+        data = item.get("data")
+        if isinstance(data, Mapping) and "value" in data:
+            data = data["value"]
+        try:
+            index = _as_int(item.get("index"), f"values[{n}].index")
+            ttl = _as_int(item.get("ttl", DEFAULT_TTL), f"values[{n}].ttl")
+        except RecordError:
+            raise
+        out.append(Value.make(index, item.get("type", ""), data, ttl, timestamp))
+    return Record(tuple(out))
+
+
+def _as_int(x: Any, where: str) -> int:
+    if isinstance(x, bool):
+        raise _fail("json", f"{where} must be an integer")
+    if isinstance(x, int):
+        return x
+    if isinstance(x, str) and x.isdigit() and len(x) < 12:
+        return int(x)
+    raise _fail("json", f"{where} must be an integer")
+
+
+def render_template(record: Record, **fields: str) -> Record:
+    """Substitute ``{suffix}``, ``{id}``... in string data (range-mint templates)."""
+    out = []
+    for v in record.values:
+        if isinstance(v.data, str) and "{" in v.data:
+            try:
+                data = v.data.format_map(_Fields(fields))
+            except (ValueError, IndexError) as e:
+                raise _fail("template", f"value {v.index}: bad template {v.data!r}: {e}") from e
+            out.append(Value.make(v.index, v.type, data, v.ttl, v.timestamp))
+        else:
+            out.append(v)
+    return Record(tuple(out))
+
+
+class _Fields(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        raise _fail("template", f"unknown template field {{{key}}}; known: {sorted(self)}")
