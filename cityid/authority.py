@@ -194,6 +194,17 @@ class Namespace:
         ids = self._ids.get(ident.prefix)
         return ids.get(ident.suffix) if ids else (0, False)
 
+    def next_number(self, prefix: Prefix, letters: str, width: int) -> int:
+        """The first number after every minted suffix ``letters`` + ``width`` digits."""
+        ids = self._ids.get(prefix)
+        if ids is None:
+            return 0
+        ends = [r.start + r.count for r in ids.ranges if (r.letters, r.width) == (letters, width)]
+        taken = ids.numbered.get((letters, width))
+        if taken:
+            ends.append(max(taken) + 1)
+        return max(ends, default=0)
+
     def holder_of(self, public_key: bytes) -> list[Prefix]:
         return sorted(p for p, st in self.prefixes.items() if st.key == public_key)
 

@@ -14,6 +14,7 @@ from .errors import (
     CityIdError,
     ConflictError,
     IdentifierError,
+    LedgerError,
     NotFoundError,
     OperationError,
     RecordError,
@@ -62,6 +63,7 @@ _CODES: tuple[tuple[type[CityIdError], int], ...] = (
     (ConflictError, HANDLE_ALREADY_EXISTS),
     (NotFoundError, HANDLE_NOT_FOUND),
     (OperationError, INVALID_REQUEST),
+    (LedgerError, SERVER_TOO_BUSY),
 )
 
 

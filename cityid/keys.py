@@ -64,7 +64,7 @@ class VerifierKey:
     @classmethod
     def parse(cls, text: str) -> VerifierKey:
         """Parse ``name+hash+base64``; the hash must match the name and key."""
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 2)  # base64 may itself contain '+'
         if len(parts) != 3:
             raise KeyFormatError(
                 f"verifier key {text!r} is not of the form name+hash+base64", rule="vkey-format"
@@ -148,7 +148,7 @@ class SigningKey:
 
     @classmethod
     def parse(cls, text: str) -> SigningKey:
-        parts = text.strip().split("+")
+        parts = text.strip().split("+", 4)
         if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
             raise KeyFormatError(
                 "signer key is not of the form PRIVATE+KEY+name+hash+base64", rule="skey-format"

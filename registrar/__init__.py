@@ -1,0 +1,1 @@
+"""The registrar: accepts signed operations, checks their authority, anchors them in its log."""

@@ -1,0 +1,162 @@
+"""The registrar's engine: check operations, sequence them into the log, acknowledge.
+
+The path of a write: decode the leaf (strict, canonical, signature verified) ->
+check and apply it to the in-memory namespace (authority, versions) -> hand the
+leaves to the sequencer -> await the batch's checkpoint (durable, cosigned) ->
+return receipts. The checks and the hand-over happen with no ``await`` in
+between, so the namespace's order is the log's order. A request's operations
+are one transaction: all accepted or none.
+
+The namespace is rebuilt from the log on start, so the log is the only state.
+If a batch fails to be written, the registrar refuses further writes until it
+is restarted and has replayed its log: what the log does not hold never happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ledger.batcher import Sequencer
+
+from cityid.authority import Namespace
+from cityid.errors import CityIdError, LedgerError, OperationError
+from cityid.identifiers import Identifier
+from cityid.keys import SigningKey
+from cityid.ops import SignedOperation
+from ledger.storage import Log
+
+from .config import RegistrarConfig
+
+log = logging.getLogger("cityid.registrar")
+
+MAX_OPS_PER_REQUEST = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class OpReceipt:
+    """Where an acknowledged operation lives: its leaf index and the checkpoint."""
+
+    index: int
+    kind: str
+    target: str
+    checkpoint: bytes
+
+    def to_json(self) -> dict[str, object]:
+        return {"index": self.index, "kind": self.kind, "target": self.target}
+
+
+class Registrar:
+    def __init__(self, config: RegistrarConfig, log_store: Log, sequencer: Sequencer) -> None:
+        self.config = config
+        self.log = log_store
+        self.sequencer = sequencer
+        self.namespace = self._fresh_namespace()
+        self.broken: str | None = None
+        self.rebuild()
+
+    @classmethod
+    def open(cls, config: RegistrarConfig, cosign: object | None = None) -> Registrar:
+        key: SigningKey = config.log_key()
+        log_dir = config.log_dir
+        if (log_dir / "checkpoint").exists():
+            store = Log.open(log_dir, key)
+        else:
+            store = Log.create(log_dir, key, config.origin)
+        if store.origin != config.origin:
+            raise CityIdError(
+                f"log in {log_dir} has origin {store.origin!r} but the config says "
+                f"{config.origin!r}",
+                rule="origin-mismatch",
+            )
+        seq = Sequencer(
+            store,
+            max_batch=config.max_batch,
+            max_delay=config.max_delay_ms / 1000,
+            cosign=cosign,  # type: ignore[arg-type]
+        )
+        return cls(config, store, seq)
+
+    def _fresh_namespace(self) -> Namespace:
+        ns = Namespace()
+        for anchor in self.config.anchors:
+            ns.add_anchor(anchor.prefix, anchor.key.public_key, self.config.origin)
+        return ns
+
+    def rebuild(self) -> None:
+        """Replay the log into a fresh namespace (on start, and after a failed batch)."""
+        ns = self._fresh_namespace()
+        count = 0
+        for index, leaf in enumerate(self.log.entries(0, self.log.size)):
+            try:
+                ns.apply(SignedOperation.decode(leaf), log=self.config.origin)
+            except CityIdError as e:
+                # The log is signed history: an entry that no longer checks is a bug
+                # or tampering, and the registrar must not write on top of it.
+                raise CityIdError(
+                    f"log entry {index} does not replay: {e.message}", rule="replay"
+                ) from e
+            count += 1
+        self.namespace = ns
+        log.info("replayed %d operations from %s", count, self.log.origin)
+
+    async def start(self) -> None:
+        self.sequencer.start()
+
+    async def aclose(self) -> None:
+        await self.sequencer.aclose()
+
+    def version(self, ident: Identifier) -> tuple[int, bool]:
+        return self.namespace.version(ident)
+
+    def admit(self, leaves: Sequence[bytes]) -> list[SignedOperation]:
+        """Decode and apply ``leaves`` to the namespace, all or nothing (no await)."""
+        if not leaves:
+            raise OperationError("no operations in the request", rule="empty")
+        if len(leaves) > MAX_OPS_PER_REQUEST:
+            raise OperationError(
+                f"{len(leaves)} operations in one request (at most {MAX_OPS_PER_REQUEST})",
+                rule="too-many-ops",
+            )
+        ops: list[SignedOperation] = []
+        with self.namespace.transaction():
+            for n, leaf in enumerate(leaves):
+                try:
+                    signed = SignedOperation.decode(leaf)
+                    self.namespace.apply(signed, log=self.config.origin)
+                except CityIdError as e:
+                    if len(leaves) > 1:
+                        e.args = (f"operation {n}: {e.message}",)
+                    raise
+                ops.append(signed)
+        return ops
+
+    async def submit(self, leaves: Sequence[bytes]) -> list[OpReceipt]:
+        """Admit ``leaves`` and wait until their batch is published."""
+        if self.broken is not None:
+            raise LedgerError(self.broken, rule="registrar-stopped")
+        ops = self.admit(leaves)
+        try:
+            receipt = await self.sequencer.submit(list(leaves))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            # Operations admitted after this batch were checked against a state that
+            # may not be in the log: accept nothing more until a restart replays it.
+            self.broken = (
+                f"a ledger write failed ({e}); writes are refused until the registrar "
+                "restarts and replays its log"
+            )
+            log.exception("batch failed; refusing writes until restart")
+            raise LedgerError(self.broken, rule="registrar-stopped") from e
+        return [
+            OpReceipt(receipt.first_index + i, s.op.kind, s.op.target, receipt.checkpoint)
+            for i, s in enumerate(ops)
+        ]
+
+    @property
+    def log_dir(self) -> Path:
+        return self.config.log_dir

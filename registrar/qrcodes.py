@@ -1,0 +1,895 @@
+"""2D codes (QR) for identifiers: the URL they hold, single codes, printable sheets.
+
+A code holds a resolver URL, ``HTTPS://RESOLVER.EXAMPLE/MA.156.1301.02/W0000127R``.
+
+Why the whole URL is upper case: QR has an *alphanumeric* mode whose character set
+is ``0-9 A-Z $%*+-./:`` (space too) and which packs two characters into 11 bits,
+against 8 bits per character in *byte* mode. An upper-case URL made of that set
+takes about 30% fewer bits, so a smaller version (fewer, larger modules at the
+same printed size: easier to scan from a dirty manhole cover) or more error
+correction. Scheme and host are case-insensitive (RFC 3986 §3.1, §3.2.2) and the
+resolver treats identifiers case-insensitively, so nothing is lost. A path in the
+resolver base URL (``https://city.example/id``) is upper-cased too, so the
+resolver must serve it in upper case. ``_`` is allowed in suffixes but is not in
+the alphanumeric set: such a URL still works, but segno falls back to byte mode
+for the whole URL and the code grows by about one version.
+
+Sheets (many codes on A4 PDF pages or one PNG grid) are built here without a PDF
+library: the PDF is a small hand-written file whose modules are filled vector
+rectangles and whose labels use Helvetica, one of the 14 standard Type 1 fonts
+every PDF reader has, so nothing is embedded. PNG sheets use Pillow.
+
+Speed: segno needs about 5 ms per code, most of it spent choosing the mask, so
+10,000 codes would take a minute. For sheets, :func:`qr_matrices` uses the fact
+that once version, mode and length are fixed, a QR symbol is an affine function
+over GF(2) of its data bits (Reed-Solomon is linear, placement is a permutation,
+masking is an XOR): it asks segno for the symbol of one URL under each mask and
+for the effect of each data bit it needs, then builds every other symbol with a
+few XORs and scores the eight masks with bit-parallel integer arithmetic, using
+the same penalty rules as segno (ISO/IEC 18004:2015 §7.8.3). The result is the
+same matrix segno would make; tests check that against segno itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+import segno
+
+from cityid.errors import CityIdError
+
+__all__ = [
+    "DEFAULT_ERROR",
+    "ERROR_LEVELS",
+    "MAX_COLUMNS",
+    "MAX_PNG_SHEET_CODES",
+    "MAX_SHEET_CODES",
+    "QR_ALPHANUMERIC",
+    "QRCodeError",
+    "SheetInfo",
+    "codes_per_page",
+    "make_qr",
+    "qr_matrices",
+    "resolver_url",
+    "write_qr",
+    "write_sheet",
+]
+
+
+class QRCodeError(CityIdError, ValueError):
+    """A resolver URL, output file or sheet request that cannot be honoured."""
+
+    rule = "qr"
+
+
+#: Characters of the QR alphanumeric mode (ISO/IEC 18004 §7.4.4), in code order.
+QR_ALPHANUMERIC = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
+ERROR_LEVELS = ("L", "M", "Q", "H")
+# M restores about 15% of damaged codewords: the usual choice for printed labels
+# that get dirty, without the size cost of Q or H.
+DEFAULT_ERROR = "M"
+QUIET_ZONE = 4  # modules of light margin that ISO/IEC 18004 requires around a QR symbol
+MAX_SHEET_CODES = 1_000_000
+# One PNG holds the whole grid: past this it gets too tall for image viewers, and
+# the PDF (paged) is the right output anyway.
+MAX_PNG_SHEET_CODES = 1_000
+MAX_COLUMNS = 10
+DEFAULT_COLUMNS = 4
+DEFAULT_SCALE = 10  # PNG pixels per module for a single code: 370 px for version 3
+DEFAULT_SHEET_SCALE = 4
+
+ProgressCallback = Callable[[int, int], None]
+
+_IDENTIFIER_RE = re.compile(r"[0-9A-Za-z./_-]+")
+_HOST_RE = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.?")
+_IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
+
+
+# -- the URL ----------------------------------------------------------------------
+
+
+def _check_base_url(base_url: str) -> str:
+    base = base_url.strip()
+    if not base:
+        raise QRCodeError("the resolver URL is empty", rule="resolver-scheme")
+    bad = next((c for c in base if not (c.isascii() and c.isprintable()) or c == " "), None)
+    if bad is not None:
+        raise QRCodeError(
+            f"resolver URL {base[:80]!r} contains {bad!r}: use only printable ASCII "
+            "(write an international host name in its xn-- form)",
+            rule="resolver-charset",
+        )
+    if "?" in base or "#" in base:
+        raise QRCodeError(
+            f"resolver URL {base!r} has a query or fragment: the identifier is appended "
+            "to its path, so give only scheme, host, port and optional path",
+            rule="resolver-query",
+        )
+    parts = urlsplit(base)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise QRCodeError(
+            f"resolver URL {base!r} must start with http:// or https:// "
+            f"(scheme {parts.scheme or 'missing'!r} is not allowed in a code)",
+            rule="resolver-scheme",
+        )
+    if "@" in parts.netloc:
+        raise QRCodeError(
+            f"resolver URL {base!r} contains user information: it would be printed on every code",
+            rule="resolver-userinfo",
+        )
+    host = parts.hostname or ""
+    if not host or not (_HOST_RE.fullmatch(host) or (":" in host and _IPV6_RE.fullmatch(host))):
+        raise QRCodeError(f"resolver URL {base!r} has no valid host name", rule="resolver-host")
+    try:
+        parts.port  # noqa: B018 -- urllib validates the port lazily, on access
+    except ValueError as e:
+        raise QRCodeError(f"resolver URL {base!r}: {e}", rule="resolver-port") from None
+    return base.rstrip("/")
+
+
+def resolver_url(base_url: str, identifier: str) -> str:
+    """The URL a code for ``identifier`` holds: ``BASE/IDENTIFIER``, all upper case.
+
+    ``base_url`` is ``http(s)://host[:port][/path]`` with no query, fragment or user
+    information. ``identifier`` is canonical (``0-9 A-Z . / - _``; lower case is
+    accepted and folded). See the module notes for why upper case matters.
+    """
+    base = _check_base_url(base_url)
+    ident = identifier.strip()
+    if not ident or not _IDENTIFIER_RE.fullmatch(ident):
+        bad = next((c for c in ident if not _IDENTIFIER_RE.fullmatch(c)), "")
+        detail = f"contains {bad!r}" if bad else "is empty"
+        raise QRCodeError(
+            f"identifier {ident[:80]!r} {detail}: a URL in a code takes only 0-9, A-Z, "
+            "'.', '/', '-' and '_'",
+            rule="url-identifier",
+        )
+    return f"{base}/{ident}".upper()
+
+
+# -- single codes -----------------------------------------------------------------
+
+
+def _error_level(error: str) -> str:
+    level = str(error).upper()
+    if level not in ERROR_LEVELS:
+        raise QRCodeError(
+            f"error-correction level {error!r} is not one of L, M, Q, H", rule="error-level"
+        )
+    return level
+
+
+def make_qr(url: str, *, error: str = DEFAULT_ERROR) -> segno.QRCode:
+    """A QR code (never Micro QR) for ``url`` at error-correction level ``error``.
+
+    ``boost_error`` is off: segno would otherwise raise the level whenever the data
+    happens to fit, so codes of one batch would differ in level for no visible
+    reason. The mode is segno's choice: alphanumeric when every character allows it.
+    """
+    return segno.make_qr(url, error=_error_level(error), boost_error=False)
+
+
+def _output_kind(path: Path, allowed: tuple[str, ...]) -> str:
+    kind = path.suffix.lower().lstrip(".")
+    if kind not in allowed:
+        wanted = " or ".join(f".{k}" for k in allowed)
+        raise QRCodeError(
+            f"cannot write {str(path)!r}: the file name must end in {wanted}",
+            rule="output-format",
+        )
+    return kind
+
+
+def _check_range(name: str, value: int, low: int, high: int, rule: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise QRCodeError(
+            f"{name} must be an integer from {low} to {high}, not {value!r}", rule=rule
+        )
+    return value
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path``; move it into place only on success.
+
+    An interrupted 10,000-code sheet must not leave a truncated PDF that looks
+    finished.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise QRCodeError(f"cannot write {str(path)!r}: {e.strerror or e}", rule="output") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_qr(
+    url: str,
+    path: str | os.PathLike[str],
+    *,
+    scale: int = DEFAULT_SCALE,
+    error: str = DEFAULT_ERROR,
+) -> Path:
+    """Write the code for ``url`` as PNG or SVG, chosen by the suffix of ``path``.
+
+    ``scale`` is the size of one module in pixels (PNG) or user units (SVG); the
+    symbol keeps its 4-module quiet zone. Returns the path written.
+    """
+    out = Path(path)
+    kind = _output_kind(out, ("png", "svg"))
+    _check_range("scale", scale, 1, 100, "scale")
+    qr = make_qr(url, error=error)
+    with _atomic(out) as tmp:
+        qr.save(str(tmp), kind=kind, scale=scale, border=QUIET_ZONE)
+    return out
+
+
+# -- fast matrices for sheets ------------------------------------------------------
+
+_TO_ASCII = bytes.maketrans(b"\x00\x01", b"01")
+_FROM_ASCII = bytes.maketrans(b"01", b"\x00\x01")
+_ALNUM_VALUE = {c: i for i, c in enumerate(QR_ALPHANUMERIC)}
+_N3_PATTERN = bytes((1, 0, 1, 1, 1, 0, 1))
+
+
+def _reserved_cells(n: int, version: int) -> set[tuple[int, int]]:
+    """Format and version information cells: light while segno scores the masks."""
+    cells: set[tuple[int, int]] = set()
+    for i in range(9):
+        cells |= {(i, 8), (8, i)}
+    for i in range(1, 9):
+        cells |= {(n - i, 8), (8, n - i)}  # includes the dark module at (n-8, 8)
+    cells -= {(6, 8), (8, 6)}  # timing pattern, drawn over the reservation
+    if version >= 7:
+        for i in range(6):
+            for j in (n - 11, n - 10, n - 9):
+                cells |= {(i, j), (j, i)}
+    return cells
+
+
+class _Layout:
+    """Bit positions of an n x n matrix packed, with its transpose, into one int.
+
+    Line k (k = 1..n: row k-1; k = n+2..2n+1: column k-n-2) holds its modules at
+    bits ``k * stride + i``. Guard lines (0, n+1, 2n+2) and four guard bits after
+    each line read as outside the symbol, so shifts by up to 4 never carry one
+    line's modules into another. Rows and columns together let every penalty rule
+    run once over both directions.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.stride = n + 4
+        self.lines = 2 * n + 3
+        self.bits = self.lines * self.stride
+        self.all = (1 << self.bits) - 1
+        self.line_mask = (1 << n) - 1
+        self.inside = self.pack(tuple(bytes([1]) * n for _ in range(n)))
+
+    def pack(self, matrix: Sequence[bytes | bytearray]) -> int:
+        n = self.n
+        pad = b"0" * (self.stride - n)
+        guard = b"0" * self.stride
+        rows = [bytes(row) for row in matrix]
+        columns = [bytes(row[c] for row in rows) for c in range(n)]
+        text = b"".join(
+            (
+                guard,
+                *(row.translate(_TO_ASCII) + pad for row in rows),
+                guard,
+                *(col.translate(_TO_ASCII) + pad for col in columns),
+                guard,
+            )
+        )
+        return int(text[::-1], 2)
+
+    def rows(self, packed: int) -> list[str]:
+        """The matrix rows as strings of '0' and '1'."""
+        s, n = self.stride, self.n
+        text = format(packed & ((1 << (n + 1) * s) - 1), f"0{(n + 1) * s}b")[::-1]
+        return [text[(r + 1) * s : (r + 1) * s + n] for r in range(n)]
+
+
+def _n3_line(bits: int, size: int) -> int:
+    """N3 of one row or column exactly as segno counts it.
+
+    Used where finder-like patterns overlap (as around the finder and timing
+    patterns): segno resumes its search 7 modules after a counted pattern, so of
+    two overlapping patterns it may count only one.
+    """
+    seq = format(bits, f"0{size}b")[::-1].encode().translate(_FROM_ASCII)
+    score = 0
+    idx = seq.find(_N3_PATTERN)
+    while idx != -1:
+        offset = idx + 7
+        if (
+            idx in (0, size - 7)
+            or not any(seq[max(idx - 4, 0) : idx])
+            or not any(seq[offset : offset + 4])
+        ):
+            score += 40
+        else:
+            offset = idx + 4
+        idx = seq.find(_N3_PATTERN, offset)
+    return score
+
+
+def _penalty(dark: int, layout: _Layout) -> int:
+    """ISO/IEC 18004 §7.8.3 penalty (N1 + N2 + N3 + N4), computed the way segno does.
+
+    ``dark`` is a packed matrix (rows and columns): N1 and N3 count over both, N2
+    and N4 count every block or module twice, hence the halving.
+    """
+    s = layout.stride
+    light = layout.inside ^ dark
+    score = 0
+    # N1: a run of k >= 5 same-colour modules scores k - 2, i.e. one point per
+    # 5-window inside it plus 2 per run.
+    for p in (dark, light):
+        w = p & (p >> 1)
+        w &= w >> 2
+        w &= p >> 4
+        score += w.bit_count() + 2 * (w & ~(w << 1)).bit_count()
+    # N2: every 2x2 block of one colour, overlapping blocks included.
+    blocks = 0
+    for p in (dark, light):
+        b = p & (p >> 1)
+        b &= b >> s
+        blocks += b.bit_count()
+    score += 3 * (blocks // 2)
+    # N3: 1:1:3:1:1 dark-light-dark with 4 light modules (or the edge) on one side.
+    found = dark & (light >> 1) & (dark >> 2) & (dark >> 3) & (dark >> 4) & (light >> 5)
+    found &= dark >> 6
+    if found:
+        overlap = found & ((found >> 4) | (found >> 6))
+        while overlap:
+            line = (overlap.bit_length() - 1) // s
+            score += _n3_line(dark >> (line * s) & layout.line_mask, layout.n)
+            keep = ~(((1 << s) - 1) << (line * s))
+            overlap &= keep
+            found &= keep
+        lo = layout.all ^ dark  # light, or outside the symbol
+        before = (lo << 1) & (lo << 2) & (lo << 3) & (lo << 4)
+        after = (lo >> 7) & (lo >> 8) & (lo >> 9) & (lo >> 10)
+        score += 40 * (found & (before | after)).bit_count()
+    # N4: same float arithmetic as segno, so ties fall the same way.
+    percent = float(dark.bit_count() // 2) / (layout.n**2)
+    score += 10 * int(abs(percent * 100 - 50) / 5)
+    return score
+
+
+class _Template:
+    """All URLs of one length and mode: base symbol XOR per-bit deltas.
+
+    A unit is what the encoder turns into a fixed run of bits: a character pair
+    (11 bits) or last odd character (6 bits) in alphanumeric mode, a byte (8 bits)
+    in byte mode.
+    """
+
+    def __init__(self, base: str, alnum: bool, error: str) -> None:
+        self.base = base
+        self.alnum = alnum
+        self.error = error
+        self.mode = "alphanumeric" if alnum else "byte"
+        first = segno.make_qr(self._content(base), error=error, mode=self.mode, boost_error=False)
+        self.version = int(first.version)
+        self.layout = layout = _Layout(len(first.matrix))
+        n = layout.n
+        keep = [bytearray([1]) * n for _ in range(n)]
+        for r, c in _reserved_cells(n, self.version):
+            keep[r][c] = 0
+        kept = layout.pack(keep)
+        # Per mask: the final symbol (with format information) and what segno
+        # scores (the same with format and version cells light).
+        self.masked: list[tuple[int, int]] = []
+        for mask in range(8):
+            symbol = layout.pack(self._symbol(base, mask).matrix)
+            self.masked.append((symbol, symbol & kept))
+        self.unit = 2 if alnum else 1
+        self.base_values = [self._value(base, i) for i in range(0, len(base), self.unit)]
+        self.deltas: dict[int, list[int]] = {}
+        self.wanted: dict[int, int] = {}
+
+    def _content(self, text: str) -> str | bytes:
+        # segno reads a str of ASCII as ISO 8859-1 bytes, so bytes give the same
+        # symbol and let the probes below use any byte value.
+        return text if self.alnum else text.encode("latin-1")
+
+    def _symbol(self, text: str, mask: int) -> segno.QRCode:
+        return segno.make_qr(
+            self._content(text),
+            error=self.error,
+            version=self.version,
+            mode=self.mode,
+            mask=mask,
+            boost_error=False,
+        )
+
+    def _value(self, text: str, start: int) -> int:
+        if not self.alnum:
+            return ord(text[start])
+        chunk = text[start : start + 2]
+        if len(chunk) == 2:
+            return _ALNUM_VALUE[chunk[0]] * 45 + _ALNUM_VALUE[chunk[1]]
+        return _ALNUM_VALUE[chunk]
+
+    def _with_value(self, index: int, value: int) -> str:
+        start = index * self.unit
+        if not self.alnum:
+            chunk = chr(value)
+        elif start + 2 <= len(self.base):
+            chunk = QR_ALPHANUMERIC[value // 45] + QR_ALPHANUMERIC[value % 45]
+        else:
+            chunk = QR_ALPHANUMERIC[value]
+        return self.base[:start] + chunk + self.base[start + self.unit :]
+
+    def _unit_deltas(self, index: int) -> list[int]:
+        deltas = self.deltas.get(index)
+        if deltas is None:
+            # The symbol is affine in the data bits, so flipping bit t of this
+            # unit XORs the symbol with M(value 2**t) ^ M(value 0), whatever the
+            # other bits are. Values 0 and 2**t are valid for every unit size
+            # (2**10 < 45 * 45, 2**5 < 45). The mask cancels out; 0 is as good as any.
+            width = (11 if (index + 1) * 2 <= len(self.base) else 6) if self.alnum else 8
+            layout = self.layout
+            zero = layout.pack(self._symbol(self._with_value(index, 0), 0).matrix)
+            deltas = [
+                zero ^ layout.pack(self._symbol(self._with_value(index, 1 << t), 0).matrix)
+                for t in range(width)
+            ]
+            self.deltas[index] = deltas
+        return deltas
+
+    def encode(self, url: str) -> int | None:
+        """The packed symbol for ``url`` (same length and mode as the base).
+
+        None when segno should encode this one directly: probing a unit costs
+        about as much as two direct encodings, so a unit is probed only once a
+        second URL needs it (in a range, the last few characters; a unit that
+        differs once, never).
+        """
+        delta = 0
+        base = self.base
+        direct = False
+        if url != base:
+            for index in range(len(self.base_values)):
+                at = index * self.unit
+                if url[at : at + self.unit] == base[at : at + self.unit]:
+                    continue
+                deltas = self.deltas.get(index)
+                if deltas is None:
+                    self.wanted[index] = wanted = self.wanted.get(index, 0) + 1
+                    if wanted < 2:
+                        direct = True
+                        continue
+                    deltas = self._unit_deltas(index)
+                if not direct:
+                    diff = self._value(url, at) ^ self.base_values[index]
+                    for t, bit in enumerate(deltas):
+                        if diff >> t & 1:
+                            delta ^= bit
+        if direct:
+            return None
+        best_score = -1
+        best = 0
+        layout = self.layout
+        for symbol, scored in self.masked:
+            score = _penalty(scored ^ delta, layout)
+            # Strictly lower wins, so the first of equal masks is kept, as in segno.
+            if best_score < 0 or score < best_score:
+                best_score, best = score, symbol
+        return best ^ delta
+
+
+def _segno_rows(url: str, level: str) -> list[str]:
+    matrix = segno.make_qr(url, error=level, boost_error=False).matrix
+    return [bytes(row).translate(_TO_ASCII).decode() for row in matrix]
+
+
+def _symbols(urls: Iterable[str], error: str) -> Iterator[list[str]]:
+    """The rows ('0'/'1' strings) of the QR symbol of each URL, in order."""
+    level = _error_level(error)
+    templates: dict[tuple[int, bool], _Template] = {}
+    for url in urls:
+        if not url or not url.isascii():
+            yield _segno_rows(url, level)
+            continue
+        alnum = all(c in _ALNUM_VALUE for c in url)
+        key = (len(url), alnum)
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = _Template(url, alnum, level)
+        packed = template.encode(url)
+        yield _segno_rows(url, level) if packed is None else template.layout.rows(packed)
+
+
+def qr_matrices(urls: Iterable[str], *, error: str = DEFAULT_ERROR) -> Iterator[tuple[bytes, ...]]:
+    """For each URL, the matrix ``make_qr(url, error=error).matrix`` would give.
+
+    Rows are bytes of 0 (light) and 1 (dark), without the quiet zone. Much faster
+    than segno for many URLs of equal length (see the module notes).
+    """
+    for rows in _symbols(urls, error):
+        yield tuple(row.encode().translate(_FROM_ASCII) for row in rows)
+
+
+# -- sheets -----------------------------------------------------------------------
+
+A4_WIDTH = 595.276  # 210 mm in PDF points
+A4_HEIGHT = 841.890  # 297 mm
+PAGE_MARGIN = 36.0  # 12.7 mm: inside what office printers can reach
+CELL_PAD = 4.0
+LABEL_BAND = 16.0
+LABEL_SIZE = 8.0
+MIN_LABEL_SIZE = 4.5
+GRID_GREY = 0.75
+
+# Advance widths of Helvetica (WinAnsiEncoding) for ASCII 32-126, in 1/1000 em,
+# from Adobe's AFM: to centre and fit labels without a font file.
+_HELVETICA_WIDTHS = (
+    278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278,
+    556, 556, 556, 556, 556, 556, 556, 556, 556, 556, 278, 278, 584, 584, 584, 556,
+    1015, 667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778,
+    667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, 278, 278, 278, 469, 556,
+    333, 556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556,
+    556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500, 334, 260, 334, 584,
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class SheetInfo:
+    """What :func:`write_sheet` wrote."""
+
+    path: Path
+    codes: int
+    pages: int
+
+
+@dataclass(frozen=True, slots=True)
+class _PageGrid:
+    columns: int
+    rows: int
+    cell_width: float
+    cell_height: float
+    left: float
+    top: float
+
+    @property
+    def per_page(self) -> int:
+        return self.columns * self.rows
+
+
+def _page_grid(columns: int) -> _PageGrid:
+    _check_range("columns", columns, 1, MAX_COLUMNS, "columns")
+    width = (A4_WIDTH - 2 * PAGE_MARGIN) / columns
+    height = width - 2 * CELL_PAD + CELL_PAD + LABEL_BAND
+    rows = max(1, int((A4_HEIGHT - 2 * PAGE_MARGIN) // height))
+    # Centre the grid vertically: the leftover space splits between top and bottom.
+    top = A4_HEIGHT - PAGE_MARGIN - ((A4_HEIGHT - 2 * PAGE_MARGIN) - rows * height) / 2
+    return _PageGrid(columns, rows, width, height, PAGE_MARGIN, top)
+
+
+def codes_per_page(columns: int = DEFAULT_COLUMNS) -> int:
+    """How many codes one A4 PDF page holds with ``columns`` columns."""
+    return _page_grid(columns).per_page
+
+
+def _ascii_label(label: str) -> str:
+    # Helvetica here is used with WinAnsiEncoding and labels are identifiers
+    # (ASCII); anything else becomes '?' rather than mojibake.
+    return "".join(c if " " <= c <= "~" else "?" for c in label)
+
+
+def _text_width(text: str, size: float) -> float:
+    return sum(_HELVETICA_WIDTHS[ord(c) - 32] for c in text) * size / 1000
+
+
+def _truncate(text: str, size: float, room: float) -> str:
+    while len(text) > 1 and _text_width(text + "...", size) > room:
+        text = text[:-1]
+    return text + "..."
+
+
+def _label_lines(label: str, room: float) -> tuple[float, list[str]]:
+    """Font size and lines (one, or two split after '/') fitting ``room`` points."""
+    text = _ascii_label(label)
+    size = min(LABEL_SIZE, room / max(_text_width(text, 1.0), 1e-9))
+    if size >= MIN_LABEL_SIZE or "/" not in text:
+        if size >= MIN_LABEL_SIZE:
+            return size, [text]
+        return MIN_LABEL_SIZE, [_truncate(text, MIN_LABEL_SIZE, room)]
+    head, _, tail = text.partition("/")
+    lines = [head + "/", tail]
+    size = min(6.0, *(room / max(_text_width(x, 1.0), 1e-9) for x in lines))
+    if size < MIN_LABEL_SIZE:
+        size = MIN_LABEL_SIZE
+        lines = [x if _text_width(x, size) <= room else _truncate(x, size, room) for x in lines]
+    return size, lines
+
+
+def _pdf_string(text: str) -> str:
+    return "(" + text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") + ")"
+
+
+def _num(x: float) -> str:
+    text = f"{x:.3f}".rstrip("0").rstrip(".")
+    return text if text not in ("", "-0") else "0"
+
+
+def _runs(row: str) -> Iterator[tuple[int, int]]:
+    """(start, length) of each run of dark modules in a row."""
+    start = row.find("1")
+    while start != -1:
+        end = row.find("0", start)
+        if end == -1:
+            end = len(row)
+        yield start, end - start
+        start = row.find("1", end)
+
+
+def _pdf_code(out: list[str], rows: list[str], x: float, y: float, side: float) -> None:
+    """Modules of one symbol filling the square (x, y, side), quiet zone included."""
+    n = len(rows)
+    module = side / (n + 2 * QUIET_ZONE)
+    ox = x + QUIET_ZONE * module
+    oy = y + QUIET_ZONE * module
+    out.append(f"q {_num(module)} 0 0 {_num(module)} {_num(ox)} {_num(oy)} cm")
+    # Integer module coordinates keep the stream small; one fill for the whole
+    # symbol avoids hairline seams between rectangles in anti-aliasing viewers.
+    for r, row in enumerate(rows):
+        yy = n - 1 - r
+        out.extend(f"{c} {yy} {length} 1 re" for c, length in _runs(row))
+    out.append("f Q")
+
+
+class _PdfWriter:
+    """A streaming PDF 1.4 writer: objects go to disk as they are made."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.offsets: dict[int, int] = {}
+        self.position = 0
+        self._write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")  # binary marker: keep it 8-bit clean
+
+    def _write(self, data: bytes) -> None:
+        self.stream.write(data)
+        self.position += len(data)
+
+    def object(self, number: int, body: str, stream: bytes | None = None) -> None:
+        self.offsets[number] = self.position
+        if stream is None:
+            self._write(f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1"))
+            return
+        head = f"{number} 0 obj\n{body[:-2]} /Length {len(stream)} >>\nstream\n"
+        self._write(head.encode("latin-1") + stream + b"\nendstream\nendobj\n")
+
+    def close(self, root: int, info: int) -> None:
+        size = max(self.offsets) + 1
+        xref = self.position
+        lines = [f"xref\n0 {size}\n", "0000000000 65535 f \n"]
+        for number in range(1, size):
+            lines.append(f"{self.offsets[number]:010d} 00000 n \n")
+        lines.append(f"trailer\n<< /Size {size} /Root {root} 0 R /Info {info} 0 R >>\n")
+        lines.append(f"startxref\n{xref}\n%%EOF\n")
+        self._write("".join(lines).encode("latin-1"))
+
+
+_CATALOG, _PAGES, _FONT, _INFO, _FIRST_PAGE_OBJECT = 1, 2, 3, 4, 5
+
+
+def _write_pdf(
+    items: Sequence[tuple[str, str]],
+    stream: IO[bytes],
+    columns: int,
+    error: str,
+    progress: ProgressCallback | None,
+) -> int:
+    grid = _page_grid(columns)
+    total = len(items)
+    pages = math.ceil(total / grid.per_page)
+    pdf = _PdfWriter(stream)
+    pdf.object(_CATALOG, f"<< /Type /Catalog /Pages {_PAGES} 0 R >>")
+    pdf.object(
+        _FONT, "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+    )
+    title = _ascii_label(f"{items[0][0]} .. {items[-1][0]}" if total > 1 else items[0][0])
+    pdf.object(_INFO, f"<< /Title {_pdf_string(title)} /Producer (cityid) >>")
+    side = grid.cell_width - 2 * CELL_PAD
+    label_room = grid.cell_width - 2 * CELL_PAD
+    symbols = _symbols((url for _, url in items), error)
+    kids: list[str] = []
+    done = 0
+    for page in range(pages):
+        chunk = items[page * grid.per_page : (page + 1) * grid.per_page]
+        used_rows = math.ceil(len(chunk) / grid.columns)
+        out: list[str] = []
+        # Cut grid: light grey lines on the cell borders of the rows in use.
+        out.append(f"q {GRID_GREY} G 0.3 w")
+        bottom = grid.top - used_rows * grid.cell_height
+        right = grid.left + grid.columns * grid.cell_width
+        for col in range(grid.columns + 1):
+            x = _num(grid.left + col * grid.cell_width)
+            out.append(f"{x} {_num(bottom)} m {x} {_num(grid.top)} l")
+        for row in range(used_rows + 1):
+            y = _num(grid.top - row * grid.cell_height)
+            out.append(f"{_num(grid.left)} {y} m {_num(right)} {y} l")
+        out.append("S Q")
+        texts: list[str] = []
+        for i, (label, _url) in enumerate(chunk):
+            row, col = divmod(i, grid.columns)
+            x = grid.left + col * grid.cell_width
+            y = grid.top - (row + 1) * grid.cell_height  # bottom of the cell
+            _pdf_code(out, next(symbols), x + CELL_PAD, y + LABEL_BAND, side)
+            size, lines = _label_lines(label, label_room)
+            baselines = [y + 6.0] if len(lines) == 1 else [y + 9.0, y + 2.5]
+            for line, base in zip(lines, baselines, strict=True):
+                tx = x + (grid.cell_width - _text_width(line, size)) / 2
+                texts.append(f"/F1 {_num(size)} Tf 1 0 0 1 {_num(tx)} {_num(base)} Tm ")
+                texts.append(f"{_pdf_string(line)} Tj")
+            done += 1
+            if progress is not None:
+                progress(done, total)
+        footer_y = PAGE_MARGIN / 2
+        range_text = _ascii_label(f"{chunk[0][0]} .. {chunk[-1][0]}")
+        page_text = f"page {page + 1} of {pages}"
+        texts.append(f"/F1 7 Tf 1 0 0 1 {_num(PAGE_MARGIN)} {_num(footer_y)} Tm ")
+        texts.append(f"{_pdf_string(range_text)} Tj")
+        page_x = A4_WIDTH - PAGE_MARGIN - _text_width(page_text, 7)
+        texts.append(f"1 0 0 1 {_num(page_x)} {_num(footer_y)} Tm {_pdf_string(page_text)} Tj")
+        out.append("BT 0 g")
+        out.extend(texts)
+        out.append("ET")
+        content = zlib.compress("\n".join(out).encode("latin-1"), 6)
+        content_obj = _FIRST_PAGE_OBJECT + 2 * page
+        page_obj = content_obj + 1
+        pdf.object(content_obj, "<< /Filter /FlateDecode >>", content)
+        pdf.object(
+            page_obj,
+            f"<< /Type /Page /Parent {_PAGES} 0 R "
+            f"/MediaBox [0 0 {_num(A4_WIDTH)} {_num(A4_HEIGHT)}] "
+            f"/Resources << /Font << /F1 {_FONT} 0 R >> >> /Contents {content_obj} 0 R >>",
+        )
+        kids.append(f"{page_obj} 0 R")
+    pdf.object(_PAGES, f"<< /Type /Pages /Kids [{' '.join(kids)}] /Count {pages} >>")
+    pdf.close(_CATALOG, _INFO)
+    return pages
+
+
+def _write_png_sheet(
+    items: Sequence[tuple[str, str]],
+    path: Path,
+    columns: int,
+    scale: int,
+    error: str,
+    progress: ProgressCallback | None,
+) -> None:
+    try:
+        from PIL import Image, ImageDraw, ImageFont
+    except ImportError:
+        raise QRCodeError(
+            "PNG sheets need Pillow (pip install Pillow); PDF sheets do not",
+            rule="missing-dependency",
+        ) from None
+    total = len(items)
+    symbols: list[list[str]] = []
+    for rows in _symbols((url for _, url in items), error):
+        symbols.append(rows)
+        if progress is not None:
+            progress(len(symbols), total)
+    widest = max(len(rows) for rows in symbols) + 2 * QUIET_ZONE
+    pad = 2 * scale
+    band = max(18, 5 * scale)
+    cell_w = widest * scale + 2 * pad
+    cell_h = pad + widest * scale + band
+    n_rows = math.ceil(total / columns)
+    sheet = Image.new("L", (columns * cell_w + 1, n_rows * cell_h + 1), 255)
+    draw = ImageDraw.Draw(sheet)
+    base_size = max(10, round(band * 0.6))
+    fonts: dict[int, ImageFont.ImageFont | ImageFont.FreeTypeFont] = {}
+
+    def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+        if size not in fonts:
+            try:
+                fonts[size] = ImageFont.load_default(size=size)
+            except (TypeError, ImportError, OSError):  # Pillow without FreeType
+                fonts[size] = ImageFont.load_default()
+        return fonts[size]
+
+    white_margin = b"\xff" * QUIET_ZONE
+    to_grey = bytes.maketrans(b"01", b"\xff\x00")
+    for i, ((label, _url), rows) in enumerate(zip(items, symbols, strict=True)):
+        row, col = divmod(i, columns)
+        x, y = col * cell_w, row * cell_h
+        size = len(rows) + 2 * QUIET_ZONE
+        quiet = b"\xff" * size * QUIET_ZONE
+        data = (
+            quiet
+            + b"".join(white_margin + r.encode().translate(to_grey) + white_margin for r in rows)
+            + quiet
+        )
+        symbol = Image.frombytes("L", (size, size), data).resize(
+            (size * scale, size * scale), Image.Resampling.NEAREST
+        )
+        offset = (widest - size) * scale // 2
+        sheet.paste(symbol, (x + pad + offset, y + pad + offset))
+        text = _ascii_label(label)
+        room = cell_w - 2 * pad
+        fsize = base_size
+        while fsize > 8 and draw.textlength(text, font=font(fsize)) > room:
+            fsize -= 1
+        lines = [text]
+        if draw.textlength(text, font=font(fsize)) > room and "/" in text:
+            head, _, tail = text.partition("/")
+            lines = [head + "/", tail]
+            fsize = max(8, min(fsize, band // 2 - 1))
+        line_h = band // len(lines)
+        for k, line in enumerate(lines):
+            width = draw.textlength(line, font=font(fsize))
+            draw.text(
+                (x + (cell_w - width) / 2, y + pad + widest * scale + k * line_h),
+                line,
+                fill=0,
+                font=font(fsize),
+            )
+    for c in range(columns + 1):
+        draw.line([(c * cell_w, 0), (c * cell_w, n_rows * cell_h)], fill=190)
+    for r in range(n_rows + 1):
+        draw.line([(0, r * cell_h), (columns * cell_w, r * cell_h)], fill=190)
+    with _atomic(path) as tmp:
+        sheet.save(tmp, format="PNG")
+
+
+def write_sheet(
+    items: Sequence[tuple[str, str]],
+    path: str | os.PathLike[str],
+    *,
+    columns: int = DEFAULT_COLUMNS,
+    progress: ProgressCallback | None = None,
+    error: str = DEFAULT_ERROR,
+    scale: int = DEFAULT_SHEET_SCALE,
+) -> SheetInfo:
+    """A printable sheet of ``(label, url)`` pairs: each code with its label under it.
+
+    ``.pdf``: A4 pages, ``columns`` codes across (default 4: 20 codes a page, about
+    1 mm per module), a light cut grid, a footer with the page's first and last
+    label and the page number; as many pages as needed. ``.png``: one grid image
+    (at most MAX_PNG_SHEET_CODES codes), ``scale`` pixels per module. ``progress``
+    is called as ``progress(done, total)`` after each code.
+    """
+    out = Path(path)
+    kind = _output_kind(out, ("pdf", "png"))
+    error = _error_level(error)
+    _check_range("columns", columns, 1, MAX_COLUMNS, "columns")
+    total = len(items)
+    if not 1 <= total <= MAX_SHEET_CODES:
+        raise QRCodeError(
+            f"a sheet holds 1 to {MAX_SHEET_CODES:,} codes, not {total:,}", rule="sheet-size"
+        )
+    if kind == "png":
+        if total > MAX_PNG_SHEET_CODES:
+            raise QRCodeError(
+                f"a PNG sheet holds at most {MAX_PNG_SHEET_CODES:,} codes ({total:,} asked): "
+                "write a .pdf, which is paged",
+                rule="sheet-size",
+            )
+        _check_range("scale", scale, 1, 40, "scale")
+        _write_png_sheet(items, out, columns, scale, error, progress)
+        return SheetInfo(out, total, 1)
+    with _atomic(out) as tmp, tmp.open("wb") as stream:
+        pages = _write_pdf(items, stream, columns, error, progress)
+    return SheetInfo(out, total, pages)
