@@ -20,13 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ledger.batcher import Sequencer
-
 from cityid.authority import Namespace
 from cityid.errors import CityIdError, LedgerError, OperationError
 from cityid.identifiers import Identifier
 from cityid.keys import SigningKey
 from cityid.ops import SignedOperation
+from ledger.batcher import Sequencer
 from ledger.storage import Log
 
 from .config import RegistrarConfig
@@ -59,7 +58,8 @@ class Registrar:
         self.rebuild()
 
     @classmethod
-    def open(cls, config: RegistrarConfig, cosign: object | None = None) -> Registrar:
+    def open(cls, config: RegistrarConfig) -> Registrar:
+        """Open (or create) the log and replay it; witnesses are wired by the server."""
         key: SigningKey = config.log_key()
         log_dir = config.log_dir
         if (log_dir / "checkpoint").exists():
@@ -76,7 +76,6 @@ class Registrar:
             store,
             max_batch=config.max_batch,
             max_delay=config.max_delay_ms / 1000,
-            cosign=cosign,  # type: ignore[arg-type]
         )
         return cls(config, store, seq)
 

@@ -33,6 +33,7 @@ same matrix segno would make; tests check that against segno itself.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import re
@@ -40,12 +41,13 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import segno
-
 from cityid.errors import CityIdError
+
+if TYPE_CHECKING:
+    import segno
 
 __all__ = [
     "DEFAULT_ERROR",
@@ -58,6 +60,7 @@ __all__ = [
     "SheetInfo",
     "codes_per_page",
     "make_qr",
+    "output_kind",
     "qr_matrices",
     "resolver_url",
     "write_qr",
@@ -97,6 +100,7 @@ _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
 # -- the URL ----------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)  # a sheet of a million codes checks one base URL
 def _check_base_url(base_url: str) -> str:
     base = base_url.strip()
     if not base:
@@ -168,6 +172,14 @@ def _error_level(error: str) -> str:
     return level
 
 
+def _make(content: str | bytes, **options: Any) -> segno.QRCode:
+    # Imported on first use: segno takes tens of milliseconds to import, and every
+    # `cityid` command loads this module's CLI.
+    import segno
+
+    return segno.make_qr(content, **options)
+
+
 def make_qr(url: str, *, error: str = DEFAULT_ERROR) -> segno.QRCode:
     """A QR code (never Micro QR) for ``url`` at error-correction level ``error``.
 
@@ -175,10 +187,12 @@ def make_qr(url: str, *, error: str = DEFAULT_ERROR) -> segno.QRCode:
     happens to fit, so codes of one batch would differ in level for no visible
     reason. The mode is segno's choice: alphanumeric when every character allows it.
     """
-    return segno.make_qr(url, error=_error_level(error), boost_error=False)
+    return _make(url, error=_error_level(error), boost_error=False)
 
 
-def _output_kind(path: Path, allowed: tuple[str, ...]) -> str:
+def output_kind(path: str | os.PathLike[str], allowed: Sequence[str]) -> str:
+    """``png``, ``svg`` or ``pdf`` from the suffix of ``path``, if in ``allowed``."""
+    path = Path(path)
     kind = path.suffix.lower().lstrip(".")
     if kind not in allowed:
         wanted = " or ".join(f".{k}" for k in allowed)
@@ -231,7 +245,7 @@ def write_qr(
     symbol keeps its 4-module quiet zone. Returns the path written.
     """
     out = Path(path)
-    kind = _output_kind(out, ("png", "svg"))
+    kind = output_kind(out, ("png", "svg"))
     _check_range("scale", scale, 1, 100, "scale")
     qr = make_qr(url, error=error)
     with _atomic(out) as tmp:
@@ -266,15 +280,16 @@ class _Layout:
     """Bit positions of an n x n matrix packed, with its transpose, into one int.
 
     Line k (k = 1..n: row k-1; k = n+2..2n+1: column k-n-2) holds its modules at
-    bits ``k * stride + i``. Guard lines (0, n+1, 2n+2) and four guard bits after
-    each line read as outside the symbol, so shifts by up to 4 never carry one
-    line's modules into another. Rows and columns together let every penalty rule
-    run once over both directions.
+    bits ``k * stride + i``. Guard lines (0, n+1, 2n+2) and at least four guard
+    bits after each line read as outside the symbol, so shifts by up to 4 never
+    carry one line's modules into another. Rows and columns together let every
+    penalty rule run once over both directions. The stride is a whole number of
+    bytes so the PDF writer can read each row as bytes.
     """
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.stride = n + 4
+        self.stride = (n + 4 + 7) // 8 * 8
         self.lines = 2 * n + 3
         self.bits = self.lines * self.stride
         self.all = (1 << self.bits) - 1
@@ -297,6 +312,11 @@ class _Layout:
             )
         )
         return int(text[::-1], 2)
+
+    def row_bytes(self, packed: int) -> tuple[bytes, int]:
+        """The row half as little-endian bytes, and the byte stride of a row."""
+        step = self.stride // 8
+        return packed.to_bytes(self.lines * step, "little")[: (self.n + 1) * step], step
 
     def rows(self, packed: int) -> list[str]:
         """The matrix rows as strings of '0' and '1'."""
@@ -386,9 +406,9 @@ class _Template:
         self.alnum = alnum
         self.error = error
         self.mode = "alphanumeric" if alnum else "byte"
-        first = segno.make_qr(self._content(base), error=error, mode=self.mode, boost_error=False)
+        first = _make(self._content(base), error=error, mode=self.mode, boost_error=False)
         self.version = int(first.version)
-        self.layout = layout = _Layout(len(first.matrix))
+        self.layout = layout = _layout(len(first.matrix))
         n = layout.n
         keep = [bytearray([1]) * n for _ in range(n)]
         for r, c in _reserved_cells(n, self.version):
@@ -404,6 +424,7 @@ class _Template:
         self.base_values = [self._value(base, i) for i in range(0, len(base), self.unit)]
         self.deltas: dict[int, list[int]] = {}
         self.wanted: dict[int, int] = {}
+        self.seen = 0
 
     def _content(self, text: str) -> str | bytes:
         # segno reads a str of ASCII as ISO 8859-1 bytes, so bytes give the same
@@ -411,7 +432,7 @@ class _Template:
         return text if self.alnum else text.encode("latin-1")
 
     def _symbol(self, text: str, mask: int) -> segno.QRCode:
-        return segno.make_qr(
+        return _make(
             self._content(text),
             error=self.error,
             version=self.version,
@@ -458,33 +479,35 @@ class _Template:
     def encode(self, url: str) -> int | None:
         """The packed symbol for ``url`` (same length and mode as the base).
 
-        None when segno should encode this one directly: probing a unit costs
-        about as much as two direct encodings, so a unit is probed only once a
-        second URL needs it (in a range, the last few characters; a unit that
-        differs once, never).
+        None when segno should encode this one directly. Probing a unit costs
+        about two direct encodings, so a unit is probed only once a second URL
+        needs it, and total probing is kept under one unit per two URLs seen: a
+        range (only its last characters vary) turns fast after two or three
+        codes, while a few unrelated URLs cost what segno alone would.
         """
+        self.seen += 1
         delta = 0
         base = self.base
-        direct = False
-        if url != base:
-            for index in range(len(self.base_values)):
-                at = index * self.unit
-                if url[at : at + self.unit] == base[at : at + self.unit]:
-                    continue
-                deltas = self.deltas.get(index)
-                if deltas is None:
-                    self.wanted[index] = wanted = self.wanted.get(index, 0) + 1
-                    if wanted < 2:
-                        direct = True
-                        continue
-                    deltas = self._unit_deltas(index)
-                if not direct:
-                    diff = self._value(url, at) ^ self.base_values[index]
-                    for t, bit in enumerate(deltas):
-                        if diff >> t & 1:
-                            delta ^= bit
-        if direct:
-            return None
+        missing: list[int] = []
+        changed: list[tuple[int, int]] = []
+        for index in range(len(self.base_values)):
+            at = index * self.unit
+            if url[at : at + self.unit] != base[at : at + self.unit]:
+                changed.append((index, self._value(url, at) ^ self.base_values[index]))
+                if index not in self.deltas:
+                    missing.append(index)
+        if missing:
+            for index in missing:
+                self.wanted[index] = self.wanted.get(index, 0) + 1
+            if (
+                any(self.wanted[index] < 2 for index in missing)
+                or len(self.deltas) + len(missing) > 2 + self.seen // 2
+            ):
+                return None
+        for index, diff in changed:
+            for t, bit in enumerate(self._unit_deltas(index)):
+                if diff >> t & 1:
+                    delta ^= bit
         best_score = -1
         best = 0
         layout = self.layout
@@ -496,26 +519,41 @@ class _Template:
         return best ^ delta
 
 
-def _segno_rows(url: str, level: str) -> list[str]:
-    matrix = segno.make_qr(url, error=level, boost_error=False).matrix
-    return [bytes(row).translate(_TO_ASCII).decode() for row in matrix]
+_layouts: dict[int, _Layout] = {}
+
+
+def _layout(n: int) -> _Layout:
+    layout = _layouts.get(n)
+    if layout is None:
+        layout = _layouts[n] = _Layout(n)
+    return layout
+
+
+def _packed_symbols(urls: Iterable[str], error: str) -> Iterator[tuple[int, _Layout]]:
+    """The packed QR symbol of each URL, in order (see :class:`_Layout`)."""
+    level = _error_level(error)
+    templates: dict[tuple[int, bool], _Template] = {}
+    for url in urls:
+        packed = None
+        if url and url.isascii():
+            alnum = all(c in _ALNUM_VALUE for c in url)
+            key = (len(url), alnum)
+            template = templates.get(key)
+            if template is None:
+                template = templates[key] = _Template(url, alnum, level)
+            packed = template.encode(url)
+        if packed is None:
+            matrix = _make(url, error=level, boost_error=False).matrix
+            layout = _layout(len(matrix))
+            yield layout.pack(matrix), layout
+        else:
+            yield packed, template.layout
 
 
 def _symbols(urls: Iterable[str], error: str) -> Iterator[list[str]]:
     """The rows ('0'/'1' strings) of the QR symbol of each URL, in order."""
-    level = _error_level(error)
-    templates: dict[tuple[int, bool], _Template] = {}
-    for url in urls:
-        if not url or not url.isascii():
-            yield _segno_rows(url, level)
-            continue
-        alnum = all(c in _ALNUM_VALUE for c in url)
-        key = (len(url), alnum)
-        template = templates.get(key)
-        if template is None:
-            template = templates[key] = _Template(url, alnum, level)
-        packed = template.encode(url)
-        yield _segno_rows(url, level) if packed is None else template.layout.rows(packed)
+    for packed, layout in _packed_symbols(urls, error):
+        yield layout.rows(packed)
 
 
 def qr_matrices(urls: Iterable[str], *, error: str = DEFAULT_ERROR) -> Iterator[tuple[bytes, ...]]:
@@ -631,30 +669,56 @@ def _num(x: float) -> str:
     return text if text not in ("", "-0") else "0"
 
 
-def _runs(row: str) -> Iterator[tuple[int, int]]:
-    """(start, length) of each run of dark modules in a row."""
-    start = row.find("1")
-    while start != -1:
-        end = row.find("0", start)
-        if end == -1:
-            end = len(row)
-        yield start, end - start
-        start = row.find("1", end)
+def _byte_rects(x0: int, y: int, value: int) -> str:
+    """Rectangles for the dark modules of one byte of a row (bit k = column x0 + k)."""
+    rects = []
+    k = 0
+    while k < 8:
+        if value >> k & 1:
+            start = k
+            while k < 8 and value >> k & 1:
+                k += 1
+            rects.append(f"{x0 + start} {y} {k - start} 1 re")
+        else:
+            k += 1
+    return "\n".join(rects)
 
 
-def _pdf_code(out: list[str], rows: list[str], x: float, y: float, side: float) -> None:
-    """Modules of one symbol filling the square (x, y, side), quiet zone included."""
-    n = len(rows)
-    module = side / (n + 2 * QUIET_ZONE)
-    ox = x + QUIET_ZONE * module
-    oy = y + QUIET_ZONE * module
-    out.append(f"q {_num(module)} 0 0 {_num(module)} {_num(ox)} {_num(oy)} cm")
-    # Integer module coordinates keep the stream small; one fill for the whole
-    # symbol avoids hairline seams between rectangles in anti-aliasing viewers.
-    for r, row in enumerate(rows):
-        yy = n - 1 - r
-        out.extend(f"{c} {yy} {length} 1 re" for c, length in _runs(row))
-    out.append("f Q")
+class _PdfSymbols:
+    """PDF path operators for packed symbols, with the text of each row byte cached.
+
+    A run crossing a byte boundary becomes two abutting rectangles; filled as one
+    path they paint the same area. Across a sheet, one (row, byte) position sees at
+    most 256 values, so nearly every byte is a dictionary hit.
+    """
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[int, int, int], str] = {}
+
+    def draw(
+        self, out: list[str], packed: int, layout: _Layout, x: float, y: float, side: float
+    ) -> None:
+        n = layout.n
+        module = side / (n + 2 * QUIET_ZONE)
+        ox = x + QUIET_ZONE * module
+        oy = y + QUIET_ZONE * module
+        out.append(f"q {_num(module)} 0 0 {_num(module)} {_num(ox)} {_num(oy)} cm")
+        # Module units keep the numbers small integers; one fill for the whole
+        # symbol avoids hairline seams between rectangles in anti-aliasing viewers.
+        data, step = layout.row_bytes(packed)
+        cache = self.cache
+        width = (n + 7) // 8
+        for r in range(n):
+            at = (r + 1) * step
+            yy = n - 1 - r
+            for i, value in enumerate(data[at : at + width]):
+                if value:
+                    key = (yy, i, value)
+                    text = cache.get(key)
+                    if text is None:
+                        text = cache[key] = _byte_rects(8 * i, yy, value)
+                    out.append(text)
+        out.append("f Q")
 
 
 class _PdfWriter:
@@ -711,7 +775,8 @@ def _write_pdf(
     pdf.object(_INFO, f"<< /Title {_pdf_string(title)} /Producer (cityid) >>")
     side = grid.cell_width - 2 * CELL_PAD
     label_room = grid.cell_width - 2 * CELL_PAD
-    symbols = _symbols((url for _, url in items), error)
+    symbols = _packed_symbols((url for _, url in items), error)
+    drawer = _PdfSymbols()
     kids: list[str] = []
     done = 0
     for page in range(pages):
@@ -734,7 +799,8 @@ def _write_pdf(
             row, col = divmod(i, grid.columns)
             x = grid.left + col * grid.cell_width
             y = grid.top - (row + 1) * grid.cell_height  # bottom of the cell
-            _pdf_code(out, next(symbols), x + CELL_PAD, y + LABEL_BAND, side)
+            packed, layout = next(symbols)
+            drawer.draw(out, packed, layout, x + CELL_PAD, y + LABEL_BAND, side)
             size, lines = _label_lines(label, label_room)
             baselines = [y + 6.0] if len(lines) == 1 else [y + 9.0, y + 2.5]
             for line, base in zip(lines, baselines, strict=True):
@@ -872,7 +938,7 @@ def write_sheet(
     is called as ``progress(done, total)`` after each code.
     """
     out = Path(path)
-    kind = _output_kind(out, ("pdf", "png"))
+    kind = output_kind(out, ("pdf", "png"))
     error = _error_level(error)
     _check_range("columns", columns, 1, MAX_COLUMNS, "columns")
     total = len(items)

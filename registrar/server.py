@@ -6,31 +6,47 @@ import asyncio
 import logging
 import sys
 
+import aiohttp
 from aiohttp import web
 
 from cityid.errors import CityIdError
+from ledger.batcher import Cosign
+from ledger.policy import Policy
+from ledger.storage import Log
+from ledger.witness import clients_from_policy, make_cosigner
 
 from .app import make_app
 from .config import RegistrarConfig
 from .core import Registrar
 
 
-def _cosigner(cfg: RegistrarConfig, reg_log: object) -> object | None:
-    if not cfg.witnesses:
+def _cosigner(cfg: RegistrarConfig, reg_log: Log, session: aiohttp.ClientSession) -> Cosign | None:
+    """The sequencer's hook that gathers the configured witnesses' quorum, if any."""
+    if not cfg.witnesses or cfg.quorum == 0:
         return None
-    from ledger.policy import Policy
-    from ledger.witness import make_cosigner
-
-    policy = Policy.k_of_n(reg_log.verifier, [k for _, k in cfg.witnesses], cfg.quorum)  # type: ignore[attr-defined]
-    return make_cosigner(reg_log, cfg.witnesses, policy, cfg.witness_timeout_ms / 1000)
+    policy = Policy.k_of_n(
+        [reg_log.verifier],
+        {key.name: key for _, key in cfg.witnesses},
+        cfg.quorum,
+        urls={key.name: url for url, key in cfg.witnesses},
+    )
+    clients = clients_from_policy(policy, session=session)
+    return make_cosigner(reg_log, clients, policy, cfg.witness_timeout_ms / 1000)
 
 
 async def start_registrar(cfg: RegistrarConfig) -> tuple[Registrar, web.AppRunner]:
     """Open and start serving on the configured address; for ``cityid up`` and tests."""
     reg = Registrar.open(cfg)
+    app = make_app(reg)
     if cfg.witnesses:
-        reg.sequencer.cosign = _cosigner(cfg, reg.log)  # type: ignore[assignment]
-    runner = web.AppRunner(make_app(reg), access_log=None, handle_signals=False)
+        session = aiohttp.ClientSession()
+        reg.sequencer.cosign = _cosigner(cfg, reg.log, session)
+
+        async def close_session(_: web.Application) -> None:
+            await session.close()
+
+        app.on_cleanup.append(close_session)  # after the sequencer's last batch
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     host, port = cfg.host_port
     try:

@@ -1,0 +1,389 @@
+"""``cityid up``: the whole system on one machine, on its embedded default.
+
+This is the composition root: the only module that imports every service. On
+first start it creates the data directory (one TOML config with every setting
+and its default, keys, two registrar data directories, witness state) and the
+demo namespace; later starts reuse it all. It runs in one process and one event
+loop: a private Valkey (a child process), two witnesses, the root registrar,
+Shijiazhuang's registrar, and the resolver when it is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cli import Subparsers
+from .errors import CityIdError
+from .identifiers import Prefix
+from .keys import ALG_COSIGNATURE_V1, SigningKey
+from .progress import Progress
+
+CONFIG_NAME = "cityid.toml"
+
+DEFAULT_CONFIG = """\
+# cityid up: one data directory, this one file. Every key is shown with its default.
+# Delete a key to go back to its default. docs/config.md explains each one.
+
+[valkey]
+url = ""                    # a Redis/Valkey URL to use instead of the embedded server
+maxmemory = ""              # e.g. "2gb" for the embedded server ("" = no limit)
+
+[root]                      # the national root registrar
+prefix = "MA.156"
+origin = "root.cityid.test/log"
+listen = "127.0.0.1:8000"
+
+[city]                      # Shijiazhuang's registrar, with its own log
+prefix = "MA.156.1301"
+origin = "sjz.cityid.test/log"
+listen = "127.0.0.1:8001"
+
+[witnesses]                 # witnesses that cosign both logs' checkpoints
+listen = ["127.0.0.1:8101", "127.0.0.1:8102"]
+quorum = 1                  # cosignatures needed before a checkpoint is published
+
+[resolver]
+http = "127.0.0.1:8080"
+dns = "127.0.0.1:5353"
+apex = "cityid.test"
+
+[demo]
+assets = 100000             # assets minted under the city's departments on first start
+"""
+
+
+class UpError(CityIdError):
+    rule = "up"
+
+
+@dataclass
+class UpConfig:
+    raw: dict[str, Any]
+
+    def get(self, section: str, key: str) -> Any:
+        defaults = tomllib.loads(DEFAULT_CONFIG)
+        return self.raw.get(section, {}).get(key, defaults[section][key])
+
+    @classmethod
+    def load(cls, path: Path) -> UpConfig:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(DEFAULT_CONFIG)
+        try:
+            return cls(tomllib.loads(path.read_text()))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UpError(
+                f"{path} is not valid TOML ({e}): fix it, or delete it to get the defaults",
+                rule="corrupt-data",
+            ) from e
+
+
+def add_commands(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "up",
+        help="start the whole system on this machine (embedded Valkey, demo namespace)",
+        description=(
+            "Start everything in one process: a private Valkey, two witnesses, the root "
+            "registrar (MA.156) and Shijiazhuang's registrar (MA.156.1301), with the demo "
+            "namespace (344 cities, 7 departments, assets with GEO points) created on first "
+            "start. The data directory holds cityid.toml (every setting, with defaults), "
+            "keys and logs; a second start reuses it. Ctrl-C stops everything cleanly."
+        ),
+        epilog="examples:\n  cityid up\n  cityid up --data /var/lib/cityid --assets 1000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(os.environ.get("CITYID_DATA", "cityid-data")),
+        help="data directory (env CITYID_DATA; default %(default)s)",
+    )
+    p.add_argument("--assets", type=int, help="assets to mint on first start (config: demo.assets)")
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write a JSON summary here once everything is up (for scripts and tests)",
+    )
+    p.set_defaults(func=cmd_up)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_up(args))
+
+
+def _key(path: Path, name: str) -> SigningKey:
+    if path.exists():
+        return SigningKey.read(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = SigningKey.generate(name)
+    key.write(path)
+    return key
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _up(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from ledger.witness import Witness, witness_app
+    from registrar.config import Anchor, RegistrarConfig
+    from registrar.server import start_registrar
+
+    from .valkey import EmbeddedValkey
+
+    data: Path = args.data.resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    lock = _lock(data)
+    cfg = UpConfig.load(data / CONFIG_NAME)
+    keys = data / "keys"
+    t0 = time.monotonic()
+
+    # Keys: the root's and the city's writers, one per department, and the witnesses'.
+    root_admin = _key(keys / "root-admin.key", "MA.156-admin")
+    city_admin = _key(keys / "city-admin.key", "MA.156.1301-admin")
+    witness_keys = [
+        _key(keys / f"witness-{i + 1}.key", f"witness-{i + 1}.cityid.test")
+        for i in range(len(cfg.get("witnesses", "listen")))
+    ]
+
+    stack = contextlib.AsyncExitStack()
+    async with stack:
+        # 1. Valkey: the resolver's cache (REDIS_URL or valkey.url to use another server).
+        redis_url = os.environ.get("REDIS_URL") or cfg.get("valkey", "url")
+        if not redis_url:
+            valkey = EmbeddedValkey(
+                data / "valkey", maxmemory=cfg.get("valkey", "maxmemory") or None
+            )
+            redis_url = valkey.start()
+            stack.callback(valkey.stop)
+
+        # 2. Registrar directories, created on first start.
+        registrars: dict[str, RegistrarConfig] = {}
+        witness_urls = [f"http://{hp}" for hp in cfg.get("witnesses", "listen")]
+        witness_vkeys = [k.verifier.with_alg(ALG_COSIGNATURE_V1) for k in witness_keys]
+        for role, admin in (("root", root_admin), ("city", city_admin)):
+            d = data / role
+            if not (d / "registrar.toml").exists():
+                d.mkdir(parents=True, exist_ok=True)
+                log_key = _key(d / "log.key", cfg.get(role, "origin"))
+                (d / "log.vkey").write_text(f"{log_key.verifier}\n")
+                RegistrarConfig(
+                    directory=d, origin=cfg.get(role, "origin"), log_key_file=d / "log.key",
+                    anchors=[Anchor(Prefix.parse(cfg.get(role, "prefix")), admin.verifier)],
+                    listen=cfg.get(role, "listen"), public_url=f"http://{cfg.get(role, 'listen')}",
+                    witnesses=list(zip(witness_urls, witness_vkeys, strict=True)),
+                    quorum=int(cfg.get("witnesses", "quorum")),
+                ).save()  # fmt: skip
+            rc = RegistrarConfig.load(d)
+            rc.listen = cfg.get(role, "listen")
+            registrars[role] = rc
+
+        # 3. Witnesses, then the registrars that need their cosignatures.
+        log_vkeys = [SigningKey.read(rc.log_key_file).verifier for rc in registrars.values()]
+        for i, (key, hp) in enumerate(
+            zip(witness_keys, cfg.get("witnesses", "listen"), strict=True)
+        ):
+            witness = Witness(key, log_vkeys, data / "witnesses" / f"witness-{i + 1}")
+            runner = web.AppRunner(witness_app(witness), access_log=None)
+            await runner.setup()
+            host, _, port = hp.rpartition(":")
+            try:
+                await web.TCPSite(runner, host, int(port)).start()
+            except OSError as e:
+                await runner.cleanup()
+                raise UpError(
+                    f"witness {i + 1} cannot listen on {hp}: {e.strerror}; change "
+                    f"[witnesses] listen in {data / CONFIG_NAME}",
+                    rule="port-in-use",
+                ) from e
+            stack.push_async_callback(runner.cleanup)
+
+        started = {}
+        for role, rc in registrars.items():
+            try:
+                reg, runner = await start_registrar(rc)
+            except CityIdError as e:
+                raise UpError(
+                    f"{role} registrar: {e.message} (in {data / CONFIG_NAME}, [{role}] listen)",
+                    rule=e.rule,
+                ) from e
+            stack.push_async_callback(runner.cleanup)
+            started[role] = reg
+
+        # 4. The demo namespace, once.
+        if started["root"].log.size == 0:
+            await _seed(
+                started,
+                data,
+                city_admin,
+                root_admin,
+                args.assets if args.assets is not None else int(cfg.get("demo", "assets")),
+            )
+
+        # 5. Say where everything is.
+        sample = _sample(started["city"])
+        _banner(cfg, data, redis_url, sample, time.monotonic() - t0)
+        if args.ready_file:
+            import json
+
+            args.ready_file.write_text(json.dumps({
+                "root": f"http://{cfg.get('root', 'listen')}",
+                "city": f"http://{cfg.get('city', 'listen')}",
+                "redis": redis_url, "sample": sample, "data": str(data),
+            }))  # fmt: skip
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        _say("cityid: stopping (registrars finish their batch in flight)")
+    _say("cityid: stopped")
+    os.close(lock)
+    return 0
+
+
+def _lock(data: Path) -> int:
+    """One ``cityid up`` per data directory: a second one says so instead of fighting."""
+    import fcntl
+
+    fd = os.open(data / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        os.close(fd)
+        raise UpError(
+            f"another 'cityid up' is already running with {data}; stop it first, "
+            "or use --data for a second system",
+            rule="data-in-use",
+        ) from e
+    return fd
+
+
+async def _seed(
+    started: dict[str, Any], data: Path, city_admin: SigningKey, root_admin: SigningKey, assets: int
+) -> None:
+    from .demo import (
+        DEPARTMENTS,
+        SHIJIAZHUANG,
+        asset_mints,
+        bounding_box,
+        cities,
+        city_delegations,
+        city_prefix,
+        department_delegations,
+    )
+    from .ops import SignedOperation, now
+
+    ts = now()
+    root, city = started["root"], started["city"]
+    city_list = cities()
+    city_keys: dict[Prefix, bytes] = {}
+    for c in city_list:
+        p = city_prefix(c)
+        if p == SHIJIAZHUANG:
+            city_keys[p] = city_admin.public_key
+        else:
+            city_keys[p] = _key(
+                data / "keys" / "cities" / f"{c.code[:4]}.key", f"{p}-admin"
+            ).public_key
+    origins = {SHIJIAZHUANG: city.config.origin}
+    sites = {
+        SHIJIAZHUANG: {
+            "registrar": f"http://{city.config.listen}",
+            "ledger": f"http://{city.config.listen}/log",
+        }
+    }
+    root_prefix = root.config.anchors[0].prefix
+    _say(f"cityid: first start: delegating {len(city_list)} cities under {root_prefix}")
+    leaves = [
+        SignedOperation.sign(op, root_admin).encode()
+        for op in city_delegations(city_keys, origins, sites, ts)
+    ]
+    await root.submit(leaves)
+
+    dept_keys = {
+        SHIJIAZHUANG.child(node): _key(
+            data / "keys" / f"dept-{node}.key", f"{SHIJIAZHUANG}.{node}-admin"
+        )
+        for node, _, _ in DEPARTMENTS
+    }
+    leaves = [
+        SignedOperation.sign(op, city_admin).encode()
+        for op in department_delegations(
+            SHIJIAZHUANG, {p: k.public_key for p, k in dept_keys.items()}, ts
+        )
+    ]
+    await city.submit(leaves)
+    _say(f"cityid: delegated {len(leaves)} departments under {SHIJIAZHUANG}")
+
+    if assets <= 0:
+        return
+    sjz = next(c for c in city_list if city_prefix(c) == SHIJIAZHUANG)
+    bbox = bounding_box(sjz)
+    per = -(-assets // len(dept_keys))
+    with Progress(assets, "minting demo assets", force=sys.stderr.isatty()) as bar:
+        left = assets
+        for i, (prefix, key) in enumerate(dept_keys.items()):
+            n = min(per, left)
+            if n <= 0:
+                break
+            mints = await asyncio.to_thread(asset_mints, prefix, n, bbox, ts, seed=1301 + i)
+            leaves = [SignedOperation.sign(m, key).encode() for m in mints]
+            await city.submit(leaves)
+            left -= n
+            bar.update(n)
+    _say(f"cityid: minted {assets:,} assets with GEO points inside Shijiazhuang")
+
+
+def _sample(city: Any) -> str:
+    from .demo import SHIJIAZHUANG
+    from .identifiers import mint_suffix
+
+    return f"{SHIJIAZHUANG.child('02')}/{mint_suffix('A', 0, 7)}"
+
+
+def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float) -> None:
+    root, city = cfg.get("root", "listen"), cfg.get("city", "listen")
+    lines = [
+        "",
+        f"cityid is up ({took:.1f} s), data in {data}",
+        f"  valkey              {redis_url}",
+        f"  root registrar      http://{root}/   (MA.156; log at http://{root}/log/)",
+        f"  city registrar      http://{city}/   (MA.156.1301; log at http://{city}/log/)",
+        f"  witnesses           {', '.join('http://' + w for w in cfg.get('witnesses', 'listen'))}",
+        f"  sample identifier   {sample}",
+        f"  try                 cityid id check {sample}",
+        f"                      curl http://{city}/api/version/{sample}",
+        f"                      cityid ledger verify {data / 'city' / 'log'} "
+        f"--key {data / 'city' / 'log.vkey'}",
+        "  coming              the resolver (HTTP redirects, Handle JSON API, DNS on "
+        f"{cfg.get('resolver', 'dns')}) follows these logs: issues 5 and 6",
+        "Ctrl-C stops everything.",
+    ]
+    _say("\n".join(lines))
+    with contextlib.suppress(Exception):
+        import segno
+
+        url = f"HTTP://{cfg.get('resolver', 'http').upper()}/{sample}"
+        segno.make(url, error="m").terminal(out=sys.stderr, compact=True)
+        _say(f"  (the QR code holds {url})")
