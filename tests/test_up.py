@@ -1,0 +1,140 @@
+"""``cityid up`` as a user meets it: a real process, real ports, Ctrl-C, restart."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cityid.valkey import free_port
+
+CLI = [sys.executable, "-m", "cityid.cli"]
+
+
+def write_config(data: Path, assets: int = 300) -> dict[str, int]:
+    ports = {name: free_port() for name in ("root", "city", "w1", "w2")}
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "cityid.toml").write_text(
+        f"""
+[root]
+listen = "127.0.0.1:{ports["root"]}"
+[city]
+listen = "127.0.0.1:{ports["city"]}"
+[witnesses]
+listen = ["127.0.0.1:{ports["w1"]}", "127.0.0.1:{ports["w2"]}"]
+quorum = 2
+[demo]
+assets = {assets}
+"""
+    )
+    return ports
+
+
+def start(data: Path, tmp: Path) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    ready = tmp / f"ready-{time.monotonic_ns()}.json"
+    proc = subprocess.Popen(
+        [*CLI, "up", "--data", str(data), "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.communicate(timeout=10)[0] if proc.poll() is not None else ""
+            proc.kill()
+            pytest.fail(f"cityid up did not come up: {out}")
+        time.sleep(0.2)
+    return proc, json.loads(ready.read_text())
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    return out
+
+
+def get_json(url: str) -> dict[str, object]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def test_up_fresh_then_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_config(data, assets=300)
+    proc, ready = start(data, tmp_path)
+    try:
+        sample = ready["sample"]
+        v = get_json(f"{ready['city']}/api/version/{sample}")
+        assert v == {"handle": sample, "version": 1, "exists": True}
+        root = get_json(f"{ready['root']}/")
+        assert root["size"] == 344  # one delegation per prefecture-level city
+        city_cp = urllib.request.urlopen(f"{ready['city']}/log/checkpoint").read().decode()
+        assert city_cp.startswith("sjz.cityid.test/log\n")
+        # quorum = 2: both witnesses cosigned the published checkpoint
+        assert "— witness-1.cityid.test " in city_cp and "— witness-2.cityid.test " in city_cp
+    finally:
+        out = stop(proc)
+    assert "cityid is up" in out and "sample identifier" in out and "cityid: stopped" in out
+    assert "█" in out  # the terminal QR code
+
+    # The logs verify offline with the independent audit command.
+    for role in ("root", "city"):
+        r = subprocess.run(
+            [*CLI, "ledger", "verify", str(data / role / "log"),
+             "--key", str(data / role / "log.vkey")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.startswith("ok: ")
+
+    # A second start reuses everything: no new leaves, same sample.
+    proc, ready2 = start(data, tmp_path)
+    try:
+        assert get_json(f"{ready2['root']}/")["size"] == 344
+        assert ready2["sample"] == ready["sample"]
+    finally:
+        stop(proc)
+
+
+def test_up_port_in_use(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    ports = write_config(data, assets=0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports["root"]))
+        s.listen()
+        r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+    assert r.returncode == 1
+    assert f"127.0.0.1:{ports['root']}" in r.stderr and "[root] listen" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_up_corrupt_config(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cityid.toml").write_text("[root\nlisten = 1")
+    r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 1
+    assert "not valid TOML" in r.stderr and "rule: corrupt-data" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_up_refuses_second_instance(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_config(data, assets=0)
+    proc, _ = start(data, tmp_path)
+    try:
+        r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        assert r.returncode == 1
+        assert "already running" in r.stderr and "rule: data-in-use" in r.stderr
+    finally:
+        stop(proc)
