@@ -1,0 +1,205 @@
+"""Group submitted entries into batches, each sealed by one published checkpoint.
+
+A :class:`Sequencer` owns a writable :class:`ledger.storage.Log`. Submitters
+await a :class:`Receipt`, which arrives only once their batch's checkpoint is
+published (after witnesses cosigned it, when a ``cosign`` hook is given). A
+batch closes when it holds ``max_batch`` entries or when its first submit has
+waited ``max_delay`` seconds. File work runs in a worker thread so the event
+loop keeps serving while the disk syncs; batches are strictly sequential.
+
+One submit's entries always land contiguously in one batch. If signing
+succeeded but cosigning or publishing failed, the batch's entries are already
+part of the signed tree: the log can never sign a conflicting tree, so they
+will be published with the next checkpoint. The submitters still get the
+exception (with a note saying so), because their receipt could not be issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from cityid.errors import LedgerError
+
+from .storage import Log
+from .tiles import MAX_ENTRY_SIZE
+
+Cosign = Callable[[bytes], Awaitable[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Where a submit's entries landed, and the checkpoint that seals them."""
+
+    first_index: int
+    count: int
+    checkpoint: bytes
+
+
+@dataclass(slots=True)
+class _Pending:
+    entries: list[bytes]
+    future: asyncio.Future[Receipt]
+    arrived: float
+
+
+class Sequencer:
+    """Batch entries into ``log``; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        log: Log,
+        *,
+        max_batch: int = 1000,
+        max_delay: float = 0.25,
+        cosign: Cosign | None = None,
+    ) -> None:
+        if max_batch < 1 or max_delay < 0:
+            raise LedgerError("max_batch must be >= 1 and max_delay >= 0", rule="bad-config")
+        if not log.writable:
+            raise LedgerError(f"{log.directory} is open read-only", rule="read-only")
+        self.log = log
+        self.max_batch = max_batch
+        self.max_delay = max_delay
+        self.cosign = cosign
+        self._queue: deque[_Pending] = deque()
+        self._queued = 0
+        self._wakeup: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the batching task on the running event loop."""
+        if self._task is not None:
+            return
+        if self._closing:
+            raise LedgerError("sequencer is closed", rule="sequencer-closed")
+        self._wakeup = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-sequencer")
+
+    async def aclose(self) -> None:
+        """Stop accepting submits, commit what is queued, and wait for the last batch."""
+        self._closing = True
+        if self._task is None:
+            return
+        assert self._wakeup is not None and self._full is not None
+        self._wakeup.set()
+        self._full.set()
+        await self._task
+
+    async def __aenter__(self) -> Sequencer:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        t: type[BaseException] | None,
+        e: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # --- submitting ------------------------------------------------------------------
+
+    async def submit(self, entries: Sequence[bytes]) -> Receipt:
+        """Queue ``entries``; return once their batch's checkpoint is published."""
+        if self._closing or self._task is None:
+            state = "closed" if self._closing else "not started"
+            raise LedgerError(f"sequencer is {state}", rule="sequencer-closed")
+        if not entries:
+            raise LedgerError("cannot submit an empty list of entries", rule="empty-batch")
+        for i, e in enumerate(entries):
+            if len(e) > MAX_ENTRY_SIZE:
+                raise LedgerError(
+                    f"entry {i} is {len(e)} bytes; log entries are at most {MAX_ENTRY_SIZE}",
+                    rule="leaf-too-large",
+                )
+        loop = asyncio.get_running_loop()
+        pending = _Pending([bytes(e) for e in entries], loop.create_future(), loop.time())
+        self._queue.append(pending)
+        self._queued += len(entries)
+        assert self._wakeup is not None and self._full is not None
+        self._wakeup.set()
+        if self._queued >= self.max_batch:
+            self._full.set()
+        # Shielded: a cancelled submitter does not un-append its entries.
+        return await asyncio.shield(pending.future)
+
+    # --- the batching task ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None and self._full is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                deadline = self._queue[0].arrived + self.max_delay
+                while self._queued < self.max_batch and not self._closing:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    self._full.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._full.wait(), remaining)
+                await self._commit(self._take())
+        finally:
+            err = LedgerError("sequencer stopped before this batch", rule="sequencer-closed")
+            while self._queue:
+                p = self._queue.popleft()
+                if not p.future.done():
+                    p.future.set_exception(err)
+
+    def _take(self) -> list[_Pending]:
+        batch: list[_Pending] = []
+        count = 0
+        while self._queue and (not batch or count + len(self._queue[0].entries) <= self.max_batch):
+            p = self._queue.popleft()
+            batch.append(p)
+            count += len(p.entries)
+        self._queued -= count
+        return batch
+
+    def _stage(self, entries: list[bytes]) -> tuple[int, bytes]:
+        base = self.log.signed_size
+        return base, self.log.stage(entries)
+
+    async def _commit(self, batch: list[_Pending]) -> None:
+        entries = [e for p in batch for e in p.entries]
+        staged: tuple[int, bytes] | None = None
+        try:
+            staged = await asyncio.to_thread(self._stage, entries)
+            note = staged[1]
+            if self.cosign is not None:
+                note = await self.cosign(note)
+            await asyncio.to_thread(self.log.publish, note)
+        except BaseException as e:
+            if staged is not None:
+                base = staged[0]
+                e.add_note(
+                    f"entries {base}..{base + len(entries) - 1} are signed into the log and "
+                    "will be published with the next checkpoint"
+                )
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        index = staged[0]
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result(Receipt(index, len(p.entries), note))
+            index += len(p.entries)

@@ -1,0 +1,680 @@
+"""A crash-safe transparency log on disk, laid out as c2sp.org/tlog-tiles files.
+
+One directory per log; everything outside ``.private/`` can be served as-is
+by any static file server::
+
+    <dir>/checkpoint            the published signed checkpoint (written last)
+    <dir>/tile/<L>/<N>[.p/<W>]  hash tiles
+    <dir>/tile/entries/<N>...   entry bundles
+    <dir>/.private/config       origin and verifier key (for read-only opens)
+    <dir>/.private/state        the last (size, root) the log committed to sign
+    <dir>/.private/lock         flock'd by the one writer
+    <dir>/.private/tmp/         temp files, renamed into place
+
+Appending is two steps so witnesses can cosign before anything is public:
+:meth:`Log.stage` writes bundles and tiles durably, then records the new
+(size, root) in ``state``, and only then signs; :meth:`Log.publish` writes
+``checkpoint``. The state file is what keeps the log from ever signing two
+inconsistent checkpoints: a size is signed only after its root is durable, and
+once recorded it is never rolled back, only forward. Files beyond the recorded
+size (a crash mid-stage) are garbage that the next stage overwrites, because
+every stage rewrites every tile it touches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+
+from cityid.errors import ForkError, LedgerError, NoteError, TileError
+from cityid.keys import SigningKey, VerifierKey
+
+from . import merkle
+from .checkpoint import Checkpoint, open_checkpoint
+from .merkle import EMPTY_ROOT, node_hash, subtree_root
+from .note import open_note, sign_note
+from .tiles import (
+    MAX_ENTRY_SIZE,
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    TileHashReader,
+    decode_bundle,
+    encode_bundle,
+    entries_path,
+    iter_entries,
+    split_tile,
+    tile_path,
+)
+
+CHECKPOINT = "checkpoint"
+PRIVATE = ".private"
+_CONFIG_MAGIC = "cityid-ledger v1"
+_sha256 = hashlib.sha256
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _edge_root(edge: list[list[bytes]]) -> bytes:
+    """Root of the tree whose right edge (one partial tile per level) is ``edge``."""
+    roots: list[bytes] = []
+    for row in reversed(edge):
+        pos = 0
+        w = len(row)
+        for bit in range(TILE_HEIGHT, -1, -1):
+            k = 1 << bit
+            if w & k:
+                roots.append(subtree_root(row[pos : pos + k]))
+                pos += k
+    if not roots:
+        return EMPTY_ROOT
+    h = roots[-1]
+    for left in reversed(roots[:-1]):
+        h = node_hash(left, h)
+    return h
+
+
+def _sync_and_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Txn:
+    """Files made durable together: temp file, fsync, rename, directory fsync.
+
+    Each file's fsync starts as soon as it is written (in a thread pool: fsync
+    releases the GIL), so hashing the rest of a batch overlaps the disk. Files
+    added after :meth:`barrier` become visible only once every file before the
+    barrier is durable under its final name.
+    """
+
+    def __init__(self, writer: _FileWriter) -> None:
+        self._w = writer
+        self._groups: list[list[tuple[Path, Path]]] = [[]]
+        self._syncs: list[Future[None]] = []
+        self.groups_started = 0
+
+    def add(self, rel: str, data: bytes) -> None:
+        w = self._w
+        w.seq += 1
+        tmp = w.tmp / f"{os.getpid()}.{w.seq}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            raise
+        self._syncs.append(w.pool.submit(_sync_and_close, fd))
+        self._groups[-1].append((tmp, w.root / rel))
+
+    def barrier(self) -> None:
+        self._groups.append([])
+
+    def _wait(self) -> None:
+        errors = [e for f in self._syncs if (e := f.exception()) is not None]
+        self._syncs = []
+        if errors:
+            raise errors[0]
+
+    def commit(self) -> None:
+        self._wait()
+        for group in self._groups:
+            self.groups_started += 1
+            dirty: set[Path] = set()
+            for tmp, target in group:
+                self._w.ensure_dir(target.parent, dirty)
+                os.replace(tmp, target)
+                dirty.add(target.parent)
+            futures = [self._w.pool.submit(_fsync_dir, d) for d in dirty]
+            errors = [e for f in futures if (e := f.exception()) is not None]
+            if errors:
+                raise errors[0]
+
+    def abort(self) -> None:
+        with contextlib.suppress(BaseException):
+            self._wait()
+        for group in self._groups:
+            for tmp, _ in group:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+
+
+class _FileWriter:
+    """Creates :class:`_Txn` s for one log directory and owns their fsync threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tmp = root / PRIVATE / "tmp"
+        self.seq = 0
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ledger-fsync")
+        self._known_dirs: set[Path] = set()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def ensure_dir(self, d: Path, dirty: set[Path]) -> None:
+        if d in self._known_dirs:
+            return
+        missing = []
+        p = d
+        while not p.is_dir():
+            missing.append(p)
+            p = p.parent
+        for m in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                m.mkdir()
+            # A new directory's entry lives in its parent: sync that too.
+            dirty.add(m.parent)
+        self._known_dirs.add(d)
+
+    def begin(self) -> _Txn:
+        return _Txn(self)
+
+    def write_all(self, files: dict[str, bytes]) -> None:
+        txn = self.begin()
+        try:
+            for rel, data in files.items():
+                txn.add(rel, data)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+
+
+class Log:
+    """One transparency log in one directory. Open with :meth:`create` or :meth:`open`."""
+
+    def __init__(self, directory: Path, origin: str, verifier: VerifierKey) -> None:
+        self.directory = directory
+        self.origin = origin
+        self.verifier = verifier
+        self._signer: SigningKey | None = None
+        self._lock_fd: int | None = None
+        self._writer: _FileWriter | None = None
+        self._pub_cp = Checkpoint(origin, 0, EMPTY_ROOT)
+        self._pub_note = b""
+        # Writer-only state: the signed (staged) tree and its right edge.
+        self._signed_cp = self._pub_cp
+        self._pending: bytes | None = None
+        self._edge: list[list[bytes]] = []
+        self._bundle: list[bytes] = []
+        self._broken: str | None = None
+        self._reader: TileHashReader | None = None
+        self._reader_lock = threading.Lock()
+
+    # --- opening ------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, directory: str | os.PathLike[str], signer: SigningKey, origin: str | None = None
+    ) -> Log:
+        """Create an empty log signed by ``signer`` (origin defaults to the key name).
+
+        The log is built in a temporary sibling directory and renamed into
+        place, so ``directory`` either holds a whole log or nothing, whenever
+        a crash strikes. ``directory`` must not exist or be empty.
+        """
+        d = Path(directory)
+        origin = signer.name if origin is None else origin
+        empty = Checkpoint(origin, 0, EMPTY_ROOT)  # validates the origin
+        if d.exists() and (not d.is_dir() or any(d.iterdir())):
+            raise LedgerError(f"{d} already exists and is not empty", rule="log-exists")
+        d.parent.mkdir(parents=True, exist_ok=True)
+        tmp = d.parent / f".{d.name}.creating-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / PRIVATE / "tmp").mkdir(parents=True)
+        # The key is stored as name and hex (not as a vkey string) so reading it
+        # back never depends on base64 free of '+'.
+        config = f"{_CONFIG_MAGIC}\n{origin}\n{signer.name}\n{signer.public_key.hex()}\n"
+        w = _FileWriter(tmp)
+        try:
+            w.write_all(
+                {
+                    f"{PRIVATE}/config": config.encode(),
+                    f"{PRIVATE}/state": empty.text().encode(),
+                    CHECKPOINT: sign_note(empty.text(), signer),
+                }
+            )
+        finally:
+            w.close()
+        _fsync_dir(tmp)
+        os.rename(tmp, d)  # replaces an empty directory atomically, too
+        _fsync_dir(d.parent)
+        return cls.open(d, signer)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], signer: SigningKey | None = None) -> Log:
+        """Open a log; read-only without ``signer``, else the one exclusive writer.
+
+        A writer finishes any append a crash interrupted: a size recorded as
+        signed whose tiles are durable is published; anything later is dropped.
+        """
+        d = Path(directory)
+        try:
+            lines = (d / PRIVATE / "config").read_text().split("\n")
+        except OSError as e:
+            raise LedgerError(f"{d}: not a ledger directory ({e.strerror})", rule="no-log") from e
+        try:
+            if len(lines) < 4 or lines[0] != _CONFIG_MAGIC:
+                raise ValueError("bad header")
+            verifier = VerifierKey(lines[2], bytes.fromhex(lines[3]))
+        except ValueError as e:
+            raise LedgerError(
+                f"{d / PRIVATE / 'config'}: unrecognised format ({e})", rule="no-log"
+            ) from e
+        log = cls(d, lines[1], verifier)
+        if signer is None:
+            log.refresh()
+            return log
+        if signer.verifier != verifier:
+            raise LedgerError(
+                f"{d}: log is signed by {verifier.name} ({verifier.key_id.hex()}), not by "
+                f"{signer.name} ({signer.key_id.hex()})",
+                rule="wrong-key",
+            )
+        log._take_lock(signer)
+        try:
+            log._recover()
+        except BaseException:
+            log.close()
+            raise
+        return log
+
+    def _take_lock(self, signer: SigningKey) -> None:
+        priv = self.directory / PRIVATE
+        fd = os.open(priv / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise LedgerError(
+                f"{self.directory} is open for writing by another process", rule="log-locked"
+            ) from e
+        self._lock_fd = fd
+        self._signer = signer
+        self._writer = _FileWriter(self.directory)
+        # Temp files of a crashed writer: never visible, safe to drop.
+        shutil.rmtree(priv / "tmp", ignore_errors=True)
+        (priv / "tmp").mkdir(exist_ok=True)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+        self._signer = None
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(
+        self,
+        t: type[BaseException] | None,
+        e: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- state files ------------------------------------------------------------
+
+    def _fetch(self, rel: str) -> bytes:
+        try:
+            with open(self.directory / rel, "rb") as f:
+                return f.read()
+        except FileNotFoundError as e:
+            raise TileError(f"{rel}: missing", rule="tile-missing") from e
+
+    def _read_published(self) -> tuple[Checkpoint, bytes] | None:
+        try:
+            note = (self.directory / CHECKPOINT).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            cp, _ = open_checkpoint(note, self.verifier, origin=self.origin)
+        except NoteError as e:
+            raise NoteError(f"{self.directory / CHECKPOINT}: {e.message}", rule=e.rule) from e
+        return cp, note
+
+    def _read_state(self) -> Checkpoint:
+        path = self.directory / PRIVATE / "state"
+        try:
+            return Checkpoint.parse(path.read_text())
+        except FileNotFoundError as e:
+            raise LedgerError(f"{path}: missing", rule="state-missing") from e
+        except (NoteError, UnicodeDecodeError) as e:
+            raise LedgerError(f"{path}: unreadable ({e})", rule="state-corrupt") from e
+
+    def refresh(self) -> Checkpoint:
+        """Re-read the published checkpoint (for read-only opens following a writer)."""
+        got = self._read_published()
+        if got is None:
+            raise LedgerError(f"{self.directory / CHECKPOINT}: missing", rule="no-checkpoint")
+        cp, note = got
+        if cp.size < self._pub_cp.size:
+            raise ForkError(
+                f"{self.directory / CHECKPOINT}: size went back from {self._pub_cp.size} "
+                f"to {cp.size}",
+                rule="rollback",
+            )
+        self._pub_cp, self._pub_note = cp, note
+        return cp
+
+    def _load_edge(self, size: int) -> None:
+        edge: list[list[bytes]] = []
+        level = 0
+        while (c := size >> (TILE_HEIGHT * level)) > 0:
+            w = c % TILE_WIDTH
+            if w:
+                path = tile_path(level, c // TILE_WIDTH, w)
+                edge.append(split_tile(self._fetch(path), w, name=path))
+            else:
+                edge.append([])
+            level += 1
+        w0 = size % TILE_WIDTH
+        bundle: list[bytes] = []
+        if w0:
+            path = entries_path(size // TILE_WIDTH, w0)
+            bundle = decode_bundle(self._fetch(path), count=w0, name=path)
+            for i, e in enumerate(bundle):
+                if _sha256(b"\x00" + e).digest() != edge[0][i]:
+                    raise TileError(
+                        f"{path}: entry {i} does not match tile {tile_path(0, size // 256, w0)}",
+                        rule="bundle-mismatch",
+                    )
+        self._edge, self._bundle = edge, bundle
+
+    def _recover(self) -> None:
+        state = self._read_state()
+        if state.origin != self.origin:
+            raise LedgerError(
+                f"{self.directory / PRIVATE / 'state'}: origin {state.origin!r} is not "
+                f"{self.origin!r}",
+                rule="state-corrupt",
+            )
+        published = self._read_published()
+        pub_cp = published[0] if published else None
+        if pub_cp is not None:
+            if pub_cp.size > state.size:
+                raise LedgerError(
+                    f"{self.directory}: published size {pub_cp.size} is beyond the signed "
+                    f"state {state.size}; the private state was lost",
+                    rule="state-behind",
+                )
+            if pub_cp.size == state.size and pub_cp.root != state.root:
+                raise ForkError(
+                    f"{self.directory}: published checkpoint and signed state disagree at "
+                    f"size {state.size}",
+                    rule="fork",
+                )
+        try:
+            self._load_edge(state.size)
+        except TileError as e:
+            raise TileError(
+                f"cannot resume at signed size {state.size}: {e.message}", rule=e.rule
+            ) from e
+        if _edge_root(self._edge) != state.root:
+            raise TileError(
+                f"tiles at the right edge of size {state.size} do not hash to the signed root",
+                rule="tile-mismatch",
+            )
+        self._signed_cp = state
+        if published is not None and pub_cp == state:
+            self._pub_cp, self._pub_note = published
+            return
+        if pub_cp is not None:
+            # Tiles for the signed size hash to its root, so it extends what was
+            # published; check that explicitly before rolling forward.
+            proof = merkle.consistency_proof(state.size, pub_cp.size, self._trusted(state.size))
+            merkle.verify_consistency(proof, state.size, state.root, pub_cp.size, pub_cp.root)
+            self._pub_cp, self._pub_note = published  # type: ignore[misc]
+        assert self._signer is not None
+        self._publish_bytes(sign_note(state.text(), self._signer), state)
+
+    # --- appending --------------------------------------------------------------------
+
+    @property
+    def writable(self) -> bool:
+        return self._signer is not None
+
+    def _require_writer(self) -> SigningKey:
+        if self._signer is None:
+            raise LedgerError(f"{self.directory} is open read-only", rule="read-only")
+        if self._broken:
+            raise LedgerError(
+                f"{self.directory}: a write failed ({self._broken}); reopen the log",
+                rule="log-broken",
+            )
+        return self._signer
+
+    def stage(self, entries: Sequence[bytes]) -> bytes:
+        """Durably add ``entries`` and return the signed checkpoint, not yet published.
+
+        Tiles and bundles go first, then the signed (size, root), then the
+        signature. Nothing is public until :meth:`publish`. A later stage builds
+        on this one even if it is never published: it is signed, so it is final.
+        """
+        signer = self._require_writer()
+        if not entries:
+            raise LedgerError("cannot append an empty batch", rule="empty-batch")
+        for i, e in enumerate(entries):
+            if len(e) > MAX_ENTRY_SIZE:
+                raise LedgerError(
+                    f"entry {i} of the batch is {len(e)} bytes; log entries are at most "
+                    f"{MAX_ENTRY_SIZE} bytes",
+                    rule="leaf-too-large",
+                )
+        old = self._signed_cp.size
+        new = old + len(entries)
+        assert self._writer is not None
+        txn = self._writer.begin()
+        try:
+            edge, bundle, root = self._stage_files(txn, old, entries)
+            cp = Checkpoint(self.origin, new, root)
+            txn.barrier()
+            txn.add(f"{PRIVATE}/state", cp.text().encode())
+            txn.commit()
+        except BaseException as e:
+            txn.abort()
+            if txn.groups_started > 1:
+                # The state file may or may not have landed: only a reopen can tell.
+                self._broken = f"writing the signed state failed: {e}"
+            raise
+        self._signed_cp = cp
+        self._edge, self._bundle = edge, bundle
+        note = sign_note(cp.text(), signer)
+        self._pending = note
+        return note
+
+    def _stage_files(
+        self, txn: _Txn, old: int, entries: Sequence[bytes]
+    ) -> tuple[list[list[bytes]], list[bytes], bytes]:
+        """Write the bundles and tiles that ``entries`` change; return the new edge and root."""
+        # Entry bundles: the partial bundle in memory plus the new entries.
+        t0 = old // TILE_WIDTH
+        pending = self._bundle + list(entries)
+        full = len(pending) // TILE_WIDTH
+        for j in range(full):
+            chunk = pending[j * TILE_WIDTH : (j + 1) * TILE_WIDTH]
+            txn.add(entries_path(t0 + j, TILE_WIDTH), encode_bundle(chunk))
+        bundle = pending[full * TILE_WIDTH :]
+        if bundle:
+            txn.add(entries_path(t0 + full, len(bundle)), encode_bundle(bundle))
+
+        # Hash tiles, level by level: completed tiles feed their root upwards.
+        sha = _sha256
+        new_hashes = [sha(b"\x00" + e).digest() for e in entries]
+        edge = [list(row) for row in self._edge]
+        level = 0
+        while new_hashes:
+            if level == len(edge):
+                edge.append([])
+            t0 = (old >> (TILE_HEIGHT * level)) // TILE_WIDTH
+            row = edge[level] + new_hashes
+            full = len(row) // TILE_WIDTH
+            parents = []
+            for j in range(full):
+                chunk = row[j * TILE_WIDTH : (j + 1) * TILE_WIDTH]
+                txn.add(tile_path(level, t0 + j, TILE_WIDTH), b"".join(chunk))
+                parents.append(subtree_root(chunk))
+            rest = row[full * TILE_WIDTH :]
+            if rest:
+                txn.add(tile_path(level, t0 + full, len(rest)), b"".join(rest))
+            edge[level] = rest
+            new_hashes = parents
+            level += 1
+        return edge, bundle, _edge_root(edge)
+
+    def publish(self, note: bytes) -> None:
+        """Publish a note from :meth:`stage`, possibly with cosignatures added."""
+        self._require_writer()
+        opened = open_note(note, [self.verifier])
+        cp = Checkpoint.parse(opened.text)
+        signed = self._signed_cp
+        if cp.origin != self.origin:
+            raise NoteError(
+                f"checkpoint origin {cp.origin!r} is not this log's {self.origin!r}",
+                rule="checkpoint-origin",
+            )
+        if cp.size == signed.size and cp.root != signed.root:
+            raise ForkError(
+                f"checkpoint for size {cp.size} has another root than the one this log signed",
+                rule="fork",
+            )
+        if cp.size == self._pub_cp.size and cp.root != self._pub_cp.root:
+            raise ForkError(
+                f"checkpoint for size {cp.size} has another root than the published one",
+                rule="fork",
+            )
+        if cp != signed and cp != self._pub_cp:
+            raise LedgerError(
+                f"checkpoint for size {cp.size} is neither the staged (size {signed.size}) "
+                f"nor the published (size {self._pub_cp.size}) one",
+                rule="publish-mismatch",
+            )
+        self._publish_bytes(note, cp)
+
+    def _publish_bytes(self, note: bytes, cp: Checkpoint) -> None:
+        assert self._writer is not None
+        self._writer.write_all({CHECKPOINT: note})
+        self._pub_cp, self._pub_note = cp, note
+        if cp == self._signed_cp:
+            self._pending = None
+
+    def append(self, entries: Sequence[bytes]) -> bytes:
+        """Stage and publish ``entries``; return the published note."""
+        note = self.stage(entries)
+        self.publish(note)
+        return note
+
+    # --- reading -------------------------------------------------------------------
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._pub_cp
+
+    @property
+    def size(self) -> int:
+        """Size of the published tree."""
+        return self._pub_cp.size
+
+    @property
+    def root(self) -> bytes:
+        return self._pub_cp.root
+
+    @property
+    def checkpoint_note(self) -> bytes:
+        """The published signed note, cosignatures included."""
+        return self._pub_note
+
+    @property
+    def signed_size(self) -> int:
+        """Size of the last signed tree (>= :attr:`size` when a stage is unpublished)."""
+        return self._signed_cp.size if self._signer is not None else self._pub_cp.size
+
+    @property
+    def pending_note(self) -> bytes | None:
+        """The staged, signed but unpublished checkpoint, if any."""
+        return self._pending
+
+    def _trusted(self, size: int) -> TileHashReader:
+        return TileHashReader(size, self._fetch)
+
+    def hash_reader(self, size: int | None = None) -> TileHashReader:
+        """A fresh HashReader over this log's tile files, for trees up to ``size``.
+
+        Defaults to the published size. It reads the tiles of the published
+        tree (or of ``size``, if larger and staged): partial tiles exist only for
+        checkpointed sizes, and any smaller tree needs just a prefix of them.
+        The reader caches tiles; it is not thread-safe, so give each thread its own.
+        """
+        return self._trusted(max(self._check_size(size), self._pub_cp.size))
+
+    def _shared_reader(self, size: int) -> TileHashReader:
+        # Callers hold _reader_lock; one cached reader serves every size up to
+        # its own, since smaller trees need only a prefix of its tiles.
+        size = max(size, self._pub_cp.size)
+        r = self._reader
+        if r is None or r.size < size:
+            r = self._reader = self._trusted(size) if r is None else r.grown(size)
+        return r
+
+    def _check_size(self, size: int | None) -> int:
+        limit = self.signed_size
+        if size is None:
+            return self._pub_cp.size
+        if not 0 <= size <= limit:
+            raise LedgerError(f"size {size} is not in this log of size {limit}", rule="bad-size")
+        return size
+
+    def entries(self, start: int, stop: int | None = None) -> Iterator[bytes]:
+        """Entries ``[start, stop)`` of the published tree, read from the bundles."""
+        size = self._pub_cp.size
+        return iter_entries(size, start, size if stop is None else stop, self._fetch)
+
+    def leaf_hash(self, index: int) -> bytes:
+        size = self._pub_cp.size
+        if not 0 <= index < size:
+            raise LedgerError(f"leaf {index} is not in this log of size {size}", rule="bad-index")
+        with self._reader_lock:
+            return self._shared_reader(size).leaf_hashes(index, index + 1)[0]
+
+    def root_at(self, size: int) -> bytes:
+        """Root hash of the tree of the first ``size`` entries."""
+        size = self._check_size(size)
+        with self._reader_lock:
+            return merkle.tree_hash(size, self._shared_reader(size))
+
+    def inclusion_proof(self, index: int, size: int | None = None) -> list[bytes]:
+        """Inclusion proof of leaf ``index`` in the tree of ``size`` (default: published)."""
+        size = self._check_size(size)
+        with self._reader_lock:
+            return merkle.inclusion_proof(size, index, self._shared_reader(size))
+
+    def consistency_proof(self, old_size: int, new_size: int | None = None) -> list[bytes]:
+        """Consistency proof from ``old_size`` to ``new_size`` (default: published)."""
+        new_size = self._check_size(new_size)
+        with self._reader_lock:
+            return merkle.consistency_proof(new_size, old_size, self._shared_reader(new_size))
+
+    def __repr__(self) -> str:
+        mode = "writer" if self._signer else "reader"
+        return f"Log({str(self.directory)!r}, origin={self.origin!r}, size={self.size}, {mode})"
