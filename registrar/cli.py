@@ -479,7 +479,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with RegistrarClient(args.registrar) as client:
-            version, _ = await client.version(prefix.record_id)
+            version = await client.key_version(prefix)
             return await client.submit_ops([RotateKey(prefix, version, new.public_key, now())], key)
 
     _report(_run(go()))

@@ -81,6 +81,11 @@ class RegistrarClient:
         body = await self._call("GET", f"/api/version/{ident}")
         return int(body["version"]), bool(body["exists"])
 
+    async def key_version(self, prefix: Prefix) -> int:
+        """What a key rotation of ``prefix`` must name as ``prev``."""
+        body = await self._call("GET", f"/api/version/{prefix.record_id}")
+        return int(body.get("key_version", 0))
+
     async def next_number(self, prefix: Prefix, letters: str, width: int) -> int:
         body = await self._call(
             "GET", f"/api/next/{prefix}", params={"letters": letters, "width": str(width)}
