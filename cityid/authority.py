@@ -196,7 +196,16 @@ class Namespace:
             st = self.prefixes.get(named)
             return (st.version, not st.revoked) if st else (0, False)
         ids = self._ids.get(ident.prefix)
-        return ids.get(ident.suffix) if ids else (0, False)
+        if not ids:
+            return 0, False
+        version, alive = ids.get(ident.suffix)
+        return version, alive and not self._revoked(ident.prefix)
+
+    def _revoked(self, prefix: Prefix) -> bool:
+        """True when ``prefix`` or an ancestor was revoked: all below it is gone."""
+        return any(
+            (st := self.prefixes.get(anc)) is not None and st.revoked for anc in prefix.ancestors()
+        )
 
     def next_number(self, prefix: Prefix, letters: str, width: int) -> int:
         """The first number after every minted suffix ``letters`` + ``width`` digits."""

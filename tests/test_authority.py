@@ -700,3 +700,11 @@ def test_every_refusal_names_the_signer_key(world: World, rule: str) -> None:
     op, k, log, exc = cases[rule]
     msg = refused(world, op, k, log, exc, rule)
     assert fp(k) in msg
+
+
+def test_identifiers_under_a_revoked_prefix_are_not_alive(world: World) -> None:
+    m1 = parse_identifier("MA.156.1301.01/M1")
+    world.do(mint(DEPT1, "M1"), world.dept1, CITY_LOG)
+    assert world.ns.version(m1) == (1, True)
+    world.do(Delete(parse_identifier("0.NA/MA.156.1301.01"), 1, T), world.city, CITY_LOG)
+    assert world.ns.version(m1) == (1, False)
