@@ -703,8 +703,8 @@ def test_every_refusal_names_the_signer_key(world: World, rule: str) -> None:
 
 
 def test_identifiers_under_a_revoked_prefix_are_not_alive(world: World) -> None:
-    m1 = parse_identifier("MA.156.1301.01/M1")
-    world.do(mint(DEPT1, "M1"), world.dept1, CITY_LOG)
-    assert world.ns.version(m1) == (1, True)
+    r9 = parse_identifier("MA.156.1301.01/R9")
+    world.do(mint(DEPT1, "R9"), world.dept1, CITY_LOG)
+    assert world.ns.version(r9) == (1, True)
     world.do(Delete(parse_identifier("0.NA/MA.156.1301.01"), 1, T), world.city, CITY_LOG)
-    assert world.ns.version(m1) == (1, False)
+    assert world.ns.version(r9) == (1, False)
