@@ -121,8 +121,15 @@ def city_delegations(
     origins: dict[Prefix, str],
     sites: dict[Prefix, dict[str, str]],
     ts: int,
+    log_keys: dict[Prefix, str] | None = None,
 ) -> Iterator[Delegate]:
-    """One delegation per city; ``origins`` names the cities hosted elsewhere."""
+    """One delegation per city; ``origins`` names the cities hosted elsewhere.
+
+    A city hosted elsewhere also gets its log's checkpoint key (``log_keys``: a
+    verifier key named after the origin) as an HS_PUBKEY value, so resolvers
+    learn from the delegation which key signs that log.
+    """
+    log_keys = log_keys or {}
     rows = divisions()
     for city in cities(rows):
         prefix = city_prefix(city)
@@ -135,6 +142,8 @@ def city_delegations(
             values.append(Value.make(2, "GEO", geo(*centre), timestamp=ts))
         if prefix in sites:
             values.append(Value.make(4, "HS_SITE", sites[prefix], timestamp=ts))
+        if prefix in log_keys:
+            values.append(Value.make(5, "HS_PUBKEY", log_keys[prefix], timestamp=ts))
         yield Delegate(prefix, 0, city_keys[prefix], origins.get(prefix), Record(tuple(values)), ts)
 
 

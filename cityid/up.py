@@ -307,6 +307,7 @@ async def _seed(
                 data / "keys" / "cities" / f"{c.code[:4]}.key", f"{p}-admin"
             ).public_key
     origins = {SHIJIAZHUANG: city.config.origin}
+    log_keys = {SHIJIAZHUANG: str(city.log.verifier)}
     sites = {
         SHIJIAZHUANG: {
             "registrar": f"http://{city.config.listen}",
@@ -317,7 +318,7 @@ async def _seed(
     _say(f"cityid: first start: delegating {len(city_list)} cities under {root_prefix}")
     leaves = [
         SignedOperation.sign(op, root_admin).encode()
-        for op in city_delegations(city_keys, origins, sites, ts)
+        for op in city_delegations(city_keys, origins, sites, ts, log_keys)
     ]
     await root.submit(leaves)
 

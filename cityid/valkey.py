@@ -55,6 +55,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 def _bindable(host: str, port: int) -> bool:
     """False when something holds the port, listening or merely bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the server binds: a port in TIME_WAIT after our own stop is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

@@ -99,8 +99,8 @@ def add_commands(sub: Subparsers) -> None:
         epilog=(
             "examples:\n"
             "  cityid prefix delegate MA.156.1301 --key root-admin.key --child-key city.vkey \\\n"
-            "      --origin sjz.cityid.test/log --site registrar=http://127.0.0.1:8001 \\\n"
-            "      --name Shijiazhuang --geo 38.04,114.51\n"
+            "      --origin sjz.cityid.test/log --log-key sjz/log.vkey \\\n"
+            "      --site registrar=http://127.0.0.1:8001 --name Shijiazhuang --geo 38.04,114.51\n"
             "  cityid prefix delegate MA.156.1301.02 --key city.key --child-key traffic.vkey "
             "--name 'Traffic management'"
         ),
@@ -114,6 +114,12 @@ def add_commands(sub: Subparsers) -> None:
         help="the child's verifier key (string, .vkey file or key file)",
     )
     d.add_argument("--origin", help="the child's ledger origin when another registrar hosts it")
+    d.add_argument(
+        "--log-key",
+        metavar="VKEY|FILE",
+        help="with --origin: the verifier key that signs that log's checkpoints "
+        "(its log.vkey), so resolvers can verify it",
+    )
     d.add_argument("--name", help="a NAME value for the prefix record")
     d.add_argument(
         "--site",
@@ -342,6 +348,19 @@ def cmd_delegate(args: argparse.Namespace) -> int:
         extra.append(("HS_SITE", sites))
     extra += [("NS", ns) for ns in args.ns]
     extra.append(("HS_PUBKEY", str(child_key)))
+    if args.log_key:
+        if not args.origin:
+            raise CityIdError(
+                "--log-key goes with --origin: it is the key of that log", rule="usage"
+            )
+        log_vkey = read_vkey(args.log_key, "--log-key")
+        if log_vkey.name != args.origin:
+            raise CityIdError(
+                f"--log-key is named {log_vkey.name!r} but --origin is {args.origin!r}: a log's "
+                "checkpoint key is named after its origin",
+                rule="usage",
+            )
+        extra.append(("HS_PUBKEY", str(log_vkey)))
     record = _values(args, ts, extra)
 
     async def go() -> dict[str, Any]:

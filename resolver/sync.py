@@ -1,0 +1,694 @@
+"""Verified sync: follow the root log and every log it delegates to, and fill Redis.
+
+Per poll (every ``poll_interval``, 200 ms by default), for every followed log:
+
+1. fetch its checkpoint (``Cache-Control: no-cache``) and check it against the
+   log's policy: the log key's signature and the witness quorum;
+2. prove it consistent with the last checkpoint trusted (kept in Redis, so a
+   restart still notices a fork);
+3. read the new entries from entry bundles, each proven to hash to a leaf of
+   the checkpoint's tree (:class:`ledger.client.LogClient`);
+4. decode each operation (strict, signature checked) and apply it to the
+   in-memory :class:`~cityid.authority.Namespace` with ``log=<origin>``, which
+   checks its authority back to the root anchor;
+5. write the effects to Redis in pipelines, then the log's cursor (trusted
+   checkpoint and entries applied), on that log's own key.
+
+Logs are learnt from ``Delegate`` operations with an ``origin``: the ledger URL
+is the ``ledger`` URL of the delegation's ``HS_SITE`` value (else its
+``registrar`` URL + ``/log``; ``log_urls`` overrides either), and the log's
+checkpoint key is the ``HS_PUBKEY`` value named after the origin (else the
+delegated key under the origin's name). Every log is held to the witness quorum
+of ``child_policy`` (default: the root policy's witnesses and quorum).
+
+A fork, a bad signature, a missing quorum, a bad proof or bundle, a malformed
+operation or an unauthorised one puts that log in state ``alarm``: an ERROR
+line, a counter, the reason in Redis, and no more reads from it until sync
+restarts. Nothing from the bad part is written (entries are applied a chunk at
+a time, and only entries before the bad one are). Other logs keep syncing.
+Unreachable logs are retried every poll (state ``unreachable``).
+
+Restarts: the namespace lives in memory, so sync replays every log into it on
+start. Entries below the Redis cursor were verified when they were written, and
+the new checkpoint is proven consistent with the cursor's, so they are decoded
+without re-checking signatures and not rewritten: a restart costs one read of
+the logs. An empty Redis (no ``meta:epoch``: a flush, or a restart without
+persistence) is refilled from the logs alone. One sync per Redis writes: the
+leader holds ``meta:leader`` (``SET NX PX``, renewed every poll).
+
+Ordering across logs: there is none in the logs themselves, so sync applies a
+parent log's entries before its children's in each poll, and on replay applies
+each log up to its current size in discovery order. A parent that re-keys or
+revokes a child hosted elsewhere therefore takes effect for the child entries
+read after it; operations under a revoked prefix are skipped (counted), not
+alarmed, since the child's registrar may not know yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import msgpack
+from redis.exceptions import RedisError
+
+from cityid.authority import Namespace
+from cityid.errors import (
+    AuthorityError,
+    CityIdError,
+    ConflictError,
+    ForkError,
+    KeyFormatError,
+    NoteError,
+    NotFoundError,
+    OperationError,
+    ProofError,
+    SignatureError,
+    TileError,
+    WitnessError,
+)
+from cityid.identifiers import Prefix
+from cityid.keys import VerifierKey
+from cityid.ops import (
+    KINDS,
+    VERSION,
+    Delegate,
+    Delete,
+    Mint,
+    MintRange,
+    Operation,
+    RotateKey,
+    SignedOperation,
+    Update,
+)
+from cityid.records import Record
+from ledger.checkpoint import Checkpoint
+from ledger.client import LogClient
+from ledger.note import parse_note
+from ledger.policy import LogEntry, Policy, as_policy
+
+from .config import ResolverConfig
+from .store import (
+    Change,
+    Cursor,
+    IdChange,
+    PrefixChange,
+    RangeChange,
+    RevokeChange,
+    Store,
+    StoreError,
+    Writer,
+)
+
+log = logging.getLogger("cityid.resolver.sync")
+
+CHUNK = 2048  # entries verified, applied and written together (a multiple of 256)
+# Failures that say nothing about the log's honesty: retry on the next poll.
+TRANSIENT = {"tile-fetch", "tile-missing", "bundle-missing", "checkpoint-fetch"}
+
+
+class SyncError(CityIdError):
+    rule = "sync"
+
+
+class _LostLead(Exception):
+    """Another sync holds the lock, or Redis lost our data: start a new session."""
+
+
+class _Bad(Exception):
+    def __init__(self, index: int, error: CityIdError) -> None:
+        super().__init__(error.message)
+        self.index = index
+        self.error = error
+
+
+@dataclass(slots=True)
+class LogState:
+    """One followed log, as this sync knows it."""
+
+    origin: str
+    url: str | None
+    vkey: VerifierKey
+    via: str = ""  # the delegation that named it
+    client: LogClient | None = None
+    trusted: Checkpoint | None = None  # last checkpoint verified (or read from the cursor)
+    note: bytes = b""
+    applied: int = 0  # entries applied to the in-memory namespace
+    written: int = 0  # entries whose effects are in Redis
+    saved: tuple[int, bytes] | None = None  # (size, root) of the cursor in Redis
+    loaded: bool = False
+    state: str = "pending"
+    reason: str = ""
+    updated_at: float = 0.0
+
+
+def _decode_known(leaf: bytes) -> SignedOperation:
+    """Decode a leaf already verified in an earlier run: no signature or canonical check."""
+    try:
+        version, body, signer, sig = msgpack.unpackb(leaf, raw=False, strict_map_key=True)
+        if version != VERSION:
+            raise ValueError(f"not {VERSION}")
+        op = KINDS[body[0]].from_body(body)
+    except (ValueError, TypeError, KeyError, IndexError, msgpack.ExtraData) as e:
+        raise OperationError(f"leaf does not decode: {e}", rule="encoding") from e
+    return SignedOperation(op, signer, sig)
+
+
+def _site_url(record: Record) -> str | None:
+    site = record.first("HS_SITE")
+    if site is None or not isinstance(site.data, Mapping):
+        return None
+    if site.data.get("ledger"):
+        return str(site.data["ledger"]).rstrip("/")
+    if site.data.get("registrar"):
+        return str(site.data["registrar"]).rstrip("/") + "/log"
+    return None
+
+
+def _log_vkey(record: Record, origin: str, key: bytes) -> VerifierKey:
+    for v in record.values:
+        if v.type == "HS_PUBKEY" and isinstance(v.data, str):
+            with contextlib.suppress(KeyFormatError):
+                vk = VerifierKey.parse(v.data)
+                if vk.name == origin:
+                    return vk
+    return VerifierKey(origin, key)
+
+
+def _alarm_kind(e: CityIdError) -> str:
+    if isinstance(e, ForkError):
+        return "fork"
+    if isinstance(e, NoteError | WitnessError | SignatureError):
+        return "signature"
+    if isinstance(e, TileError | ProofError):
+        return "proof"
+    if isinstance(e, AuthorityError | ConflictError | NotFoundError):
+        return "authority"
+    return "operation"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Sync:
+    """Follow the logs from ``root_log_url`` and keep ``store`` in step with them."""
+
+    def __init__(
+        self,
+        store: Store,
+        root_log_url: str,
+        root_policy_or_vkey: Policy | VerifierKey | str,
+        root_anchor: tuple[Prefix, bytes],
+        root_origin: str | None = None,
+        poll_interval: float = 0.2,
+        *,
+        child_policy: Policy | None = None,
+        log_urls: Mapping[str, str] | None = None,
+        lock_ttl: float = 10.0,
+        chunk: int = CHUNK,
+        resize_grace: float = 10.0,
+        instance: str | None = None,
+    ) -> None:
+        self.store = store
+        self.root_policy = as_policy(root_policy_or_vkey)
+        self.root_origin = root_origin or self.root_policy.logs[0].origin
+        self.root_url = root_log_url.rstrip("/")
+        self.root_anchor = root_anchor
+        self.poll_interval = poll_interval
+        self.child_policy = child_policy or self.root_policy
+        self.log_urls = {k: v.rstrip("/") for k, v in (log_urls or {}).items()}
+        self.lock_ttl = lock_ttl
+        self.chunk = max(256, chunk // 256 * 256)
+        self.resize_grace = resize_grace
+        self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        root_vkey = next(
+            (e.vkey for e in self.root_policy.logs if e.origin == self.root_origin), None
+        )
+        if root_vkey is None:
+            raise SyncError(f"the root policy has no key for log {self.root_origin!r}")
+        self._root_vkey = root_vkey
+        self._http: aiohttp.ClientSession | None = None
+        self._writer: Writer | None = None
+        self._epoch: str | None = None
+        self._active = False
+        self._leader = False
+        self._redis_up = False
+        self._renewed = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self.counters: dict[str, int] = defaultdict(int)
+        self.last_poll = 0.0
+        self._reset()
+
+    @classmethod
+    def from_config(cls, store: Store, cfg: ResolverConfig) -> Sync:
+        """A sync as ``resolver.toml`` describes it."""
+        policy = cfg.witnesses()
+        return cls(
+            store,
+            cfg.root_log_url,
+            policy,
+            cfg.root_anchor(),
+            cfg.origin,
+            cfg.poll_interval_ms / 1000,
+            child_policy=policy,
+            log_urls=cfg.log_urls,
+            lock_ttl=cfg.lock_ttl_ms / 1000,
+            chunk=cfg.chunk,
+            resize_grace=cfg.resize_grace_s,
+        )
+
+    # -- state --------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        """Forget everything but the configuration: the next poll replays every log."""
+        prefix, key = self.root_anchor
+        self.namespace = Namespace()
+        self.namespace.add_anchor(prefix, key, self.root_origin)
+        self.logs: dict[str, LogState] = {}
+        root = LogState(self.root_origin, self.root_url, self._root_vkey, via="root")
+        self.logs[root.origin] = root
+        self._connect(root)
+
+    def _policy(self, state: LogState) -> Policy:
+        if state.origin == self.root_origin:
+            return self.root_policy
+        # Every log answers to the same witnesses; its own key signs its checkpoints.
+        return dataclasses.replace(self.child_policy, logs=(LogEntry(state.vkey, state.url),))
+
+    def _connect(self, state: LogState) -> None:
+        state.client = None
+        if state.url:
+            state.client = LogClient(
+                state.url, self._policy(state), self._http, origin=state.origin
+            )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Run in the background until :meth:`stop`."""
+        self._stop.clear()
+        self._task = asyncio.get_running_loop().create_task(self.run())
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._writer is not None and self._leader:
+            with contextlib.suppress(RedisError, OSError):
+                await self._writer.release(self.instance)
+        self._leader = self._active = False
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def run(self) -> None:
+        backoff = 0.05
+        while not self._stop.is_set():
+            try:
+                t0 = time.monotonic()
+                if not await self.sync_once():
+                    await self._sleep(min(1.0, self.lock_ttl / 4))
+                    continue
+                backoff = 0.05
+                await self._sleep(self.poll_interval - (time.monotonic() - t0))
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, StoreError, OSError) as e:
+                self._active = False
+                self.counters["sync_redis_errors_total"] += 1
+                if self._redis_up:
+                    log.warning(
+                        "redis unavailable (%s); serving stops updating until it is back", e
+                    )
+                self._redis_up = False
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except _LostLead as e:
+                self._active = self._leader = False
+                log.warning("sync session ended: %s", e)
+            except Exception:
+                self._active = False
+                self.counters["sync_errors_total"] += 1
+                log.exception("sync poll failed")
+                await self._sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def sync_once(self) -> bool:
+        """One poll of every log; False if another sync is the leader."""
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+            for state in self.logs.values():
+                self._connect(state)
+        if not self._active and not await self._begin():
+            return False
+        await self._poll()
+        return True
+
+    async def _begin(self) -> bool:
+        """Become the leader and line up with what Redis holds."""
+        writer = self._writer or self.store.writer(resize_grace=self.resize_grace)
+        if not await writer.acquire(self.instance, int(self.lock_ttl * 1000)):
+            if self._leader:
+                log.warning("sync lock taken by another instance; standing by")
+            self._leader = False
+            return False
+        self._renewed = time.monotonic()
+        first = not self._leader
+        self._leader = True
+        self._redis_up = True
+        epoch = await writer.epoch()
+        if epoch is None or epoch != self._epoch or not await self._in_step(writer):
+            # Fresh writer: its layout cache describes the Redis it was made for.
+            writer = self.store.writer(resize_grace=self.resize_grace)
+            await writer.prepare()
+            if epoch is None:
+                self.counters["sync_rebuilds_total"] += 1
+                log.warning("redis holds no resolver state: rebuilding it from the logs")
+                epoch = await writer.new_epoch()
+            elif not first:
+                log.warning("redis state differs from this sync's: replaying the logs")
+            self._epoch = epoch
+            self._reset()
+        self._writer = writer
+        self._active = True
+        return True
+
+    async def _in_step(self, writer: Writer) -> bool:
+        for state in self.logs.values():
+            if not state.loaded:
+                continue
+            cur = await writer.read_cursor(state.origin)
+            if (cur.applied if cur else 0) != state.written:
+                return False
+        return True
+
+    async def _lease(self) -> Writer:
+        writer = self._writer
+        assert writer is not None
+        if time.monotonic() - self._renewed > self.lock_ttl / 5:
+            if not await writer.renew(self.instance, int(self.lock_ttl * 1000)):
+                raise _LostLead("the sync lock expired or was taken over")
+            self._renewed = time.monotonic()
+        return writer
+
+    # -- one poll -------------------------------------------------------------------------
+
+    async def _poll(self) -> None:
+        writer = await self._lease()
+        if await writer.epoch() != self._epoch:
+            self._active = False
+            raise _LostLead("redis lost its data (or another sync rebuilt it)")
+        self.counters["sync_polls_total"] += 1
+        live = [s for s in self.logs.values() if s.client is not None and s.state != "alarm"]
+        got = await asyncio.gather(*(self._fetch(s) for s in live), return_exceptions=True)
+        fetched: dict[str, Any] = {s.origin: r for s, r in zip(live, got, strict=True)}
+        done: set[str] = set()
+        # Parents first; logs learnt during this pass are read in the same pass.
+        while True:
+            todo = [s for o, s in self.logs.items() if o not in done]
+            if not todo:
+                break
+            for state in todo:
+                done.add(state.origin)
+                await self._follow(state, fetched.get(state.origin))
+        self.last_poll = time.time()
+
+    async def _fetch(self, state: LogState) -> tuple[Checkpoint, bytes]:
+        assert state.client is not None
+        return await state.client.fetch_checkpoint()
+
+    async def _follow(self, state: LogState, fetched: Any) -> None:
+        if state.state == "alarm":
+            return
+        if state.client is None:
+            await self._mark(state, "unreachable", f"no ledger URL for {state.origin}")
+            return
+        try:
+            if not state.loaded:
+                await self._load(state)
+            if fetched is None:
+                fetched = await self._fetch(state)
+            if isinstance(fetched, BaseException):
+                raise fetched
+            cp, note = fetched
+            await self._advance(state, cp, note)
+            await self._mark(state, "ok")
+        except (RedisError, StoreError, _LostLead):
+            raise
+        except _Bad as bad:
+            await self._alarm(state, bad.error, bad.index)
+        except CityIdError as e:
+            if e.rule in TRANSIENT:
+                self.counters["sync_fetch_errors_total"] += 1
+                await self._mark(state, "unreachable", f"{e.rule}: {e.message}")
+            else:
+                await self._alarm(state, e)
+        except Exception as e:
+            # A bug, not evidence against the log: retry it next poll, keep the others going.
+            self.counters["sync_errors_total"] += 1
+            log.exception("log %s: unexpected error", state.origin)
+            await self._mark(state, "unreachable", f"internal error: {e!r}"[:500])
+
+    async def _load(self, state: LogState) -> None:
+        """Take the log's trusted checkpoint and progress from its Redis cursor."""
+        assert self._writer is not None
+        cur = await self._writer.read_cursor(state.origin)
+        if cur is not None:
+            text, _ = parse_note(cur.note)  # verified when it was stored
+            cp = Checkpoint.parse(text)
+            state.trusted, state.note = cp, cur.note
+            state.written, state.saved = cur.applied, (cp.size, cp.root)
+        state.loaded = True
+
+    async def _advance(self, state: LogState, cp: Checkpoint, note: bytes) -> None:
+        client = state.client
+        assert client is not None
+        if state.trusted is not None:
+            await client.check_consistency(state.trusted, cp)
+        if state.trusted is None or cp.size > state.trusted.size:
+            state.trusted, state.note = cp, note
+        trusted, note = state.trusted, state.note
+        while state.applied < trusted.size:
+            await self._lease()  # a long replay must not let the lock lapse
+            start = state.applied
+            stop = min(trusted.size, (start // self.chunk + 1) * self.chunk)
+            leaves = [entry async for _, entry in client.entries(start, stop, trusted)]
+            await self._apply(state, start, leaves, trusted, note)
+        if state.saved != (trusted.size, trusted.root) and state.applied >= state.written:
+            await self._write(state, [], trusted, note, state.written)
+
+    async def _apply(
+        self, state: LogState, start: int, leaves: list[bytes], cp: Checkpoint, note: bytes
+    ) -> None:
+        """Apply verified ``leaves`` (from ``start``): namespace first, then Redis, or neither."""
+        ns = self.namespace
+        changes: list[Change] = []
+        found: list[Delegate] = []
+        bad: _Bad | None = None
+        n = 0
+        with ns.transaction():  # a failed Redis write rolls the namespace back too
+            for k, leaf in enumerate(leaves):
+                index = start + k
+                try:
+                    signed = (
+                        _decode_known(leaf)
+                        if index < state.written
+                        else SignedOperation.decode(leaf)
+                    )
+                    op = signed.op
+                    revoked_before = self._was_revoked(op)
+                    ns.apply(signed, log=state.origin)
+                except AuthorityError as e:
+                    if e.rule != "prefix-revoked":
+                        bad = _Bad(index, e)
+                        break
+                    self.counters["sync_ops_skipped_revoked_total"] += 1
+                    log.warning("%s entry %d skipped: %s", state.origin, index, e.message)
+                    n += 1
+                    continue
+                except CityIdError as e:
+                    bad = _Bad(index, e)
+                    break
+                n += 1
+                if isinstance(op, Delegate) and op.origin and op.origin != state.origin:
+                    found.append(op)
+                if index >= state.written:
+                    changes.extend(self._effects(op, state.origin, index, revoked_before))
+            end = start + n
+            self.counters["sync_entries_applied_total"] += n
+            if end > state.written:
+                await self._write(state, changes, cp, note, end)
+        state.applied = end
+        for op in found:
+            self._discover(op)
+        if bad is not None:
+            raise bad
+
+    async def _write(
+        self, state: LogState, changes: list[Change], cp: Checkpoint, note: bytes, applied: int
+    ) -> None:
+        writer = await self._lease()
+        cursor = Cursor(state.origin, cp.size, cp.root, note, applied, state.url or "",
+                        str(state.vkey))  # fmt: skip
+        await writer.apply(changes, cursor)
+        self.counters["sync_writes_total"] += 1
+        state.written, state.saved = applied, (cp.size, cp.root)
+        state.state, state.reason, state.updated_at = "ok", "", time.time()
+
+    # -- effects ----------------------------------------------------------------------------
+
+    def _was_revoked(self, op: Operation) -> bool:
+        if isinstance(op, Delegate):
+            st = self.namespace.prefixes.get(op.prefix)
+            return st is not None and st.revoked
+        return False
+
+    def _effects(self, op: Operation, origin: str, index: int, was_revoked: bool) -> list[Change]:
+        ns = self.namespace
+        if isinstance(op, Mint):
+            p = str(op.prefix)
+            return [
+                IdChange(p, it.suffix, it.prev + 1, False, origin, index, it.record.encode())
+                for it in op.items
+            ]
+        if isinstance(op, MintRange):
+            return [
+                RangeChange(str(op.prefix), op.letters, op.width, op.start, op.count,
+                            op.template.encode(), origin, index)
+            ]  # fmt: skip
+        if isinstance(op, Delegate | RotateKey):
+            st = ns.prefixes[op.prefix]
+            out: list[Change] = [
+                PrefixChange(str(op.prefix), st.version, st.revoked, origin, index,
+                             st.record.encode(), st.key, st.host)
+            ]  # fmt: skip
+            return out + (self._revocations(op.prefix) if was_revoked else [])
+        assert isinstance(op, Update | Delete)
+        named = op.ident.named_prefix
+        deleted = isinstance(op, Delete)
+        record = op.record.encode() if isinstance(op, Update) else None
+        if named is None:
+            p = str(op.ident.prefix)
+            return [IdChange(p, op.ident.suffix, op.prev + 1, deleted, origin, index, record)]
+        st = ns.prefixes[named]
+        change = PrefixChange(str(named), st.version, deleted, origin, index,
+                              st.record.encode(), st.key, st.host)  # fmt: skip
+        return [change, *(self._revocations(named) if deleted else [])]
+
+    def _revocations(self, top: Prefix) -> list[Change]:
+        """Whether each prefix at or below ``top`` now sits under a revoked delegation."""
+        prefixes = self.namespace.prefixes
+        out: list[Change] = []
+        for p in sorted(p for p in prefixes if p.is_within(top)):
+            revoked = any(prefixes[a].revoked for a in p.ancestors() if a in prefixes)
+            out.append(RevokeChange(str(p), revoked))
+        return out
+
+    def _discover(self, op: Delegate) -> None:
+        origin = op.origin
+        assert origin is not None
+        if origin == self.root_origin:
+            return
+        url = self.log_urls.get(origin) or _site_url(op.record)
+        vkey = _log_vkey(op.record, origin, op.key)
+        state = self.logs.get(origin)
+        if state is None:
+            state = LogState(origin, url, vkey, via=str(op.prefix))
+            self.logs[origin] = state
+            self._connect(state)
+            log.info("following log %s at %s (delegation of %s)", origin, url, op.prefix)
+            return
+        if (url and url != state.url) or vkey != state.vkey:
+            log.info("log %s: delegation of %s moves it to %s, key %s", origin, op.prefix, url,
+                     vkey)  # fmt: skip
+            state.url = url or state.url
+            state.vkey = vkey
+            self._connect(state)
+
+    # -- status ------------------------------------------------------------------------------
+
+    async def _mark(self, state: LogState, new: str, reason: str = "") -> None:
+        if (state.state, state.reason) == (new, reason):
+            return
+        if new == "unreachable" and state.state != "unreachable":
+            log.warning("log %s unreachable: %s", state.origin, reason)
+        state.state, state.reason, state.updated_at = new, reason, time.time()
+        assert self._writer is not None
+        await self._writer.set_status(state.origin, new, reason, state.url or "")
+
+    async def _alarm(self, state: LogState, e: CityIdError, index: int | None = None) -> None:
+        where = f" at entry {index}" if index is not None else ""
+        reason = f"{e.rule}{where}: {e.message}"
+        kind = _alarm_kind(e)
+        self.counters["sync_alarms_total"] += 1
+        self.counters[f"sync_alarms_{kind}_total"] += 1
+        log.error("ALARM log %s (%s): %s; no longer following it", state.origin, kind, reason)
+        state.state, state.reason, state.updated_at = "alarm", reason, time.time()
+        assert self._writer is not None
+        await self._writer.set_status(state.origin, "alarm", reason, state.url or "")
+
+    def status(self) -> dict[str, Any]:
+        """This sync's view: leadership, Redis, and per log its state and progress."""
+        return {
+            "leader": self._leader,
+            "redis": self._redis_up,
+            "epoch": self._epoch,
+            "last_poll": self.last_poll,
+            "logs": [
+                {
+                    "origin": s.origin,
+                    "url": s.url,
+                    "via": s.via,
+                    "size": s.trusted.size if s.trusted else 0,
+                    "root": s.trusted.root.hex() if s.trusted else "",
+                    "applied": s.applied,
+                    "written": s.written,
+                    "state": s.state,
+                    "reason": s.reason,
+                    "updated_at": s.updated_at,
+                }
+                for s in self.logs.values()
+            ],
+        }
+
+    @property
+    def healthy(self) -> bool:
+        return self._redis_up and all(s.state == "ok" for s in self.logs.values())
+
+    def metrics(self) -> dict[str, int | float]:
+        """Counters and gauges for /metrics; keys may carry Prometheus labels."""
+        out: dict[str, int | float] = dict(self.counters)
+        for name in ("sync_alarms_total", "sync_redis_errors_total", "sync_rebuilds_total"):
+            out.setdefault(name, 0)
+        out["sync_leader"] = int(self._leader)
+        out["sync_redis_up"] = int(self._redis_up)
+        out["sync_last_poll_timestamp_seconds"] = self.last_poll
+        states: dict[str, int] = defaultdict(int)
+        for s in self.logs.values():
+            states[s.state] += 1
+            label = f'origin="{_label(s.origin)}"'
+            out[f"sync_log_size{{{label}}}"] = s.trusted.size if s.trusted else 0
+            out[f"sync_log_applied{{{label}}}"] = s.applied
+            out[f"sync_log_alarm{{{label}}}"] = int(s.state == "alarm")
+        for st in ("ok", "alarm", "unreachable", "pending"):
+            out[f'sync_logs{{state="{st}"}}'] = states.get(st, 0)
+        return out
