@@ -239,8 +239,12 @@ async def _up(args: argparse.Namespace) -> int:
                 args.assets if args.assets is not None else int(cfg.get("demo", "assets")),
             )
 
-        # 5. Say where everything is.
+        # 5. The resolver's sync: follows the root log and, through it, the city's.
+        sync = await _start_sync(cfg, redis_url, started, root_admin, witness_vkeys, stack)
+
+        # 6. Say where everything is.
         sample = _sample(started["city"])
+        await _wait_synced(sync, started, timeout=60)
         _banner(cfg, data, redis_url, sample, time.monotonic() - t0)
         if args.ready_file:
             import json
@@ -356,6 +360,54 @@ async def _seed(
     _say(f"cityid: minted {assets:,} assets with GEO points inside Shijiazhuang")
 
 
+async def _start_sync(
+    cfg: UpConfig,
+    redis_url: str,
+    started: dict[str, Any],
+    root_admin: SigningKey,
+    witness_vkeys: list[Any],
+    stack: contextlib.AsyncExitStack,
+) -> Any:
+    from ledger.policy import Policy
+    from resolver.store import Store
+    from resolver.sync import Sync
+
+    root = started["root"]
+    quorum = int(cfg.get("witnesses", "quorum"))
+    policy = Policy.k_of_n([root.log.verifier], {k.name: k for k in witness_vkeys}, quorum)
+    store = await Store.connect(redis_url)
+    stack.push_async_callback(store.close)
+    sync = Sync(
+        store,
+        f"http://{cfg.get('root', 'listen')}/log",
+        policy,
+        (Prefix.parse(cfg.get("root", "prefix")), root_admin.public_key),
+        root.config.origin,
+        child_policy=policy,
+    )
+    await sync.start()
+    stack.push_async_callback(sync.stop)
+    return sync
+
+
+async def _wait_synced(sync: Any, started: dict[str, Any], timeout: float) -> None:
+    """Until sync has verified and applied every log up to its published size."""
+    want = {reg.config.origin: reg.log.size for reg in started.values()}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = {s["origin"]: s for s in sync.status()["logs"]}
+        if all(
+            logs.get(o, {}).get("written", -1) >= n and logs[o]["state"] == "ok"
+            for o, n in want.items()
+        ):
+            return
+        await asyncio.sleep(0.1)
+    _say(
+        f"cityid: warning: the resolver's sync has not caught up after {timeout:.0f} s: "
+        f"{sync.status()}"
+    )
+
+
 def _sample(city: Any) -> str:
     from .demo import SHIJIAZHUANG
     from .identifiers import mint_suffix
@@ -377,8 +429,9 @@ def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float)
         f"                      curl http://{city}/api/version/{sample}",
         f"                      cityid ledger verify {data / 'city' / 'log'} "
         f"--key {data / 'city' / 'log.vkey'}",
-        "  coming              the resolver (HTTP redirects, Handle JSON API, DNS on "
-        f"{cfg.get('resolver', 'dns')}) follows these logs: issues 5 and 6",
+        "  resolver sync       follows and verifies both logs into valkey (signatures, "
+        "witness quorum, consistency, authority)",
+        "  coming              the resolver's HTTP and DNS front ends (issues 5, 6)",
         "Ctrl-C stops everything.",
     ]
     _say("\n".join(lines))
