@@ -31,6 +31,12 @@ from .tiles import MAX_ENTRY_SIZE
 Cosign = Callable[[bytes], Awaitable[bytes]]
 
 
+class NotPublishedError(LedgerError):
+    """The batch is durable and signed, but its checkpoint could not be published yet."""
+
+    rule = "not-published"
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """Where a submit's entries landed, and the checkpoint that seals them."""
@@ -186,15 +192,22 @@ class Sequencer:
                 note = await self.cosign(note)
             await asyncio.to_thread(self.log.publish, note)
         except BaseException as e:
-            if staged is not None:
+            err: BaseException = e
+            if staged is not None and isinstance(e, Exception):
+                # Signed entries cannot be taken back (that would sign a conflicting
+                # tree later): the caller must read this as "appended, not yet
+                # published", not as "refused".
                 base = staged[0]
-                e.add_note(
-                    f"entries {base}..{base + len(entries) - 1} are signed into the log and "
-                    "will be published with the next checkpoint"
+                err = NotPublishedError(
+                    f"entries {base}..{base + len(entries) - 1} are signed into the log but "
+                    f"not yet published ({e}); they will be published with the next "
+                    "checkpoint",
+                    rule="not-published",
                 )
+                err.__cause__ = e
             for p in batch:
                 if not p.future.done():
-                    p.future.set_exception(e)
+                    p.future.set_exception(err)
             if not isinstance(e, Exception):
                 raise
             return

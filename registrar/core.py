@@ -25,7 +25,7 @@ from cityid.errors import CityIdError, LedgerError, OperationError
 from cityid.identifiers import Identifier
 from cityid.keys import SigningKey
 from cityid.ops import SignedOperation
-from ledger.batcher import Sequencer
+from ledger.batcher import NotPublishedError, Sequencer
 from ledger.storage import Log
 
 from .config import RegistrarConfig
@@ -141,6 +141,10 @@ class Registrar:
         try:
             receipt = await self.sequencer.submit(list(leaves))
         except asyncio.CancelledError:
+            raise
+        except NotPublishedError:
+            # In the log, signed, and published with the next checkpoint (e.g. once
+            # witnesses answer again): the namespace already agrees with the log.
             raise
         except Exception as e:
             # Operations admitted after this batch were checked against a state that

@@ -11,7 +11,7 @@ import pytest
 from cityid.errors import ForkError, LedgerError, NoteError, TileError, WitnessError
 from cityid.keys import SigningKey
 from ledger.audit import verify_log
-from ledger.batcher import Receipt, Sequencer
+from ledger.batcher import NotPublishedError, Receipt, Sequencer
 from ledger.checkpoint import Checkpoint
 from ledger.merkle import (
     EMPTY_ROOT,
@@ -360,10 +360,9 @@ async def test_sequencer_cosign_and_failure(tmp_path: Path, key: SigningKey) -> 
         results = await asyncio.gather(
             seq.submit([b"a"]), seq.submit([b"b", b"c"]), return_exceptions=True
         )
-        assert all(isinstance(r, WitnessError) for r in results)
-        assert "will be published with the next checkpoint" in "".join(
-            getattr(results[0], "__notes__", [])
-        )
+        assert all(isinstance(r, NotPublishedError) for r in results)
+        assert isinstance(results[0].__cause__, WitnessError)
+        assert "will be published with the next checkpoint" in str(results[0])
         assert log.size == 0  # nothing published
         fail = False
         r = await seq.submit([b"d"])
