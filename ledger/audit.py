@@ -17,9 +17,17 @@ from cityid.errors import LedgerError, NoteError, TileError
 from cityid.keys import VerifierKey
 
 from .checkpoint import Checkpoint
-from .merkle import EMPTY_ROOT, HASH_SIZE, node_hash, subtree_root
+from .merkle import HASH_SIZE, subtree_root
 from .note import open_note
-from .tiles import TILE_HEIGHT, TILE_WIDTH, decode_bundle, entries_path, tile_path, tile_width
+from .tiles import (
+    TILE_HEIGHT,
+    TILE_WIDTH,
+    decode_bundle,
+    edge_root,
+    entries_path,
+    tile_path,
+    tile_width,
+)
 
 Progress = Callable[[int, int], None]
 
@@ -89,7 +97,6 @@ class _Auditor:
             )
 
     def edge_root(self) -> bytes:
-        roots: list[bytes] = []
         level = 0
         tops = []
         while (c := self.size >> (TILE_HEIGHT * level)) > 0:
@@ -98,19 +105,7 @@ class _Auditor:
                 _, data = self.read_tile(level, c // TILE_WIDTH)
                 tops.append([data[i : i + HASH_SIZE] for i in range(0, len(data), HASH_SIZE)])
             level += 1
-        for row in reversed(tops):
-            pos = 0
-            for bit in range(TILE_HEIGHT, -1, -1):
-                k = 1 << bit
-                if len(row) & k:
-                    roots.append(subtree_root(row[pos : pos + k]))
-                    pos += k
-        if not roots:
-            return EMPTY_ROOT
-        h = roots[-1]
-        for left in reversed(roots[:-1]):
-            h = node_hash(left, h)
-        return h
+        return edge_root(tops)
 
     def consistent_above(self, level: int, index: int, data: bytes) -> bool:
         """Does tile ``(level, index)`` agree with the tile above it (or the root)?"""

@@ -34,12 +34,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 
+from cityid.durable import fsync_dir
 from cityid.errors import ForkError, LedgerError, NoteError, TileError
 from cityid.keys import SigningKey, VerifierKey
 
 from . import merkle
 from .checkpoint import Checkpoint, open_checkpoint
-from .merkle import EMPTY_ROOT, node_hash, subtree_root
+from .merkle import EMPTY_ROOT, subtree_root
 from .note import open_note, sign_note
 from .tiles import (
     MAX_ENTRY_SIZE,
@@ -47,6 +48,7 @@ from .tiles import (
     TILE_WIDTH,
     TileHashReader,
     decode_bundle,
+    edge_root,
     encode_bundle,
     entries_path,
     iter_entries,
@@ -58,33 +60,6 @@ CHECKPOINT = "checkpoint"
 PRIVATE = ".private"
 _CONFIG_MAGIC = "cityid-ledger v1"
 _sha256 = hashlib.sha256
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _edge_root(edge: list[list[bytes]]) -> bytes:
-    """Root of the tree whose right edge (one partial tile per level) is ``edge``."""
-    roots: list[bytes] = []
-    for row in reversed(edge):
-        pos = 0
-        w = len(row)
-        for bit in range(TILE_HEIGHT, -1, -1):
-            k = 1 << bit
-            if w & k:
-                roots.append(subtree_root(row[pos : pos + k]))
-                pos += k
-    if not roots:
-        return EMPTY_ROOT
-    h = roots[-1]
-    for left in reversed(roots[:-1]):
-        h = node_hash(left, h)
-    return h
 
 
 def _sync_and_close(fd: int) -> None:
@@ -142,7 +117,7 @@ class _Txn:
                 self._w.ensure_dir(target.parent, dirty)
                 os.replace(tmp, target)
                 dirty.add(target.parent)
-            futures = [self._w.pool.submit(_fsync_dir, d) for d in dirty]
+            futures = [self._w.pool.submit(fsync_dir, d) for d in dirty]
             errors = [e for f in futures if (e := f.exception()) is not None]
             if errors:
                 raise errors[0]
@@ -240,8 +215,7 @@ class Log:
         tmp = d.parent / f".{d.name}.creating-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / PRIVATE / "tmp").mkdir(parents=True)
-        # The key is stored as name and hex (not as a vkey string) so reading it
-        # back never depends on base64 free of '+'.
+        # Name and raw key in hex: a read-only open needs no key parser to trust.
         config = f"{_CONFIG_MAGIC}\n{origin}\n{signer.name}\n{signer.public_key.hex()}\n"
         w = _FileWriter(tmp)
         try:
@@ -254,9 +228,9 @@ class Log:
             )
         finally:
             w.close()
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, d)  # replaces an empty directory atomically, too
-        _fsync_dir(d.parent)
+        fsync_dir(d.parent)
         return cls.open(d, signer)
 
     @classmethod
@@ -431,7 +405,7 @@ class Log:
             raise TileError(
                 f"cannot resume at signed size {state.size}: {e.message}", rule=e.rule
             ) from e
-        if _edge_root(self._edge) != state.root:
+        if edge_root(self._edge) != state.root:
             raise TileError(
                 f"tiles at the right edge of size {state.size} do not hash to the signed root",
                 rule="tile-mismatch",
@@ -541,7 +515,7 @@ class Log:
             edge[level] = rest
             new_hashes = parents
             level += 1
-        return edge, bundle, _edge_root(edge)
+        return edge, bundle, edge_root(edge)
 
     def publish(self, note: bytes) -> None:
         """Publish a note from :meth:`stage`, possibly with cosignatures added."""

@@ -10,6 +10,7 @@ code reads a local directory, an HTTP mirror or a dict in a test.
 from __future__ import annotations
 
 import re
+import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
@@ -31,6 +32,7 @@ MAX_LEVEL = 63
 MAX_ENTRY_SIZE = 0xFFFF
 
 Fetch = Callable[[str], bytes]
+_U16 = struct.Struct(">H").pack
 
 
 class TilePath(NamedTuple):
@@ -118,17 +120,14 @@ def parse_tile_path(path: str) -> TilePath:
 
 def encode_bundle(entries: Sequence[bytes]) -> bytes:
     """Concatenate entries, each prefixed with its big-endian uint16 length."""
-    parts = []
-    for i, e in enumerate(entries):
-        n = len(e)
-        if n > MAX_ENTRY_SIZE:
-            raise LedgerError(
-                f"entry {i} is {n} bytes; log entries are at most {MAX_ENTRY_SIZE} bytes",
-                rule="leaf-too-large",
-            )
-        parts.append(n.to_bytes(2, "big"))
-        parts.append(e)
-    return b"".join(parts)
+    try:
+        return b"".join([_U16(len(e)) + e for e in entries])
+    except struct.error:
+        i = next(i for i, e in enumerate(entries) if len(e) > MAX_ENTRY_SIZE)
+        raise LedgerError(
+            f"entry {i} is {len(entries[i])} bytes; log entries are at most {MAX_ENTRY_SIZE} bytes",
+            rule="leaf-too-large",
+        ) from None
 
 
 def decode_bundle(
@@ -460,3 +459,26 @@ def build_tiles(entries: Sequence[bytes]) -> dict[str, bytes]:
         row = above
         level += 1
     return out
+
+
+def edge_root(edge: Sequence[Sequence[bytes]]) -> bytes:
+    """The root of a tree given its right edge: per level, the hashes of its partial tile.
+
+    ``edge[level]`` holds the hashes of the rightmost, partial tile at that level
+    (empty when the level has no partial tile); full tiles below are summarised
+    by the levels above them.
+    """
+    roots: list[bytes] = []
+    for row in reversed(edge):
+        pos = 0
+        for bit in range(TILE_HEIGHT, -1, -1):
+            k = 1 << bit
+            if len(row) & k:
+                roots.append(subtree_root(list(row[pos : pos + k])))
+                pos += k
+    if not roots:
+        return EMPTY_ROOT
+    h = roots[-1]
+    for left in reversed(roots[:-1]):
+        h = node_hash(left, h)
+    return h

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import aiohttp
 from aiohttp import web
 
+from cityid.durable import atomic_write
 from cityid.errors import LedgerError, NoteError, ProofError, WitnessError
 from cityid.keys import SigningKey, VerifierKey
 
@@ -158,31 +159,6 @@ class LogState:
     @property
     def root(self) -> bytes:
         return self.checkpoint.root
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, whole."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 class WitnessState:
