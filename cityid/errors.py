@@ -48,6 +48,12 @@ class SignatureError(CityIdError):
     rule = "signature"
 
 
+class AuthenticationRequired(SignatureError):
+    """A write came with no signature at all (as opposed to a bad one)."""
+
+    rule = "authentication-needed"
+
+
 class OperationError(CityIdError, ValueError):
     """An operation is malformed (before any authority question)."""
 

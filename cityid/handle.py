@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .errors import (
+    AuthenticationRequired,
     AuthorityError,
     CityIdError,
     ConflictError,
@@ -58,6 +59,7 @@ HTTP_STATUS = {
 _CODES: tuple[tuple[type[CityIdError], int], ...] = (
     (IdentifierError, INVALID_HANDLE),
     (RecordError, INVALID_VALUE),
+    (AuthenticationRequired, AUTHENTICATION_NEEDED),
     (SignatureError, AUTHENTICATION_FAILED),
     (AuthorityError, INSUFFICIENT_PERMISSIONS),
     (ConflictError, HANDLE_ALREADY_EXISTS),

@@ -30,7 +30,7 @@ from cityid.ops import Delete, Mint, MintItem, SignedOperation, Update
 from cityid.records import values_from_json
 
 from .auth import parse_auth_header, parse_if_match
-from .core import Registrar
+from .core import Registrar, not_found
 
 log = logging.getLogger("cityid.registrar")
 
@@ -152,7 +152,9 @@ async def delete_handle(request: web.Request) -> web.Response:
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
     key, sig, time = parse_auth_header(request.headers.get("Authorization"))
-    version, _ = reg.version(ident)
+    version, alive = reg.version(ident)
+    if not alive:
+        raise not_found(ident, version, key)
     prev = parse_if_match(request.headers.get("If-Match"))
     op = Delete(ident, version if prev is None else prev, time)
     receipts = await reg.submit([SignedOperation(op, key, sig).encode()])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import re
 
-from cityid.errors import OperationError, SignatureError
+from cityid.errors import AuthenticationRequired, OperationError, SignatureError
 
 SCHEME = "CityID-Ed25519"
 _PARAM_RE = re.compile(r'(\w+)="([^"]*)"')
@@ -31,7 +31,7 @@ def auth_header(public_key: bytes, signature: bytes, time: int) -> str:
 def parse_auth_header(value: str | None) -> tuple[bytes, bytes, int]:
     """(public key, signature, time) from an Authorization header."""
     if not value:
-        raise SignatureError(
+        raise AuthenticationRequired(
             f"no Authorization header: sign the operation and send '{SCHEME} key=..., "
             "sig=..., time=...'",
             rule="authentication-needed",

@@ -30,6 +30,7 @@ from cityid.records import DEFAULT_TTL, Record, Value
 
 from .client import RegistrarClient
 from .config import Anchor, RegistrarConfig
+from .core import not_found
 
 RAW = argparse.RawDescriptionHelpFormatter
 DEFAULT_REGISTRAR = "http://127.0.0.1:8000"
@@ -387,6 +388,7 @@ def cmd_mint(args: argparse.Namespace) -> int:
                 op = Mint(ident.prefix, (MintItem(ident.suffix, version, _values(args, ts)),), ts)
                 return await client.submit_ops([op], key)
 
+        print(f"minted {ident}")
         _report(_run(one()))
         return 0
     prefix = parse_prefix(args.target)
@@ -471,7 +473,9 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with RegistrarClient(args.registrar) as client:
-            version, _ = await client.version(ident)
+            version, alive = await client.version(ident)
+            if not alive:
+                raise not_found(ident, version, key.public_key)
             return await client.submit_ops([Update(ident, version, record, ts)], key)
 
     _report(_run(go()))
@@ -484,7 +488,9 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     async def go() -> dict[str, Any]:
         async with RegistrarClient(args.registrar) as client:
-            version, _ = await client.version(ident)
+            version, alive = await client.version(ident)
+            if not alive:
+                raise not_found(ident, version, key.public_key)
             return await client.submit_ops([Delete(ident, version, now())], key)
 
     _report(_run(go()))

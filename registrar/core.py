@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cityid.authority import Namespace
-from cityid.errors import CityIdError, LedgerError, OperationError
+from cityid.errors import CityIdError, LedgerError, NotFoundError, OperationError
 from cityid.identifiers import Identifier
 from cityid.keys import SigningKey
-from cityid.ops import SignedOperation
+from cityid.ops import SignedOperation, key_fingerprint
 from ledger.batcher import NotPublishedError, Sequencer
 from ledger.storage import Log
 
@@ -33,6 +33,14 @@ from .config import RegistrarConfig
 log = logging.getLogger("cityid.registrar")
 
 MAX_OPS_PER_REQUEST = 10_000
+
+
+def not_found(ident: Identifier, version: int, writer: bytes) -> NotFoundError:
+    """The refusal for changing what does not exist (never created, or deleted)."""
+    who = f" (writer key {key_fingerprint(writer)})"
+    if version == 0:
+        return NotFoundError(f"{ident} does not exist{who}", rule="not-found")
+    return NotFoundError(f"{ident} was deleted (version {version}){who}", rule="deleted")
 
 
 @dataclass(frozen=True, slots=True)

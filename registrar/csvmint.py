@@ -21,6 +21,7 @@ from cityid.ops import MintItem
 from cityid.records import Record, Value
 
 KNOWN = {"url": "URL", "geo": "GEO", "desc": "DESC", "email": "EMAIL"}
+HEADER_COLUMNS = {*KNOWN, "suffix", "lat", "lon"}
 
 
 class CsvError(CityIdError, ValueError):
@@ -44,6 +45,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     if not reader.fieldnames:
         raise CsvError(f"{path}: empty file, no header row", rule="csv-header")
     fields = [f.strip().lower() for f in reader.fieldnames]
+    if not set(fields) & HEADER_COLUMNS:
+        raise CsvError(
+            f"{path}:1: no header row: the first line must name columns, at least one of "
+            f"{', '.join(sorted(HEADER_COLUMNS))}",
+            rule="csv-header",
+        )
     if len(set(fields)) != len(fields):
         raise CsvError(f"{path}: duplicate column in header {reader.fieldnames}", rule="csv-header")
     reader.fieldnames = fields

@@ -58,6 +58,7 @@ __all__ = [
     "QR_ALPHANUMERIC",
     "QRCodeError",
     "SheetInfo",
+    "check_resolver_url",
     "codes_per_page",
     "make_qr",
     "output_kind",
@@ -101,7 +102,8 @@ _IPV6_RE = re.compile(r"[0-9A-Fa-f:.]+")
 
 
 @functools.lru_cache(maxsize=16)  # a sheet of a million codes checks one base URL
-def _check_base_url(base_url: str) -> str:
+def check_resolver_url(base_url: str) -> str:
+    """``base_url`` checked (see :func:`resolver_url`), without a trailing slash."""
     base = base_url.strip()
     if not base:
         raise QRCodeError("the resolver URL is empty", rule="resolver-scheme")
@@ -147,7 +149,7 @@ def resolver_url(base_url: str, identifier: str) -> str:
     information. ``identifier`` is canonical (``0-9 A-Z . / - _``; lower case is
     accepted and folded). See the module notes for why upper case matters.
     """
-    base = _check_base_url(base_url)
+    base = check_resolver_url(base_url)
     ident = identifier.strip()
     if not ident or not _IDENTIFIER_RE.fullmatch(ident):
         bad = next((c for c in ident if not _IDENTIFIER_RE.fullmatch(c)), "")
@@ -637,27 +639,53 @@ def _text_width(text: str, size: float) -> float:
     return sum(_HELVETICA_WIDTHS[ord(c) - 32] for c in text) * size / 1000
 
 
-def _truncate(text: str, size: float, room: float) -> str:
-    while len(text) > 1 and _text_width(text + "...", size) > room:
-        text = text[:-1]
-    return text + "..."
+Measure = Callable[[str, float], float]  # (text, font size) -> width
+
+
+def _truncate(text: str, size: float, room: float, width: Measure) -> str:
+    # Cut the middle: the end of an identifier (number, check character) is what
+    # tells neighbouring codes apart.
+    head, tail = text[: len(text) // 2], text[len(text) // 2 :]
+    while (head or tail) and width(f"{head}...{tail}", size) > room:
+        if len(head) >= len(tail):
+            head = head[:-1]
+        else:
+            tail = tail[1:]
+    return f"{head}...{tail}"
+
+
+def _fit_label(
+    text: str,
+    room: float,
+    width: Measure,
+    sizes: Sequence[float],
+    two_line_sizes: Sequence[float],
+) -> tuple[float, list[str]]:
+    """The largest font size (tried in the order given) at which ``text`` fits in
+    ``room``: on one line, else on two split after the '/', else truncated.
+
+    The code itself carries the identifier; the label only has to be readable.
+    """
+    for size in sizes:
+        if width(text, size) <= room:
+            return size, [text]
+    lines, size = [text], sizes[-1]
+    if "/" in text:
+        head, _, tail = text.partition("/")
+        lines = [head + "/", tail]
+        for size in two_line_sizes:
+            if all(width(line, size) <= room for line in lines):
+                return size, lines
+    return size, [x if width(x, size) <= room else _truncate(x, size, room, width) for x in lines]
+
+
+_PDF_SIZES = tuple(LABEL_SIZE - 0.25 * i for i in range(int((LABEL_SIZE - MIN_LABEL_SIZE) * 4) + 1))
+_PDF_TWO_LINE_SIZES = tuple(x for x in _PDF_SIZES if x <= 6.0)
 
 
 def _label_lines(label: str, room: float) -> tuple[float, list[str]]:
-    """Font size and lines (one, or two split after '/') fitting ``room`` points."""
-    text = _ascii_label(label)
-    size = min(LABEL_SIZE, room / max(_text_width(text, 1.0), 1e-9))
-    if size >= MIN_LABEL_SIZE or "/" not in text:
-        if size >= MIN_LABEL_SIZE:
-            return size, [text]
-        return MIN_LABEL_SIZE, [_truncate(text, MIN_LABEL_SIZE, room)]
-    head, _, tail = text.partition("/")
-    lines = [head + "/", tail]
-    size = min(6.0, *(room / max(_text_width(x, 1.0), 1e-9) for x in lines))
-    if size < MIN_LABEL_SIZE:
-        size = MIN_LABEL_SIZE
-        lines = [x if _text_width(x, size) <= room else _truncate(x, size, room) for x in lines]
-    return size, lines
+    """Font size and lines of a PDF label in ``room`` points."""
+    return _fit_label(_ascii_label(label), room, _text_width, _PDF_SIZES, _PDF_TWO_LINE_SIZES)
 
 
 def _pdf_string(text: str) -> str:
@@ -724,23 +752,25 @@ class _PdfSymbols:
 class _PdfWriter:
     """A streaming PDF 1.4 writer: objects go to disk as they are made."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
-        self.stream = stream
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
         self.offsets: dict[int, int] = {}
         self.position = 0
         self._write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")  # binary marker: keep it 8-bit clean
 
     def _write(self, data: bytes) -> None:
-        self.stream.write(data)
+        self.out.write(data)
         self.position += len(data)
 
-    def object(self, number: int, body: str, stream: bytes | None = None) -> None:
+    def object(self, number: int, body: str) -> None:
         self.offsets[number] = self.position
-        if stream is None:
-            self._write(f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1"))
-            return
-        head = f"{number} 0 obj\n{body[:-2]} /Length {len(stream)} >>\nstream\n"
-        self._write(head.encode("latin-1") + stream + b"\nendstream\nendobj\n")
+        self._write(f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1"))
+
+    def stream(self, number: int, entries: str, data: bytes) -> None:
+        """A stream object; ``entries`` are its dictionary's entries other than /Length."""
+        self.offsets[number] = self.position
+        head = f"{number} 0 obj\n<< {entries} /Length {len(data)} >>\nstream\n"
+        self._write(head.encode("latin-1") + data + b"\nendstream\nendobj\n")
 
     def close(self, root: int, info: int) -> None:
         size = max(self.offsets) + 1
@@ -823,7 +853,7 @@ def _write_pdf(
         content = zlib.compress("\n".join(out).encode("latin-1"), 6)
         content_obj = _FIRST_PAGE_OBJECT + 2 * page
         page_obj = content_obj + 1
-        pdf.object(content_obj, "<< /Filter /FlateDecode >>", content)
+        pdf.stream(content_obj, "/Filter /FlateDecode", content)
         pdf.object(
             page_obj,
             f"<< /Type /Page /Parent {_PAGES} 0 R "
@@ -893,24 +923,21 @@ def _write_png_sheet(
         )
         offset = (widest - size) * scale // 2
         sheet.paste(symbol, (x + pad + offset, y + pad + offset))
-        text = _ascii_label(label)
-        room = cell_w - 2 * pad
-        fsize = base_size
-        while fsize > 8 and draw.textlength(text, font=font(fsize)) > room:
-            fsize -= 1
-        lines = [text]
-        if draw.textlength(text, font=font(fsize)) > room and "/" in text:
-            head, _, tail = text.partition("/")
-            lines = [head + "/", tail]
-            fsize = max(8, min(fsize, band // 2 - 1))
+        fsize, lines = _fit_label(
+            _ascii_label(label),
+            cell_w - 2 * pad,
+            lambda text, size: draw.textlength(text, font=font(int(size))),
+            range(base_size, 7, -1),
+            range(min(base_size, band // 2 - 1), 6, -1),
+        )
         line_h = band // len(lines)
         for k, line in enumerate(lines):
-            width = draw.textlength(line, font=font(fsize))
+            width = draw.textlength(line, font=font(int(fsize)))
             draw.text(
                 (x + (cell_w - width) / 2, y + pad + widest * scale + k * line_h),
                 line,
                 fill=0,
-                font=font(fsize),
+                font=font(int(fsize)),
             )
     for c in range(columns + 1):
         draw.line([(c * cell_w, 0), (c * cell_w, n_rows * cell_h)], fill=190)

@@ -1,0 +1,324 @@
+"""Benchmark a registrar child process on loopback: range mints, CSV mints, write latency.
+
+Run from the repository root::
+
+    .venv/bin/python bench/registrar_bench.py              # full run (~2-3 min)
+    .venv/bin/python bench/registrar_bench.py --quick      # ~30 s smoke run
+    .venv/bin/python bench/registrar_bench.py --profile    # also cProfile the CSV path
+
+The registrar is ``python -m cityid.cli registrar serve DIR --listen 127.0.0.1:PORT``
+with the batching that ``cityid registrar init`` writes by default (1,000
+operations or 250 ms per checkpoint; ``--max-delay-ms`` changes it). Every
+acknowledgement means: the batch is durable (fsync) and its signed checkpoint
+published. Each measurement is repeated (``--repeat``, at least 3) and printed
+as min / median / max:
+
+(a) range: 1,000,000 identifiers minted as one ``MintRange`` leaf; ids/s from
+    the client's signing and POST to the acknowledged receipt;
+(b) CSV: a 100,000-row file through ``cityid id mint PREFIX --csv FILE``
+    (``cityid.cli.main`` in this process: CSV parse, row checks, signing,
+    POST; server-side decode, signature and authority checks, append); rows/s;
+(c) latency: single-identifier writes sent open-loop at a fixed pace
+    (1,000/s for ~5 s, each at its scheduled time however many are in
+    flight); p50/p99 from the scheduled send to the acknowledgement, at the
+    default batching delay and at ``--fast-delay-ms``.
+
+Targets: (a) >= 100,000 ids/s, (b) >= 20,000 rows/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import csv
+import io
+import os
+import platform
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from registrar_harness import (  # noqa: E402
+    TRAFFIC,
+    RegistrarProcess,
+    RegistrarSpec,
+    key_path,
+    make_registrar,
+    new_key,
+    post_ops,
+    sign,
+)
+
+from cityid.authority import Namespace  # noqa: E402
+from cityid.cli import main as cityid_main  # noqa: E402
+from cityid.keys import SigningKey  # noqa: E402
+from cityid.ops import Mint, MintItem, MintRange, SignedOperation, chunk_items, now  # noqa: E402
+from cityid.records import Record, Value  # noqa: E402
+from registrar.csvmint import plan_csv  # noqa: E402
+
+ORIGIN = "traffic.sjz.cityid.test/log"
+RANGE_TARGET = 100_000
+CSV_TARGET = 20_000
+
+
+def summary(name: str, values: list[float], unit: str, fmt: str = "{:,.0f}") -> str:
+    lo, med, hi = min(values), statistics.median(values), max(values)
+    f = fmt.format
+    return f"{name:<44} min {f(lo):>12}  median {f(med):>12}  max {f(hi):>12}  {unit}"
+
+
+# -- (a) one range of a million ------------------------------------------------------
+
+
+async def bench_range(spec: RegistrarSpec, key: SigningKey, count: int, rep: int) -> float:
+    ts = now()
+    template = Record((Value.make(1, "URL", "https://t.example/a/{suffix}", timestamp=ts),))
+    async with aiohttp.ClientSession() as session:
+        t0 = time.perf_counter()
+        op = MintRange(TRAFFIC, "M", rep * count, count, 9, template, ts)
+        status, body = await post_ops(session, spec.url, [sign(op, key)])
+        took = time.perf_counter() - t0
+    if status != 200:
+        raise SystemExit(f"range mint refused: {body}")
+    return count / took
+
+
+# -- (b) a CSV file --------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: int, tag: str) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["suffix", "url", "lat", "lon", "desc", "NAME"])
+        for i in range(rows):
+            suffix = "auto" if i % 2 else f"{tag}-{i:06d}"
+            w.writerow([
+                suffix,
+                f"https://assets.example/{tag}/{i}",
+                f"{38 + (i % 1000) / 10_000:.5f}",
+                f"{114.4 + (i % 997) / 10_000:.5f}",
+                f"manhole cover {i}",
+                f"井盖 {i}",
+            ])  # fmt: skip
+
+
+def bench_csv(spec: RegistrarSpec, key: SigningKey, path: Path) -> float:
+    rows = path.read_text(encoding="utf-8").count("\n") - 1
+    argv = ["id", "mint", str(TRAFFIC), "--key", str(key_path(spec.directory.parent, key))]
+    argv += ["--registrar", spec.url, "--csv", str(path), "--letters", "C", "--width", "9"]
+    out = io.StringIO()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = cityid_main(argv)
+    took = time.perf_counter() - t0
+    if code != 0:
+        raise SystemExit(f"CSV mint failed ({code}): {out.getvalue()}")
+    return rows / took
+
+
+def _phases(
+    key: SigningKey, path: Path, prof: cProfile.Profile | None, sprof: cProfile.Profile | None
+) -> tuple[int, int, dict[str, float]]:
+    """Run the CSV path's CPU work in-process, phase by phase; (rows, leaves, seconds)."""
+    ts = now()
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], object], p: cProfile.Profile | None) -> object:
+        t0 = time.perf_counter()
+        if p:
+            p.enable()
+        try:
+            return fn()
+        finally:
+            if p:
+                p.disable()
+            timings[name] = time.perf_counter() - t0
+
+    plan: object = timed(
+        "client: read and check rows (plan_csv)",
+        lambda: plan_csv(path, TRAFFIC, letters="P", width=9, start=0, timestamp=ts),
+        prof,
+    )
+    items = plan.items  # type: ignore[attr-defined]
+    groups: list[list[MintItem]] = timed(  # type: ignore[assignment]
+        "client: group into leaves (chunk_items)", lambda: chunk_items(items, TRAFFIC), prof
+    )
+    leaves: list[bytes] = timed(  # type: ignore[assignment]
+        "client: sign and encode leaves",
+        lambda: [SignedOperation.sign(Mint(TRAFFIC, tuple(g), ts), key).encode() for g in groups],
+        prof,
+    )
+    # The server's CPU work on the request: Registrar.admit = per leaf, decode
+    # (canonical re-encoding, record checks, signature) then Namespace.apply.
+    ns = Namespace()
+    ns.add_anchor(TRAFFIC, key.public_key, ORIGIN)
+    # The benchmark's registrar holds ranges under the prefix: so does this one.
+    tpl = Record((Value.make(1, "URL", "https://t.example/{suffix}", timestamp=ts),))
+    ns.apply(SignedOperation.sign(MintRange(TRAFFIC, "M", 0, 10, 9, tpl, ts), key), log=ORIGIN)
+
+    def admit() -> None:
+        with ns.transaction():
+            for leaf in leaves:
+                ns.apply(SignedOperation.decode(leaf), log=ORIGIN)
+
+    timed("server: decode + verify + authority (admit)", admit, sprof)
+    return len(items), len(leaves), timings
+
+
+def csv_phases(key: SigningKey, path: Path, profile: bool) -> None:
+    """Where the CSV path's CPU time goes; with ``profile``, the top functions by own time."""
+    n, nleaves, timings = _phases(key, path, None, None)
+    print(f"\n  CSV phases for {n:,} rows in {nleaves:,} leaves (in-process, no profiler):")
+    for name, secs in timings.items():
+        rate = f"{n / secs:>10,.0f} rows/s  {secs / n * 1e6:6.1f} us/row"
+        print(f"    {name:<46} {secs:7.3f} s  {rate}")
+    if not profile:
+        return
+    prof, sprof = cProfile.Profile(), cProfile.Profile()
+    _phases(key, path, prof, sprof)
+    for title, p in (("client (plan, chunk, sign)", prof), ("server (admit)", sprof)):
+        buf = io.StringIO()
+        pstats.Stats(p, stream=buf).sort_stats("tottime").print_stats(25)
+        lines = buf.getvalue().splitlines()
+        first = next(i for i, line in enumerate(lines) if "ncalls" in line)
+        print(f"\n  cProfile, {title}: top 25 by own time")
+        for line in lines[first : first + 26]:
+            print("    " + line.replace(str(REPO) + "/", "").replace(sys.prefix + "/", ""))
+
+
+# -- (c) paced single writes -----------------------------------------------------------
+
+
+async def bench_latency(
+    spec: RegistrarSpec, key: SigningKey, rate: int, seconds: float, tag: str
+) -> tuple[float, float, float, int]:
+    """(p50 ms, p99 ms, achieved writes/s, errors) for open-loop single writes."""
+    ts = now()
+    n = int(rate * seconds)
+    leaves = []
+    for i in range(n):
+        record = Record((Value.make(1, "URL", f"https://t.example/l/{tag}/{i}", timestamp=ts),))
+        leaves.append(sign(Mint(TRAFFIC, (MintItem(f"{tag}-{i}", 0, record),), ts), key))
+    latencies: list[float] = []
+    errors = 0
+    conn = aiohttp.TCPConnector(limit=4000)
+    async with aiohttp.ClientSession(
+        connector=conn, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
+        loop = asyncio.get_running_loop()
+
+        async def one(leaf: bytes, due: float) -> None:
+            nonlocal errors
+            try:
+                status, _ = await post_ops(session, spec.url, [leaf])
+            except (aiohttp.ClientError, TimeoutError):
+                errors += 1
+                return
+            if status != 200:
+                errors += 1
+                return
+            latencies.append(loop.time() - due)
+
+        tasks = []
+        start = loop.time() + 0.05
+        for i, leaf in enumerate(leaves):
+            due = start + i / rate
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(leaf, due)))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
+        took = loop.time() - start
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2] * 1000
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
+    return p50, p99, len(latencies) / took, errors
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+def start(base: Path, name: str, key: SigningKey, delay_ms: int) -> RegistrarProcess:
+    spec = make_registrar(base / name, TRAFFIC, ORIGIN, admin=key, max_delay_ms=delay_ms)
+    return RegistrarProcess(spec).start()
+
+
+def run(args: argparse.Namespace) -> None:
+    quick = args.quick
+    range_count = 100_000 if quick else 1_000_000
+    csv_rows = 10_000 if quick else 100_000
+    seconds = 2.0 if quick else 5.0
+    repeat = max(3, args.repeat)
+    base = Path(tempfile.mkdtemp(prefix="registrar-bench-", dir=args.dir))
+    print(
+        f"registrar bench: python {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"logs in {base}, batching {args.max_delay_ms} ms / 1,000 ops, repeat {repeat}"
+    )
+    key = new_key("traffic", base)
+    try:
+        with start(base, "reg", key, args.max_delay_ms) as proc:
+            spec = proc.spec
+            rates = [asyncio.run(bench_range(spec, key, range_count, r)) for r in range(repeat)]
+            print(summary(f"(a) range of {range_count:,}, POST to receipt", rates, "ids/s"))
+            met = "met" if min(rates) >= RANGE_TARGET else "MISSED"
+            print(f"    target >= {RANGE_TARGET:,} ids/s: {met}")
+
+            rows = []
+            for r in range(repeat):
+                path = base / f"assets-{r}.csv"
+                write_csv(path, csv_rows, f"R{r}")
+                rows.append(bench_csv(spec, key, path))
+            print(summary(f"(b) CSV of {csv_rows:,} rows via 'id mint --csv'", rows, "rows/s"))
+            met = "met" if min(rows) >= CSV_TARGET else "MISSED"
+            print(f"    target >= {CSV_TARGET:,} rows/s: {met}")
+            if args.profile or min(rows) < CSV_TARGET:
+                csv_phases(key, base / "assets-0.csv", profile=args.profile)
+            proc.stop()
+
+        for delay in dict.fromkeys([args.max_delay_ms, args.fast_delay_ms]):
+            with start(base, f"lat-{delay}", key, delay) as proc:
+                res = [
+                    asyncio.run(bench_latency(proc.spec, key, args.rate, seconds, f"L{delay}-{r}"))
+                    for r in range(repeat)
+                ]
+                proc.stop()
+            label = f"(c) {args.rate:,}/s single writes, batch delay {delay} ms"
+            print(summary(label + ": p50", [r[0] for r in res], "ms", "{:,.1f}"))
+            print(summary(label + ": p99", [r[1] for r in res], "ms", "{:,.1f}"))
+            print(summary("    achieved rate", [r[2] for r in res], "writes/s"))
+            errs = sum(r[3] for r in res)
+            if errs:
+                print(f"    {errs} writes failed")
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes, ~30 s")
+    p.add_argument("--repeat", type=int, default=3, help="repetitions (at least 3)")
+    p.add_argument("--profile", action="store_true", help="cProfile the CSV path")
+    p.add_argument("--rate", type=int, default=1000, help="paced writes per second for (c)")
+    p.add_argument("--max-delay-ms", type=int, default=250, help="registrar batch delay")
+    p.add_argument("--fast-delay-ms", type=int, default=10, help="second batch delay for (c)")
+    p.add_argument("--dir", help="where to put the logs (default: system temp dir)")
+    p.add_argument("--keep", action="store_true", help="keep the logs")
+    run(p.parse_args())
+
+
+if __name__ == "__main__":
+    main()
