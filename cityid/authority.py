@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import AuthorityError, ConflictError, IdentifierError, NotFoundError
-from .identifiers import Identifier, Prefix, parse_minted
+from .identifiers import Identifier, Prefix, has_valid_check, parse_minted, split_minted
 from .ops import (
     Delegate,
     Delete,
@@ -79,21 +79,21 @@ class _Ids:
         if packed is not None:
             return packed >> 1, bool(packed & 1)
         if self.ranges:
-            try:
-                m = parse_minted(suffix)
-            except IdentifierError:
-                return 0, False
-            if any(r.contains(m.letters, m.number, m.width) for r in self.ranges):
+            parts = split_minted(suffix)
+            if (
+                parts is not None
+                and any(r.contains(*parts) for r in self.ranges)
+                and has_valid_check(suffix)
+            ):
                 return 1, True
         return 0, False
 
     def set(self, suffix: str, version: int, alive: bool) -> None:
         self.explicit[suffix] = version << 1 | alive
-        try:
-            m = parse_minted(suffix)
-        except IdentifierError:
-            return
-        self.numbered[(m.letters, m.width)].add(m.number)
+        parts = split_minted(suffix)
+        if parts is not None:
+            letters, number, width = parts
+            self.numbered[(letters, width)].add(number)
 
     def range_clash(self, r: MintRange) -> str | None:
         for other in self.ranges:

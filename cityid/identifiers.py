@@ -265,6 +265,19 @@ def parse_minted(suffix: str) -> MintedSuffix:
     return MintedSuffix(letters, int(digits), len(digits), check)
 
 
+def split_minted(suffix: str) -> tuple[str, int, int] | None:
+    """(letters, number, width) of a canonical suffix shaped like a minted one.
+
+    The check character is NOT verified: this is the cheap first step of a
+    lookup; callers verify it (``has_valid_check``) only when the shape matters.
+    """
+    m = _MINTED_RE.fullmatch(suffix)
+    if m is None:
+        return None
+    letters, digits, _ = m.groups()
+    return letters, int(digits), len(digits)
+
+
 def has_valid_check(suffix: str) -> bool:
     s = suffix.upper()
     return (

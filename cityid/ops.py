@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
@@ -340,16 +340,26 @@ class SignedOperation:
     op: Operation
     signer: bytes
     signature: bytes
+    # The canonical body, packed once: it is what is signed, verified and logged.
+    body: bytes = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.body:
+            object.__setattr__(self, "body", encode_body(self.op))
 
     @classmethod
     def sign(cls, op: Operation, key: SigningKey) -> SignedOperation:
-        sig = key.sign(DOMAIN + encode_body(op))
-        return cls(op, key.public_key, sig)
+        body = encode_body(op)
+        return cls(op, key.public_key, key.sign(DOMAIN + body), body)
 
     def encode(self) -> bytes:
-        leaf = msgpack.packb(
-            [VERSION, self.op.body(), self.signer, self.signature], use_bin_type=True
-        )
+        # A 4-element msgpack array is its header byte then the elements' encodings,
+        # so the leaf is assembled from the packed body without packing it again.
+        leaf = b"".join((
+            _LEAF_HEADER, self.body,
+            msgpack.packb(self.signer, use_bin_type=True),
+            msgpack.packb(self.signature, use_bin_type=True),
+        ))  # fmt: skip
         if len(leaf) > MAX_LEAF:
             raise _fail(
                 f"operation is {len(leaf)} bytes; a leaf is at most {MAX_LEAF}", "leaf-too-large"
@@ -359,9 +369,7 @@ class SignedOperation:
     def verify(self) -> None:
         """Check the writer's signature (who may write is the authority's question)."""
         try:
-            nacl.signing.VerifyKey(self.signer).verify(
-                DOMAIN + encode_body(self.op), self.signature
-            )
+            nacl.signing.VerifyKey(self.signer).verify(DOMAIN + self.body, self.signature)
         except (nacl.exceptions.BadSignatureError, ValueError) as e:
             raise SignatureError(
                 f"the signature on this {self.op.kind} of {self.op.target} does not verify "
@@ -405,6 +413,9 @@ class SignedOperation:
         return signed
 
 
+_LEAF_HEADER = b"\x94" + msgpack.packb(VERSION)  # fixarray of 4, then the version tag
+
+
 def now() -> int:
     return int(time.time())
 
@@ -417,7 +428,9 @@ def chunk_items(
     cur: list[MintItem] = []
     size = 0
     for it in items:
-        n = len(msgpack.packb([it.suffix, it.prev, it.record.to_wire()], use_bin_type=True))
+        # An upper bound of the item's encoding: array header, suffix (<= 2-byte
+        # header), prev (<= 9 bytes), and the record's cached canonical bytes.
+        n = 12 + len(it.suffix) + len(it.record.encode())
         if cur and size + n > budget:
             groups.append(cur)
             cur, size = [], 0

@@ -16,7 +16,7 @@ import re
 import string
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from xml.etree import ElementTree
@@ -219,23 +219,27 @@ class Value:
         cls, index: int, vtype: str, data: Any, ttl: int = DEFAULT_TTL, timestamp: int | None = None
     ) -> Value:
         """Validate and normalise; ``timestamp`` defaults to now."""
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 < index <= MAX_INDEX:
+        # `type(x) is int` rather than isinstance: it also refuses bool, and this runs
+        # for every value of every record a registrar or resolver decodes.
+        if type(index) is not int or not 0 < index <= MAX_INDEX:
             raise _fail("index", f"index {index!r} is not an integer in 1..{MAX_INDEX}")
-        if not isinstance(vtype, str) or not _TYPE_RE.fullmatch(vtype):
+        if type(vtype) is not str or not _TYPE_RE.fullmatch(vtype):
             raise _fail("type", f"type {vtype!r} must be 1-64 of A-Z a-z 0-9 _ . / -")
-        vtype = vtype.upper() if vtype.upper() in _KNOWN_TYPES else vtype
-        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TTL:
+        upper = vtype.upper()
+        if upper in _KNOWN_TYPES:
+            vtype = upper
+        if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
             raise _fail("ttl", f"ttl {ttl!r} is not an integer in 0..{MAX_TTL}")
         ts = int(time.time()) if timestamp is None else timestamp
-        if isinstance(ts, bool) or not isinstance(ts, int) or not 0 <= ts < 2**40:
+        if type(ts) is not int or not 0 <= ts < 2**40:
             raise _fail("timestamp", f"timestamp {ts!r} is not a Unix time in seconds")
         structured = STRUCTURED_TYPES.get(vtype)
-        if structured is not None:
+        if structured is None and type(data) is str:
+            norm: Data = _check_string(vtype, data)
+        elif structured is not None:
             if not isinstance(data, Mapping):
                 raise _fail(f"{structured}-syntax", f"{vtype} data must be an object")
-            norm: Data = _check_admin(data) if structured == "admin" else _check_site(data)
-        elif isinstance(data, str):
-            norm = _check_string(vtype, data)
+            norm = _check_admin(data) if structured == "admin" else _check_site(data)
         else:
             raise _fail("data-type", f"{vtype} data must be a string")
         return cls(index, vtype, norm, ttl, ts)
@@ -245,7 +249,7 @@ class Value:
         return STRUCTURED_TYPES.get(self.type, "string")
 
     def to_wire(self) -> list[Any]:
-        data = dict(sorted(self.data.items())) if isinstance(self.data, Mapping) else self.data
+        data = self.data if type(self.data) is str else dict(sorted(self.data.items()))  # type: ignore[union-attr]
         return [self.index, self.type, data, self.ttl, self.timestamp]
 
     def to_json(self) -> dict[str, Any]:
@@ -275,6 +279,10 @@ class Record:
     """A validated record: values sorted by index, indexes distinct, bounded size."""
 
     values: tuple[Value, ...]
+    # The canonical form, computed once: records are encoded for size checks,
+    # signatures, leaves and Redis, often several times each.
+    _wire: tuple[list[Any], ...] = field(default=(), init=False, repr=False, compare=False)
+    _bytes: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.values) > MAX_VALUES:
@@ -285,7 +293,10 @@ class Record:
             raise _fail("duplicate-index", f"index {dup} appears twice")
         if indexes != sorted(indexes):
             object.__setattr__(self, "values", tuple(sorted(self.values, key=lambda v: v.index)))
-        size = len(self.encode())
+        wire = tuple(v.to_wire() for v in self.values)
+        object.__setattr__(self, "_wire", wire)
+        object.__setattr__(self, "_bytes", msgpack.packb(wire, use_bin_type=True))
+        size = len(self._bytes)
         if size > MAX_RECORD_BYTES:
             raise _fail("record-size", f"record is {size} bytes (at most {MAX_RECORD_BYTES})")
 
@@ -295,18 +306,19 @@ class Record:
 
     def encode(self) -> bytes:
         """The canonical msgpack encoding."""
-        return msgpack.packb([v.to_wire() for v in self.values], use_bin_type=True)
+        return self._bytes
 
     def to_wire(self) -> list[Any]:
-        return [v.to_wire() for v in self.values]
+        """The canonical structure (shared: do not mutate it)."""
+        return list(self._wire)
 
     @classmethod
     def from_wire(cls, obj: Any) -> Record:
-        if not isinstance(obj, list):
+        if type(obj) is not list:
             raise _fail("encoding", "a record is an array of values")
         values = []
         for item in obj:
-            if not isinstance(item, list) or len(item) != 5:
+            if type(item) is not list or len(item) != 5:
                 raise _fail("encoding", "a value is [index, type, data, ttl, timestamp]")
             index, vtype, data, ttl, ts = item
             values.append(Value.make(index, vtype, data, ttl, ts))
