@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: up test lint bench setup test-tools clean
+.PHONY: up test setup test-tools clean
 
 up: $(STAMP)
 	$(BIN)/cityid up
@@ -27,9 +27,6 @@ $(STAMP): pyproject.toml
 # System tools the tests drive (independent checkers, decoders, DNS clients).
 test-tools:
 	sh scripts/install-test-tools.sh
-
-bench: $(STAMP)
-	$(BIN)/python bench/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -24,11 +24,12 @@ from typing import Any
 
 from .cli import Subparsers
 from .errors import CityIdError
-from .identifiers import Prefix
+from .identifiers import Prefix, parse_identifier
 from .keys import ALG_COSIGNATURE_V1, SigningKey
 from .progress import Progress
 
 CONFIG_NAME = "cityid.toml"
+TRUST_POLICY = "trust.policy"  # the root log key, the witnesses and their quorum
 
 DEFAULT_CONFIG = """\
 # cityid up: one data directory, this one file. Every key is shown with its default.
@@ -239,8 +240,11 @@ async def _up(args: argparse.Namespace) -> int:
                 args.assets if args.assets is not None else int(cfg.get("demo", "assets")),
             )
 
-        # 5. The resolver's sync: follows the root log and, through it, the city's.
-        sync = await _start_sync(cfg, redis_url, started, root_admin, witness_vkeys, stack)
+        # 5. The resolver: sync follows the root log and, through it, the city's;
+        # the HTTP front end answers from the same store.
+        sync, store = await _start_sync(cfg, redis_url, started, root_admin, witness_vkeys, stack)
+        await _start_http(cfg, store, stack, data)
+        await _start_dns(cfg, store, stack, data)
 
         # 6. Say where everything is.
         sample = _sample(started["city"])
@@ -367,7 +371,7 @@ async def _start_sync(
     root_admin: SigningKey,
     witness_vkeys: list[Any],
     stack: contextlib.AsyncExitStack,
-) -> Any:
+) -> tuple[Any, Any]:
     from ledger.policy import Policy
     from resolver.store import Store
     from resolver.sync import Sync
@@ -375,6 +379,8 @@ async def _start_sync(
     root = started["root"]
     quorum = int(cfg.get("witnesses", "quorum"))
     policy = Policy.k_of_n([root.log.verifier], {k.name: k for k in witness_vkeys}, quorum)
+    # What a verifier trusts, as a c2sp tlog-policy file: `cityid resolve --verify --policy`.
+    (root.config.directory.parent / TRUST_POLICY).write_text(policy.format())
     store = await Store.connect(redis_url)
     stack.push_async_callback(store.close)
     sync = Sync(
@@ -387,7 +393,48 @@ async def _start_sync(
     )
     await sync.start()
     stack.push_async_callback(sync.stop)
-    return sync
+    return sync, store
+
+
+async def _start_dns(
+    cfg: UpConfig, store: Any, stack: contextlib.AsyncExitStack, data: Path
+) -> None:
+    from resolver.dns.answers import ZoneConfig
+    from resolver.dns.server import DnsServer, start_dns
+
+    listen = cfg.get("resolver", "dns")
+    host, _, port = listen.rpartition(":")
+    zone = ZoneConfig.make(cfg.get("resolver", "apex"), [cfg.get("root", "prefix")])
+    try:
+        listeners = await start_dns(DnsServer(store, zone), host, int(port))
+    except CityIdError as e:
+        raise UpError(
+            f"the DNS resolver cannot listen on {listen}; change [resolver] dns in "
+            f"{data / CONFIG_NAME} ({e.message})",
+            rule="port-in-use",
+        ) from e
+    stack.push_async_callback(listeners.close)
+
+
+async def _start_http(
+    cfg: UpConfig, store: Any, stack: contextlib.AsyncExitStack, data: Path
+) -> None:
+    from resolver.http import Resolver
+    from resolver.server import start_http
+
+    listen = cfg.get("resolver", "http")
+    host, _, port = listen.rpartition(":")
+    resolver = Resolver(store, base_url=f"http://{listen}")
+    stack.push_async_callback(resolver.close)
+    try:
+        server = await start_http(resolver, host, int(port))
+    except OSError as e:
+        raise UpError(
+            f"the resolver cannot listen on {listen}: {e.strerror}; change [resolver] http "
+            f"in {data / CONFIG_NAME}",
+            rule="port-in-use",
+        ) from e
+    stack.push_async_callback(server.close)
 
 
 async def _wait_synced(sync: Any, started: dict[str, Any], timeout: float) -> None:
@@ -417,21 +464,27 @@ def _sample(city: Any) -> str:
 
 def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float) -> None:
     root, city = cfg.get("root", "listen"), cfg.get("city", "listen")
+    http = cfg.get("resolver", "http")
+    dns_host, _, dns_port = cfg.get("resolver", "dns").rpartition(":")
+    dns_name = parse_identifier(sample).dns_name(cfg.get("resolver", "apex"))
     lines = [
         "",
         f"cityid is up ({took:.1f} s), data in {data}",
-        f"  valkey              {redis_url}",
+        f"  resolver (HTTP)     http://{http}/   (landing pages, Handle API at /api/handles/)",
+        f"  resolver (DNS)      {cfg.get('resolver', 'dns')} UDP and TCP, apex "
+        f"{cfg.get('resolver', 'apex')}",
         f"  root registrar      http://{root}/   (MA.156; log at http://{root}/log/)",
         f"  city registrar      http://{city}/   (MA.156.1301; log at http://{city}/log/)",
         f"  witnesses           {', '.join('http://' + w for w in cfg.get('witnesses', 'listen'))}",
+        f"  valkey              {redis_url}",
         f"  sample identifier   {sample}",
-        f"  try                 cityid id check {sample}",
-        f"                      curl http://{city}/api/version/{sample}",
+        f"  try                 curl -i http://{http}/{sample}",
+        f"                      curl http://{http}/api/handles/{sample}",
+        f"                      dig @{dns_host} -p {dns_port} TXT {dns_name}",
+        f"                      cityid resolve {sample} --resolver http://{http} --verify "
+        f"--policy {data / TRUST_POLICY}",
         f"                      cityid ledger verify {data / 'city' / 'log'} "
         f"--key {data / 'city' / 'log.vkey'}",
-        "  resolver sync       follows and verifies both logs into valkey (signatures, "
-        "witness quorum, consistency, authority)",
-        "  coming              the resolver's HTTP and DNS front ends (issues 5, 6)",
         "Ctrl-C stops everything.",
     ]
     _say("\n".join(lines))

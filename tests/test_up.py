@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
 import socket
@@ -11,15 +12,19 @@ import time
 import urllib.request
 from pathlib import Path
 
+import dns.message
+import dns.query
+import dns.rcode
 import pytest
 
+from cityid.identifiers import parse_identifier
 from cityid.valkey import free_port
 
 CLI = [sys.executable, "-m", "cityid.cli"]
 
 
 def write_config(data: Path, assets: int = 300) -> dict[str, int]:
-    ports = {name: free_port() for name in ("root", "city", "w1", "w2")}
+    ports = {name: free_port() for name in ("root", "city", "w1", "w2", "http", "dns")}
     data.mkdir(parents=True, exist_ok=True)
     (data / "cityid.toml").write_text(
         f"""
@@ -30,6 +35,9 @@ listen = "127.0.0.1:{ports["city"]}"
 [witnesses]
 listen = ["127.0.0.1:{ports["w1"]}", "127.0.0.1:{ports["w2"]}"]
 quorum = 2
+[resolver]
+http = "127.0.0.1:{ports["http"]}"
+dns = "127.0.0.1:{ports["dns"]}"
 [demo]
 assets = {assets}
 """
@@ -67,10 +75,28 @@ def get_json(url: str) -> dict[str, object]:
 
 def test_up_fresh_then_restart(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    write_config(data, assets=300)
+    ports = write_config(data, assets=300)
     proc, ready = start(data, tmp_path)
     try:
         sample = ready["sample"]
+        # The resolver answers from what sync verified: a redirect over HTTP...
+        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=10)
+        conn.request("GET", f"/{sample}")
+        resp = conn.getresponse()
+        assert resp.status == 302
+        assert resp.getheader("Location", "").endswith(f"/{sample.split('/')[1]}")
+        conn.close()
+        # ...and TXT records over DNS, plus NXDOMAIN for a name that was never minted.
+        name = parse_identifier(sample).dns_name("cityid.test")
+        answer = dns.query.udp(dns.message.make_query(name, "TXT"), "127.0.0.1",
+                               port=ports["dns"], timeout=5)  # fmt: skip
+        txt = b"".join(b"".join(r.strings) for rrset in answer.answer for r in rrset)
+        assert b"URL=https://" in txt
+        missing = dns.query.udp(
+            dns.message.make_query("zz1." + name.split(".", 1)[1], "TXT"), "127.0.0.1",
+            port=ports["dns"], timeout=5,
+        )  # fmt: skip
+        assert missing.rcode() == dns.rcode.NXDOMAIN and missing.authority
         v = get_json(f"{ready['city']}/api/version/{sample}")
         assert v == {"handle": sample, "version": 1, "exists": True}
         root = get_json(f"{ready['root']}/")
