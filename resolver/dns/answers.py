@@ -1,0 +1,695 @@
+"""DNS answers from records: pure functions, no I/O.
+
+The namespace (DESIGN.md §2): ``suffix.nodeN...node1.<apex>``. The resolver
+is authoritative for the apex and for every prefix below a configured root
+(the trust anchor, ``MA.156``) whose record does not name other name servers;
+each such prefix is a *node apex* with its own SOA and NS. A prefix whose
+record has ``NS`` values, none of them this resolver, is delegated: names at
+and below it get a referral (NS in authority, glue in additional, no AA).
+
+A query goes through two steps, so the I/O in between stays in the shell:
+
+1. :func:`plan` reads the name: outside the apex (REFUSED), the apex and the
+   empty non-terminals above a root (NODATA), a name under no root (NXDOMAIN),
+   this resolver's own name-server hosts (A/AAAA), or a :class:`Lookup`: the
+   prefixes to fetch (every node from the root down, since delegations chain
+   from the root without gaps: ``cityid.authority`` refuses a child whose
+   parent is not delegated) and the identifier the first label would be.
+2. :func:`decide` takes what the store said and walks down from the root: the
+   first delegated prefix answers with a referral; otherwise the deepest
+   existing prefix is the zone, and the name is its apex, an identifier in
+   it, or nothing (NXDOMAIN). The registrar never lets a suffix and a child
+   node share a name, so one label is never both.
+
+Record values become RRsets (one TTL per RRset, RFC 2181 §5.2: the smallest
+of its values, capped by the configured TTL, so a change reaches downstream
+caches within that time):
+
+* TXT: one RR per value, ``TYPE=data`` (structured data as compact JSON),
+  split into character-strings of at most 255 octets, never inside a UTF-8
+  sequence.
+* URI (RFC 7553) for ``URL`` values: priority = value index (lower first, as
+  the Handle proxy redirects to the first URL), weight 1.
+* NAPTR (RFC 3403) for each ``<location href>`` of ``10320/LOC`` values:
+  order = value index, preference = position in the list, flags ``U``,
+  service ``E2U+web:http`` or ``E2U+web:https`` (RFC 6118's enumservice),
+  regexp ``!^.*$!href!``. A location whose regexp would not fit in one
+  character-string is left out (it is still in the TXT answer).
+
+Negative answers carry the zone's SOA in authority with TTL = min(SOA TTL,
+SOA minimum) (RFC 2308 §3); ``negative_ttl`` is the SOA minimum.
+
+Wire format: RRs are built here as ``(owner, type, ttl, rdata)`` with names in
+uncompressed wire form, and :func:`encode` lays out the message after the
+question once per (name, type). Owner names equal to the question name or to
+one of its ancestors (the zone apex of an SOA) are compressed to a pointer
+into the question; names inside RDATA are left uncompressed (always legal).
+The server then answers a repeat by patching ID and flags and splicing the
+client's own question (its case, for 0x20 resolvers) in front of bytes it
+already has. This does by hand what dnspython would (its rdata and renderer
+objects cost ~350 µs a miss, ten times this); the tests parse every answer
+with dnspython and compare RDATA with its encoders.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from xml.etree import ElementTree
+
+import dns.name
+
+from cityid.identifiers import MAX_NODES, Identifier, Prefix
+from cityid.records import Record, Value
+
+from ..store import Entry
+
+IN, CH = 1, 3
+A, NS, SOA, TXT, AAAA, NAPTR, OPT, DS, URI = 1, 2, 6, 16, 28, 35, 41, 43, 256
+IXFR, AXFR, MAILB, MAILA, ANY, TKEY, TSIG = 251, 252, 253, 254, 255, 249, 250
+NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED, NOTAUTH = 0, 1, 2, 3, 4, 5, 9
+MAX_STRING = 255  # octets in one DNS character-string (RFC 1035 §3.3)
+MAX_MESSAGE = 65535  # a TCP-framed message
+
+_NODE_LABEL = re.compile(rb"[0-9a-z]{1,63}")
+_SUFFIX_LABEL = re.compile(rb"[0-9a-z_-]{1,63}")
+_HOST = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?")
+
+#: One resource record: owner (uncompressed wire name, lower case), type, TTL, RDATA.
+RR = tuple[bytes, int, int, bytes]
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def wire_name(labels: Iterable[bytes]) -> bytes:
+    """Uncompressed wire form of ``labels`` (leftmost first, without the root)."""
+    return b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+
+
+def labels_of(wire: bytes) -> tuple[bytes, ...]:
+    """The labels of an uncompressed wire name, without the root."""
+    out = []
+    i = 0
+    while wire[i]:
+        out.append(wire[i + 1 : i + 1 + wire[i]])
+        i += 1 + wire[i]
+    return tuple(out)
+
+
+def host_wire(text: str, origin: tuple[bytes, ...] = ()) -> bytes:
+    """A host name's wire form; relative names (no final dot) are under ``origin``."""
+    if not _HOST.fullmatch(text):
+        raise ValueError(f"{text[:80]!r} is not a host name")
+    labels = tuple(x.encode() for x in text.lower().rstrip(".").split("."))
+    full = labels if text.endswith(".") or not origin else (*labels, *origin)
+    out = wire_name(full)
+    if len(out) > 255:
+        raise ValueError(f"{text[:80]!r} is longer than 255 octets")
+    return out
+
+
+def text_name(wire: bytes) -> str:
+    return ".".join(x.decode("ascii", "backslashreplace") for x in labels_of(wire)) + "."
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NameServer:
+    """A name server: its host (wire form) and addresses (glue)."""
+
+    host: bytes
+    addrs: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, origin: tuple[bytes, ...] = ()) -> NameServer:
+        """``host [addr ...]`` or ``host=addr,addr``; a relative host is under ``origin``."""
+        parts = text.replace("=", " ").replace(",", " ").split()
+        if not parts:
+            raise ValueError("a name server is 'host [address ...]'")
+        addrs = tuple(str(ipaddress.ip_address(a)) for a in parts[1:])
+        return cls(host_wire(parts[0], origin), addrs)
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneConfig:
+    """What this resolver is authoritative for, and how it says so."""
+
+    apex: tuple[bytes, ...]  # labels, lower case, leftmost first
+    roots: tuple[Prefix, ...]  # trust anchors: served zones that have no record
+    nameservers: tuple[NameServer, ...]  # this resolver's own NS set
+    hostmaster: bytes  # wire form of the SOA RNAME
+    ttl: int = 300  # TTL of SOA and NS, and the cap on every other TTL
+    negative_ttl: int = 60  # the SOA minimum: how long NXDOMAIN/NODATA may be cached
+    refresh: int = 3600
+    retry: int = 600
+    expire: int = 1_209_600
+    identity: str = ""  # the CH TXT id.server answer (RFC 4892); "" refuses it
+    apex_wire: bytes = field(default=b"", init=False)
+    own_hosts: frozenset[bytes] = field(default=frozenset(), init=False)
+    root_labels: tuple[tuple[Prefix, tuple[bytes, ...]], ...] = field(default=(), init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "apex_wire", wire_name(self.apex))
+        object.__setattr__(self, "own_hosts", frozenset(ns.host for ns in self.nameservers))
+        roots = tuple((r, tuple(n.lower().encode() for n in reversed(r.nodes))) for r in self.roots)
+        object.__setattr__(self, "root_labels", roots)
+
+    @classmethod
+    def make(
+        cls,
+        apex: str,
+        roots: Iterable[str],
+        nameservers: Sequence[str] = (),
+        *,
+        ttl: int = 300,
+        negative_ttl: int = 60,
+        hostmaster: str = "",
+        identity: str = "",
+    ) -> ZoneConfig:
+        """From text: ``nameservers`` default to ``ns1.<apex>`` at 127.0.0.1."""
+        text = apex.strip().strip(".").lower()
+        labels = tuple(dns.name.from_text(text).labels[:-1]) if text else ()
+        if not 0 <= ttl <= 2**31 - 1 or not 0 <= negative_ttl <= 2**31 - 1:
+            raise ValueError("TTLs are 0..2^31-1 seconds")
+        ns = tuple(NameServer.parse(t, labels) for t in nameservers) or (
+            NameServer(wire_name((b"ns1", *labels)), ("127.0.0.1",)),
+        )
+        return cls(
+            apex=labels,
+            roots=tuple(Prefix.parse(r) for r in roots),
+            nameservers=ns,
+            hostmaster=host_wire(hostmaster or "hostmaster", labels),
+            ttl=ttl,
+            negative_ttl=negative_ttl,
+            identity=identity,
+        )
+
+    def zone_wire(self, prefix: Prefix | None) -> bytes:
+        if prefix is None:
+            return self.apex_wire
+        return wire_name((*(n.lower().encode() for n in reversed(prefix.nodes)), *self.apex))
+
+
+# -- what a query becomes ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response before encoding: rcode, AA and the three sections.
+
+    ``zone`` names what the answer depends on, for invalidation: the prefix
+    (canonical text) of the zone or referral it came from; ``""`` for answers
+    that only a full reload changes (the apex, names under no root).
+    ``cache`` is False for answers not worth keeping (errors).
+    """
+
+    rcode: int
+    aa: bool
+    answer: tuple[RR, ...] = ()
+    authority: tuple[RR, ...] = ()
+    additional: tuple[RR, ...] = ()
+    zone: str = ""
+    cache: bool = True
+    negative: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """What :func:`decide` needs from the store for one name."""
+
+    root: Prefix
+    prefixes: tuple[Prefix, ...]  # root + 1 node, root + 2 nodes, ...: fetch every one
+    ident: Identifier | None  # the identifier the first label would be, if well-formed
+    depth: int  # labels between the name and the root
+    qname: bytes  # wire form, lower case
+
+
+def error(rcode: int) -> Answer:
+    return Answer(rcode, False, cache=False)
+
+
+def plan(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer | Lookup:
+    """Read a lower-case owner name (uncompressed wire form)."""
+    special = _special_qtype(qtype)
+    if special is not None:
+        return special
+    labels = labels_of(qname)
+    apex = cfg.apex
+    n = len(apex)
+    if len(labels) < n or (n and labels[-n:] != apex):
+        return error(REFUSED)
+    below = labels[: len(labels) - n] if n else labels
+    if qname in cfg.own_hosts:
+        return _own_host(qname, qtype, cfg, serial)
+    if not below:
+        return _apex_answer(qname, cfg.apex_wire, None, qtype, cfg, serial, "", cfg.nameservers)
+    best: Prefix | None = None
+    best_len = 0
+    above_root = False  # an empty non-terminal between the apex and a root
+    for root, rl in cfg.root_labels:
+        if len(below) < len(rl) and rl[len(rl) - len(below) :] == below:
+            above_root = True
+        elif below[len(below) - len(rl) :] == rl and len(rl) > best_len:
+            best, best_len = root, len(rl)
+    if best is None:
+        rcode = NOERROR if above_root else NXDOMAIN
+        return _negative(rcode, cfg.apex_wire, cfg, serial, "", cfg.nameservers)
+    extra = below[: len(below) - best_len]  # leftmost first
+    if not extra:
+        return _apex_answer(qname, qname, None, qtype, cfg, serial, str(best), cfg.nameservers)
+    nodes = extra[::-1]
+    prefixes: list[Prefix] = []
+    for i, label in enumerate(nodes):
+        if not _NODE_LABEL.fullmatch(label) or best_len + i + 1 > MAX_NODES:
+            break  # no prefix can have this node, nor anything below it
+        prefixes.append(_prefix(best, nodes[: i + 1]))
+    ident = None
+    first = extra[0]
+    if len(prefixes) >= len(nodes) - 1 and _SUFFIX_LABEL.fullmatch(first):
+        parent = best if len(nodes) == 1 else prefixes[len(nodes) - 2]
+        ident = Identifier(parent, first.decode().upper())
+    return Lookup(best, tuple(prefixes), ident, len(extra), qname)
+
+
+_PREFIXES: dict[tuple[Prefix, tuple[bytes, ...]], Prefix] = {}
+
+
+def _prefix(root: Prefix, nodes: tuple[bytes, ...]) -> Prefix:
+    # Memoised: a busy prefix is read for every query under it, and building
+    # one validates every node again.
+    key = (root, nodes)
+    p = _PREFIXES.get(key)
+    if p is None:
+        if len(_PREFIXES) >= 100_000:
+            _PREFIXES.clear()
+        p = _PREFIXES[key] = Prefix((*root.nodes, *(x.decode().upper() for x in nodes)))
+    return p
+
+
+def decide(
+    lookup: Lookup,
+    qtype: int,
+    prefixes: Sequence[Entry | None],
+    ident: Entry | None,
+    cfg: ZoneConfig,
+    serial: int,
+) -> Answer:
+    """The answer for a :class:`Lookup`, given the store's entries for it."""
+    zone = lookup.root
+    record: Record | None = None
+    ns: tuple[NameServer, ...] = cfg.nameservers
+    found = 0
+    for depth, (prefix, entry) in enumerate(zip(lookup.prefixes, prefixes, strict=True), 1):
+        if entry is None or entry.deleted or entry.record is None:
+            break  # not delegated (or revoked): nothing at or below it
+        servers = nameservers(entry.record)
+        if servers and not any(s.host in cfg.own_hosts for s in servers):
+            if depth == lookup.depth and qtype == DS:
+                # DS lives on the parent's side of a cut (RFC 4035 §3.1.4.1); we have none.
+                return _negative(NOERROR, cfg.zone_wire(zone), cfg, serial, str(zone), ns)
+            return _referral(cfg.zone_wire(prefix), entry.record, servers, cfg, str(prefix))
+        zone, record, found = prefix, entry.record, depth
+        ns = servers or cfg.nameservers
+    zname = cfg.zone_wire(zone)
+    if found == lookup.depth:
+        return _apex_answer(lookup.qname, zname, record, qtype, cfg, serial, str(zone), ns)
+    if (
+        found == lookup.depth - 1
+        and lookup.ident is not None
+        and ident is not None
+        and not ident.deleted
+        and ident.record is not None
+    ):
+        return _data_answer(lookup.qname, ident.record, qtype, cfg, serial, str(zone), zname, ns)
+    return _negative(NXDOMAIN, zname, cfg, serial, str(zone), ns)
+
+
+_ID_NAMES = (wire_name((b"id", b"server")), wire_name((b"hostname", b"bind")))
+
+
+def identity_answer(qname: bytes, qtype: int, cfg: ZoneConfig) -> Answer:
+    """CH TXT ``id.server`` / ``hostname.bind`` (RFC 4892): which server answered."""
+    if not cfg.identity or qname not in _ID_NAMES or qtype not in (TXT, ANY):
+        return error(REFUSED)
+    rdata = _strings(cfg.identity.encode()[:MAX_STRING])
+    return Answer(NOERROR, True, ((qname, TXT, 0, rdata),), cache=False)
+
+
+def _special_qtype(qtype: int) -> Answer | None:
+    if qtype in (OPT, TSIG, TKEY):
+        return error(FORMERR)  # never a question (RFC 6891 §6.1.1, RFC 8945)
+    if qtype in (AXFR, IXFR):
+        return error(REFUSED)  # no zone transfers: the logs are how to copy the data
+    if qtype in (MAILA, MAILB):
+        return error(NOTIMP)
+    return None
+
+
+# -- building the sections -------------------------------------------------------------------
+
+
+def soa_rr(zname: bytes, cfg: ZoneConfig, serial: int, mname: bytes, ttl: int) -> RR:
+    fixed = struct.pack("!IIIII", serial & 0xFFFFFFFF, cfg.refresh, cfg.retry, cfg.expire,
+                        cfg.negative_ttl)  # fmt: skip
+    return (zname, SOA, ttl, mname + cfg.hostmaster + fixed)
+
+
+def ns_rrs(owner: bytes, ns: Sequence[NameServer], ttl: int) -> tuple[RR, ...]:
+    return tuple((owner, NS, ttl, s.host) for s in ns)
+
+
+def _negative(
+    rcode: int, zname: bytes, cfg: ZoneConfig, serial: int, zone: str, ns: Sequence[NameServer]
+) -> Answer:
+    ttl = min(cfg.ttl, cfg.negative_ttl)
+    soa = soa_rr(zname, cfg, serial, ns[0].host, ttl)
+    return Answer(rcode, True, authority=(soa,), zone=zone, negative=True)
+
+
+def _apex_answer(
+    qname: bytes,
+    zname: bytes,
+    record: Record | None,
+    qtype: int,
+    cfg: ZoneConfig,
+    serial: int,
+    zone: str,
+    ns: Sequence[NameServer],
+) -> Answer:
+    if qtype in (SOA, ANY):  # RFC 8482: ANY gets one RRset; the SOA says the most
+        return Answer(NOERROR, True, (soa_rr(zname, cfg, serial, ns[0].host, cfg.ttl),), zone=zone)
+    if qtype == NS:
+        return Answer(NOERROR, True, ns_rrs(zname, ns, cfg.ttl), zone=zone)
+    if record is not None:
+        return _data_answer(qname, record, qtype, cfg, serial, zone, zname, ns)
+    return _negative(NOERROR, zname, cfg, serial, zone, ns)
+
+
+def _data_answer(
+    owner: bytes,
+    record: Record,
+    qtype: int,
+    cfg: ZoneConfig,
+    serial: int,
+    zone: str,
+    zname: bytes,
+    ns: Sequence[NameServer],
+) -> Answer:
+    rrs: tuple[RR, ...] = ()
+    if qtype in (TXT, ANY):
+        rrs = txt_rrs(owner, record, cfg.ttl)
+    elif qtype == URI:
+        rrs = uri_rrs(owner, record, cfg.ttl)
+    elif qtype == NAPTR:
+        rrs = naptr_rrs(owner, record, cfg.ttl)
+    if not rrs:
+        return _negative(NOERROR, zname, cfg, serial, zone, ns)
+    return Answer(NOERROR, True, rrs, zone=zone)
+
+
+def _own_host(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer:
+    ns = next(s for s in cfg.nameservers if s.host == qname)
+    rrs = address_rrs(qname, ns.addrs, qtype, cfg.ttl)
+    if not rrs:
+        return _negative(NOERROR, cfg.apex_wire, cfg, serial, "", cfg.nameservers)
+    return Answer(NOERROR, True, rrs)
+
+
+def address_rrs(owner: bytes, addrs: Iterable[str], qtype: int, ttl: int) -> tuple[RR, ...]:
+    out = []
+    for a in addrs:
+        ip = ipaddress.ip_address(a)
+        if (qtype == A and ip.version == 4) or (qtype == AAAA and ip.version == 6):
+            out.append((owner, qtype, ttl, ip.packed))
+    return tuple(out)
+
+
+def nameservers(record: Record) -> tuple[NameServer, ...]:
+    """The ``NS`` values of a prefix record (``host [addr ...]``, hosts absolute)."""
+    out = []
+    for v in record.values:
+        if v.type == "NS" and isinstance(v.data, str):
+            try:
+                host, *addrs = v.data.split()
+                out.append(NameServer(host_wire(host.rstrip(".") + "."), tuple(addrs)))
+            except ValueError:
+                continue  # records.py checks NS syntax; a value it let through is skipped
+    return tuple(out)
+
+
+def _referral(
+    cut: bytes, record: Record, ns: Sequence[NameServer], cfg: ZoneConfig, zone: str
+) -> Answer:
+    ttl = min([cfg.ttl, *(v.ttl for v in record.values if v.type == "NS")])
+    glue: list[RR] = []
+    apex = cfg.apex_wire
+    for s in ns:
+        # Only hosts in our own namespace: a resolver discards any other glue
+        # (out of bailiwick), so it would only cost bytes.
+        if not _is_subdomain(s.host, apex):
+            continue
+        for qtype in (A, AAAA):
+            glue += address_rrs(s.host, s.addrs, qtype, ttl)
+    return Answer(NOERROR, False, authority=ns_rrs(cut, ns, ttl), additional=tuple(glue),
+                  zone=zone)  # fmt: skip
+
+
+def _is_subdomain(name: bytes, parent: bytes) -> bool:
+    labels, plabels = labels_of(name), labels_of(parent)
+    return len(labels) >= len(plabels) and labels[len(labels) - len(plabels) :] == plabels
+
+
+# -- record values as RRs ----------------------------------------------------------------------
+
+
+def value_text(v: Value) -> str:
+    """``TYPE=data``, structured data as compact JSON with sorted keys."""
+    data = v.data if isinstance(v.data, str) else json.dumps(
+        dict(v.data), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )  # fmt: skip
+    return f"{v.type}={data}"
+
+
+def chunks(data: bytes, size: int = MAX_STRING) -> list[bytes]:
+    """Split into pieces of at most ``size`` octets, never inside a UTF-8 sequence."""
+    out = []
+    while len(data) > size:
+        cut = size
+        while cut > 0 and (data[cut] & 0xC0) == 0x80:  # a continuation byte
+            cut -= 1
+        if cut == 0:
+            cut = size  # not UTF-8 after all: split anywhere
+        out.append(data[:cut])
+        data = data[cut:]
+    out.append(data)
+    return out
+
+
+def _strings(*parts: bytes) -> bytes:
+    """<character-string>s: each a length octet and at most 255 octets."""
+    return b"".join(bytes((len(p),)) + p for p in parts)
+
+
+def txt_rrs(owner: bytes, record: Record, cap: int) -> tuple[RR, ...]:
+    if not record.values:
+        return ()
+    ttl = min([cap, *(v.ttl for v in record.values)])
+    return tuple(
+        (owner, TXT, ttl, _strings(*chunks(value_text(v).encode()))) for v in record.values
+    )
+
+
+def uri_rrs(owner: bytes, record: Record, cap: int) -> tuple[RR, ...]:
+    urls = [v for v in record.values if v.type == "URL" and isinstance(v.data, str)]
+    if not urls:
+        return ()
+    ttl = min([cap, *(v.ttl for v in urls)])
+    # RFC 7553 §4.5: the target is the rest of the RDATA, not a character-string.
+    return tuple(
+        (owner, URI, ttl, struct.pack("!HH", min(v.index, 0xFFFF), 1) + str(v.data).encode())
+        for v in urls
+    )
+
+
+def naptr_rrs(owner: bytes, record: Record, cap: int) -> tuple[RR, ...]:
+    found: list[tuple[int, int, bytes, bytes]] = []
+    ttls: list[int] = []
+    for v in record.values:
+        if v.type != "10320/LOC" or not isinstance(v.data, str):
+            continue
+        for pref, href in enumerate(locations(v.data)):
+            regexp = ("!^.*$!" + href.replace("\\", "\\\\").replace("!", "\\!") + "!").encode()
+            if len(regexp) > MAX_STRING:
+                continue
+            https = href.split(":", 1)[0].lower() == "https"
+            found.append((min(v.index, 0xFFFF), min(pref, 0xFFFF),
+                          b"E2U+web:https" if https else b"E2U+web:http", regexp))  # fmt: skip
+            ttls.append(v.ttl)
+    if not found:
+        return ()
+    ttl = min([cap, *ttls])
+    return tuple(
+        (owner, NAPTR, ttl, struct.pack("!HH", order, pref) + _strings(b"U", service, regexp)
+         + b"\x00")  # replacement: the root (none: the regexp says where)
+        for order, pref, service, regexp in found
+    )  # fmt: skip
+
+
+def locations(xml: str) -> list[str]:
+    """The hrefs of a ``10320/LOC`` value, in order (records.py checked the XML)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return []
+    return [el.get("href", "") for el in root if el.tag == "location" and el.get("href")]
+
+
+# -- encoding ----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Encoded:
+    """A response minus its ID, question and OPT: ready to patch.
+
+    ``rest`` is everything after the question, with compression pointers that
+    may point into the question (at offset 12); the client's question is the
+    same name (its case may differ), so they stay right. ``heads`` holds the
+    header bytes after the ID (flags and counts) for each combination of the
+    query's RD and CD bits, with or without our OPT, whole or truncated (see
+    :func:`head_index`): shared between every answer with the same rcode, AA
+    and counts, so a million cached answers hold a few dozen of them. ``size``
+    is the whole length without the question and OPT.
+    """
+
+    heads: tuple[bytes, ...]
+    rest: bytes
+    size: int
+    zone: str = ""
+    expires: float = 0.0
+    negative: bool = False
+
+
+_HEADS: dict[tuple[int, int, int, int, int], tuple[bytes, ...]] = {}
+
+
+def _heads(aa: bool, rcode: int, an: int, ns: int, ar: int) -> tuple[bytes, ...]:
+    key = (int(aa), rcode, an, ns, ar)
+    heads = _HEADS.get(key)
+    if heads is None:
+        out = []
+        for tc in (0, 1):
+            for opt in (0, 1):
+                for cd in (0, 1):
+                    for rd in (0, 1):
+                        b2 = 0x80 | (0x04 if aa else 0) | (0x02 if tc else 0) | rd
+                        b3 = (0x10 if cd else 0) | (rcode & 0x0F)
+                        counts = (1, 0, 0, opt) if tc else (1, an, ns, ar + opt)
+                        out.append(bytes((b2, b3)) + struct.pack("!HHHH", *counts))
+        heads = _HEADS[key] = tuple(out)
+    return heads
+
+
+def head_index(query: bytes, opt: bool) -> int:
+    """Which of ``Encoded.heads`` answers ``query``: RD and CD copied (RFC 1035 §4.1.1,
+    RFC 4035 §3.1.6), OPT or not; add 8 for the truncated form."""
+    return (query[2] & 0x01) | ((query[3] >> 3) & 0x02) | (4 if opt else 0)
+
+
+def empty(rcode: int, aa: bool = False) -> Encoded:
+    """A response with the question and no records (errors, truncation templates)."""
+    return Encoded(_heads(aa, rcode, 0, 0, 0), b"", 12)
+
+
+def encode(qname: bytes, answer: Answer, qclass: int = IN) -> Encoded:
+    """Pre-encode ``answer`` to a question for ``qname`` (wire form, any case of it)."""
+    sections = (answer.answer, answer.authority, answer.additional)
+    if not any(sections):
+        return empty(answer.rcode, answer.aa)
+    # Where each ancestor of the question name starts: a pointer target.
+    offsets: dict[bytes, int] = {}
+    i = 0
+    while qname[i]:
+        offsets[qname[i:]] = 12 + i
+        i += 1 + qname[i]
+    parts = []
+    for rrs in sections:
+        for owner, rtype, ttl, rdata in rrs:
+            at = offsets.get(owner)
+            name = owner if at is None else struct.pack("!H", 0xC000 | at)
+            parts.append(name + struct.pack("!HHIH", rtype, qclass, ttl, len(rdata)) + rdata)
+    rest = b"".join(parts)
+    heads = _heads(answer.aa, answer.rcode, *(len(s) for s in sections))
+    return Encoded(heads, rest, 12 + len(rest), answer.zone, 0.0, answer.negative)
+
+
+def opt_record(payload: int, do: bool) -> bytes:
+    """Our OPT RR (RFC 6891 §6.1.2): root owner, our UDP size, version 0, DO echoed."""
+    return b"\x00\x00\x29" + struct.pack("!HBBHH", payload, 0, 0, 0x8000 if do else 0, 0)
+
+
+def render(enc: Encoded, query: bytes, question: bytes, opt: bytes, limit: int) -> bytes:
+    """The response to ``query`` (whose ID and flags it copies), ``question`` echoed.
+
+    Over ``limit`` octets, the answer is replaced by an empty one with TC=1
+    (RFC 2181 §9: the client retries over TCP).
+    """
+    i = (query[2] & 0x01) | ((query[3] >> 3) & 0x02) | (4 if opt else 0)
+    if enc.size + len(question) + len(opt) <= limit:
+        return query[:2] + enc.heads[i] + question + enc.rest + opt
+    return query[:2] + enc.heads[i + 8] + question + opt
+
+
+_TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)
+
+
+def header_reply(data: bytes, rcode: int) -> bytes:
+    """A header-only response (no question): for queries too broken to echo."""
+    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode & 0x0F)) + bytes(8)
+
+
+def badvers(head: bytes, question: bytes, payload: int, do: bool) -> bytes:
+    """RFC 6891 §6.1.3: an EDNS version we do not speak; we speak version 0."""
+    opt = b"\x00\x00\x29" + struct.pack("!HBBHH", payload, 1, 0, 0x8000 if do else 0, 0)
+    flags = bytes((0x80 | (head[2] & 0x01), head[3] & 0x10))
+    return head[:2] + flags + _TC_COUNTS_OPT + question + opt
+
+
+def serial_now() -> int:
+    return int(time.time()) & 0xFFFFFFFF
+
+
+__all__ = [
+    "RR",
+    "Answer",
+    "Encoded",
+    "Lookup",
+    "NameServer",
+    "ZoneConfig",
+    "badvers",
+    "chunks",
+    "decide",
+    "empty",
+    "encode",
+    "head_index",
+    "header_reply",
+    "host_wire",
+    "identity_answer",
+    "labels_of",
+    "locations",
+    "naptr_rrs",
+    "opt_record",
+    "plan",
+    "render",
+    "txt_rrs",
+    "uri_rrs",
+    "value_text",
+    "wire_name",
+]
