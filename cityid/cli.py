@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "registrar.cli",
     "registrar.qr_cli",
     "resolver.cli",
+    "resolver.dns.cli",
     "cityid.up",
 )
 

@@ -159,8 +159,10 @@ def check_reply(query: bytes, reply: bytes | None) -> None:
     assert len(reply) <= 1232, (query.hex(), len(reply))
     if len(reply) > 512:  # only a query with EDNS may get that much
         q = parse_query(query)  # options are not ours to judge: an unknown one is ignored
-        assert (q is not None and q[4] > 0) or dns.message.from_wire(query).edns >= 0 or (
-            msg.rcode() == dns.rcode.BADVERS
+        assert (
+            (q is not None and q[4] > 0)
+            or dns.message.from_wire(query).edns >= 0
+            or (msg.rcode() == dns.rcode.BADVERS)
         )
 
 

@@ -295,9 +295,6 @@ class DnsServer:
         limit = MAX_MESSAGE if tcp else (min(payload, self.max_udp) if payload else 512)
         return render(enc, data, question, opt, limit)
 
-    def cached(self, key: bytes) -> Encoded | None:
-        return self.cache.get(key)
-
     async def lookup(self, key: bytes, qtype: int, qclass: int) -> Encoded:
         """The encoded answer for ``key`` (lower-case wire name + type)."""
         if qclass != IN:
