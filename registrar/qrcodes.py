@@ -14,20 +14,19 @@ resolver must serve it in upper case. ``_`` is allowed in suffixes but is not in
 the alphanumeric set: such a URL still works, but segno falls back to byte mode
 for the whole URL and the code grows by about one version.
 
-Sheets (many codes on A4 PDF pages or one PNG grid) are built here without a PDF
-library: the PDF is a small hand-written file whose modules are filled vector
-rectangles and whose labels use Helvetica, one of the 14 standard Type 1 fonts
-every PDF reader has, so nothing is embedded. PNG sheets use Pillow.
+Every symbol, single or on a sheet, is segno's (:func:`make_qr`). Sheets (many
+codes on A4 PDF pages or one PNG grid) are built here from segno's matrices,
+without a PDF library: the PDF is a small hand-written file whose modules are
+filled vector rectangles (one per horizontal run of dark modules) and whose labels
+use Helvetica, one of the 14 standard Type 1 fonts every PDF reader has, so
+nothing is embedded. PNG sheets use Pillow.
 
-Speed: segno needs about 5 ms per code, most of it spent choosing the mask, so
-10,000 codes would take a minute. For sheets, :func:`qr_matrices` uses the fact
-that once version, mode and length are fixed, a QR symbol is an affine function
-over GF(2) of its data bits (Reed-Solomon is linear, placement is a permutation,
-masking is an XOR): it asks segno for the symbol of one URL under each mask and
-for the effect of each data bit it needs, then builds every other symbol with a
-few XORs and scores the eight masks with bit-parallel integer arithmetic, using
-the same penalty rules as segno (ISO/IEC 18004:2015 §7.8.3). The result is the
-same matrix segno would make; tests check that against segno itself.
+Speed: segno takes about 5 ms per code, most of it choosing the mask. From
+PARALLEL_MIN_CODES codes on, :func:`qr_matrices` spreads that over worker
+processes, one per core. Measured with ``cityid qr --range ... --count N`` on a
+2-core machine with both cores free: 10,000 codes (500 pages) take about 28 s,
+against 47-57 s in one process; 1,000 codes about 3 s, against 5 s. On a machine
+whose cores are busy with other work, expect the one-process times.
 """
 
 from __future__ import annotations
@@ -38,10 +37,11 @@ import math
 import os
 import re
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from cityid.errors import CityIdError
@@ -174,14 +174,6 @@ def _error_level(error: str) -> str:
     return level
 
 
-def _make(content: str | bytes, **options: Any) -> segno.QRCode:
-    # Imported on first use: segno takes tens of milliseconds to import, and every
-    # `cityid` command loads this module's CLI.
-    import segno
-
-    return segno.make_qr(content, **options)
-
-
 def make_qr(url: str, *, error: str = DEFAULT_ERROR) -> segno.QRCode:
     """A QR code (never Micro QR) for ``url`` at error-correction level ``error``.
 
@@ -189,7 +181,11 @@ def make_qr(url: str, *, error: str = DEFAULT_ERROR) -> segno.QRCode:
     happens to fit, so codes of one batch would differ in level for no visible
     reason. The mode is segno's choice: alphanumeric when every character allows it.
     """
-    return _make(url, error=_error_level(error), boost_error=False)
+    # Imported on first use: segno takes tens of milliseconds to import, and every
+    # `cityid` command loads this module's CLI.
+    import segno
+
+    return segno.make_qr(url, error=_error_level(error), boost_error=False)
 
 
 def output_kind(path: str | os.PathLike[str], allowed: Sequence[str]) -> str:
@@ -255,317 +251,71 @@ def write_qr(
     return out
 
 
-# -- fast matrices for sheets ------------------------------------------------------
+# -- symbols for sheets ------------------------------------------------------------
 
-_TO_ASCII = bytes.maketrans(b"\x00\x01", b"01")
-_FROM_ASCII = bytes.maketrans(b"01", b"\x00\x01")
-_ALNUM_VALUE = {c: i for i, c in enumerate(QR_ALPHANUMERIC)}
-_N3_PATTERN = bytes((1, 0, 1, 1, 1, 0, 1))
+Matrix = tuple[bytes, ...]  # rows of 0 (light) and 1 (dark), without the quiet zone
 
-
-def _reserved_cells(n: int, version: int) -> set[tuple[int, int]]:
-    """Format and version information cells: light while segno scores the masks."""
-    cells: set[tuple[int, int]] = set()
-    for i in range(9):
-        cells |= {(i, 8), (8, i)}
-    for i in range(1, 9):
-        cells |= {(n - i, 8), (8, n - i)}  # includes the dark module at (n-8, 8)
-    cells -= {(6, 8), (8, 6)}  # timing pattern, drawn over the reservation
-    if version >= 7:
-        for i in range(6):
-            for j in (n - 11, n - 10, n - 9):
-                cells |= {(i, j), (j, i)}
-    return cells
+# Below this many codes a sheet is generated in this process: starting workers
+# would cost more than it saves.
+PARALLEL_MIN_CODES = 500
+_CHUNK = 100  # codes per task sent to a worker: about half a second of segno
+_INFLIGHT_PER_WORKER = 2  # tasks queued ahead per worker: bounded memory, no idling
 
 
-class _Layout:
-    """Bit positions of an n x n matrix packed, with its transpose, into one int.
+def _matrix(url: str, error: str) -> Matrix:
+    return tuple(bytes(row) for row in make_qr(url, error=error).matrix)
 
-    Line k (k = 1..n: row k-1; k = n+2..2n+1: column k-n-2) holds its modules at
-    bits ``k * stride + i``. Guard lines (0, n+1, 2n+2) and at least four guard
-    bits after each line read as outside the symbol, so shifts by up to 4 never
-    carry one line's modules into another. Rows and columns together let every
-    penalty rule run once over both directions. The stride is a whole number of
-    bytes so the PDF writer can read each row as bytes.
+
+def _chunk_matrices(urls: Sequence[str], error: str) -> list[Matrix]:
+    return [_matrix(url, error) for url in urls]
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the sheet (and
+    # removes its temporary file); workers should not each print a traceback.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _workers() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+def qr_matrices(urls: Iterable[str], *, error: str = DEFAULT_ERROR) -> Iterator[Matrix]:
+    """For each URL in order, the matrix of ``make_qr(url, error=error)``.
+
+    Rows are bytes of 0 (light) and 1 (dark), without the quiet zone. Every symbol
+    is segno's; for PARALLEL_MIN_CODES URLs or more on a machine with several
+    cores, they are made in worker processes, chunk by chunk, and yielded in the
+    order of ``urls`` as they arrive.
     """
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.stride = (n + 4 + 7) // 8 * 8
-        self.lines = 2 * n + 3
-        self.bits = self.lines * self.stride
-        self.all = (1 << self.bits) - 1
-        self.line_mask = (1 << n) - 1
-        self.inside = self.pack(tuple(bytes([1]) * n for _ in range(n)))
-
-    def pack(self, matrix: Sequence[bytes | bytearray]) -> int:
-        n = self.n
-        pad = b"0" * (self.stride - n)
-        guard = b"0" * self.stride
-        rows = [bytes(row) for row in matrix]
-        columns = [bytes(row[c] for row in rows) for c in range(n)]
-        text = b"".join(
-            (
-                guard,
-                *(row.translate(_TO_ASCII) + pad for row in rows),
-                guard,
-                *(col.translate(_TO_ASCII) + pad for col in columns),
-                guard,
-            )
-        )
-        return int(text[::-1], 2)
-
-    def row_bytes(self, packed: int) -> tuple[bytes, int]:
-        """The row half as little-endian bytes, and the byte stride of a row."""
-        step = self.stride // 8
-        return packed.to_bytes(self.lines * step, "little")[: (self.n + 1) * step], step
-
-    def rows(self, packed: int) -> list[str]:
-        """The matrix rows as strings of '0' and '1'."""
-        s, n = self.stride, self.n
-        text = format(packed & ((1 << (n + 1) * s) - 1), f"0{(n + 1) * s}b")[::-1]
-        return [text[(r + 1) * s : (r + 1) * s + n] for r in range(n)]
-
-
-def _n3_line(bits: int, size: int) -> int:
-    """N3 of one row or column exactly as segno counts it.
-
-    Used where finder-like patterns overlap (as around the finder and timing
-    patterns): segno resumes its search 7 modules after a counted pattern, so of
-    two overlapping patterns it may count only one.
-    """
-    seq = format(bits, f"0{size}b")[::-1].encode().translate(_FROM_ASCII)
-    score = 0
-    idx = seq.find(_N3_PATTERN)
-    while idx != -1:
-        offset = idx + 7
-        if (
-            idx in (0, size - 7)
-            or not any(seq[max(idx - 4, 0) : idx])
-            or not any(seq[offset : offset + 4])
-        ):
-            score += 40
-        else:
-            offset = idx + 4
-        idx = seq.find(_N3_PATTERN, offset)
-    return score
-
-
-def _penalty(dark: int, layout: _Layout) -> int:
-    """ISO/IEC 18004 §7.8.3 penalty (N1 + N2 + N3 + N4), computed the way segno does.
-
-    ``dark`` is a packed matrix (rows and columns): N1 and N3 count over both, N2
-    and N4 count every block or module twice, hence the halving.
-    """
-    s = layout.stride
-    light = layout.inside ^ dark
-    score = 0
-    # N1: a run of k >= 5 same-colour modules scores k - 2, i.e. one point per
-    # 5-window inside it plus 2 per run.
-    for p in (dark, light):
-        w = p & (p >> 1)
-        w &= w >> 2
-        w &= p >> 4
-        score += w.bit_count() + 2 * (w & ~(w << 1)).bit_count()
-    # N2: every 2x2 block of one colour, overlapping blocks included.
-    blocks = 0
-    for p in (dark, light):
-        b = p & (p >> 1)
-        b &= b >> s
-        blocks += b.bit_count()
-    score += 3 * (blocks // 2)
-    # N3: 1:1:3:1:1 dark-light-dark with 4 light modules (or the edge) on one side.
-    found = dark & (light >> 1) & (dark >> 2) & (dark >> 3) & (dark >> 4) & (light >> 5)
-    found &= dark >> 6
-    if found:
-        overlap = found & ((found >> 4) | (found >> 6))
-        while overlap:
-            line = (overlap.bit_length() - 1) // s
-            score += _n3_line(dark >> (line * s) & layout.line_mask, layout.n)
-            keep = ~(((1 << s) - 1) << (line * s))
-            overlap &= keep
-            found &= keep
-        lo = layout.all ^ dark  # light, or outside the symbol
-        before = (lo << 1) & (lo << 2) & (lo << 3) & (lo << 4)
-        after = (lo >> 7) & (lo >> 8) & (lo >> 9) & (lo >> 10)
-        score += 40 * (found & (before | after)).bit_count()
-    # N4: same float arithmetic as segno, so ties fall the same way.
-    percent = float(dark.bit_count() // 2) / (layout.n**2)
-    score += 10 * int(abs(percent * 100 - 50) / 5)
-    return score
-
-
-class _Template:
-    """All URLs of one length and mode: base symbol XOR per-bit deltas.
-
-    A unit is what the encoder turns into a fixed run of bits: a character pair
-    (11 bits) or last odd character (6 bits) in alphanumeric mode, a byte (8 bits)
-    in byte mode.
-    """
-
-    def __init__(self, base: str, alnum: bool, error: str) -> None:
-        self.base = base
-        self.alnum = alnum
-        self.error = error
-        self.mode = "alphanumeric" if alnum else "byte"
-        first = _make(self._content(base), error=error, mode=self.mode, boost_error=False)
-        self.version = int(first.version)
-        self.layout = layout = _layout(len(first.matrix))
-        n = layout.n
-        keep = [bytearray([1]) * n for _ in range(n)]
-        for r, c in _reserved_cells(n, self.version):
-            keep[r][c] = 0
-        kept = layout.pack(keep)
-        # Per mask: the final symbol (with format information) and what segno
-        # scores (the same with format and version cells light).
-        self.masked: list[tuple[int, int]] = []
-        for mask in range(8):
-            symbol = layout.pack(self._symbol(base, mask).matrix)
-            self.masked.append((symbol, symbol & kept))
-        self.unit = 2 if alnum else 1
-        self.base_values = [self._value(base, i) for i in range(0, len(base), self.unit)]
-        self.deltas: dict[int, list[int]] = {}
-        self.wanted: dict[int, int] = {}
-        self.seen = 0
-
-    def _content(self, text: str) -> str | bytes:
-        # segno reads a str of ASCII as ISO 8859-1 bytes, so bytes give the same
-        # symbol and let the probes below use any byte value.
-        return text if self.alnum else text.encode("latin-1")
-
-    def _symbol(self, text: str, mask: int) -> segno.QRCode:
-        return _make(
-            self._content(text),
-            error=self.error,
-            version=self.version,
-            mode=self.mode,
-            mask=mask,
-            boost_error=False,
-        )
-
-    def _value(self, text: str, start: int) -> int:
-        if not self.alnum:
-            return ord(text[start])
-        chunk = text[start : start + 2]
-        if len(chunk) == 2:
-            return _ALNUM_VALUE[chunk[0]] * 45 + _ALNUM_VALUE[chunk[1]]
-        return _ALNUM_VALUE[chunk]
-
-    def _with_value(self, index: int, value: int) -> str:
-        start = index * self.unit
-        if not self.alnum:
-            chunk = chr(value)
-        elif start + 2 <= len(self.base):
-            chunk = QR_ALPHANUMERIC[value // 45] + QR_ALPHANUMERIC[value % 45]
-        else:
-            chunk = QR_ALPHANUMERIC[value]
-        return self.base[:start] + chunk + self.base[start + self.unit :]
-
-    def _unit_deltas(self, index: int) -> list[int]:
-        deltas = self.deltas.get(index)
-        if deltas is None:
-            # The symbol is affine in the data bits, so flipping bit t of this
-            # unit XORs the symbol with M(value 2**t) ^ M(value 0), whatever the
-            # other bits are. Values 0 and 2**t are valid for every unit size
-            # (2**10 < 45 * 45, 2**5 < 45). The mask cancels out; 0 is as good as any.
-            width = (11 if (index + 1) * 2 <= len(self.base) else 6) if self.alnum else 8
-            layout = self.layout
-            zero = layout.pack(self._symbol(self._with_value(index, 0), 0).matrix)
-            deltas = [
-                zero ^ layout.pack(self._symbol(self._with_value(index, 1 << t), 0).matrix)
-                for t in range(width)
-            ]
-            self.deltas[index] = deltas
-        return deltas
-
-    def encode(self, url: str) -> int | None:
-        """The packed symbol for ``url`` (same length and mode as the base).
-
-        None when segno should encode this one directly. Probing a unit costs
-        about two direct encodings, so a unit is probed only once a second URL
-        needs it, and total probing is kept under one unit per two URLs seen: a
-        range (only its last characters vary) turns fast after two or three
-        codes, while a few unrelated URLs cost what segno alone would.
-        """
-        self.seen += 1
-        delta = 0
-        base = self.base
-        missing: list[int] = []
-        changed: list[tuple[int, int]] = []
-        for index in range(len(self.base_values)):
-            at = index * self.unit
-            if url[at : at + self.unit] != base[at : at + self.unit]:
-                changed.append((index, self._value(url, at) ^ self.base_values[index]))
-                if index not in self.deltas:
-                    missing.append(index)
-        if missing:
-            for index in missing:
-                self.wanted[index] = self.wanted.get(index, 0) + 1
-            if (
-                any(self.wanted[index] < 2 for index in missing)
-                or len(self.deltas) + len(missing) > 2 + self.seen // 2
-            ):
-                return None
-        for index, diff in changed:
-            for t, bit in enumerate(self._unit_deltas(index)):
-                if diff >> t & 1:
-                    delta ^= bit
-        best_score = -1
-        best = 0
-        layout = self.layout
-        for symbol, scored in self.masked:
-            score = _penalty(scored ^ delta, layout)
-            # Strictly lower wins, so the first of equal masks is kept, as in segno.
-            if best_score < 0 or score < best_score:
-                best_score, best = score, symbol
-        return best ^ delta
-
-
-_layouts: dict[int, _Layout] = {}
-
-
-def _layout(n: int) -> _Layout:
-    layout = _layouts.get(n)
-    if layout is None:
-        layout = _layouts[n] = _Layout(n)
-    return layout
-
-
-def _packed_symbols(urls: Iterable[str], error: str) -> Iterator[tuple[int, _Layout]]:
-    """The packed QR symbol of each URL, in order (see :class:`_Layout`)."""
     level = _error_level(error)
-    templates: dict[tuple[int, bool], _Template] = {}
-    for url in urls:
-        packed = None
-        if url and url.isascii():
-            alnum = all(c in _ALNUM_VALUE for c in url)
-            key = (len(url), alnum)
-            template = templates.get(key)
-            if template is None:
-                template = templates[key] = _Template(url, alnum, level)
-            packed = template.encode(url)
-        if packed is None:
-            matrix = _make(url, error=level, boost_error=False).matrix
-            layout = _layout(len(matrix))
-            yield layout.pack(matrix), layout
-        else:
-            yield packed, template.layout
+    urls = urls if isinstance(urls, Sequence) else list(urls)
+    workers = _workers()
+    if workers < 2 or len(urls) < PARALLEL_MIN_CODES:
+        for url in urls:
+            yield _matrix(url, level)
+        return
+    from concurrent.futures import Future, ProcessPoolExecutor
 
-
-def _symbols(urls: Iterable[str], error: str) -> Iterator[list[str]]:
-    """The rows ('0'/'1' strings) of the QR symbol of each URL, in order."""
-    for packed, layout in _packed_symbols(urls, error):
-        yield layout.rows(packed)
-
-
-def qr_matrices(urls: Iterable[str], *, error: str = DEFAULT_ERROR) -> Iterator[tuple[bytes, ...]]:
-    """For each URL, the matrix ``make_qr(url, error=error).matrix`` would give.
-
-    Rows are bytes of 0 (light) and 1 (dark), without the quiet zone. Much faster
-    than segno for many URLs of equal length (see the module notes).
-    """
-    for rows in _symbols(urls, error):
-        yield tuple(row.encode().translate(_FROM_ASCII) for row in rows)
+    chunks = (urls[i : i + _CHUNK] for i in range(0, len(urls), _CHUNK))
+    pending: deque[Future[list[Matrix]]] = deque()
+    with ProcessPoolExecutor(workers, initializer=_ignore_sigint) as pool:
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(_chunk_matrices, list(chunk), level))
+                if len(pending) > _INFLIGHT_PER_WORKER * workers:
+                    yield from pending.popleft().result()
+            while pending:
+                yield from pending.popleft().result()
+        finally:
+            # Stopped early (an error, an interrupt): drop what has not started.
+            for future in pending:
+                future.cancel()
 
 
 # -- sheets -----------------------------------------------------------------------
@@ -697,56 +447,25 @@ def _num(x: float) -> str:
     return text if text not in ("", "-0") else "0"
 
 
-def _byte_rects(x0: int, y: int, value: int) -> str:
-    """Rectangles for the dark modules of one byte of a row (bit k = column x0 + k)."""
-    rects = []
-    k = 0
-    while k < 8:
-        if value >> k & 1:
-            start = k
-            while k < 8 and value >> k & 1:
-                k += 1
-            rects.append(f"{x0 + start} {y} {k - start} 1 re")
-        else:
-            k += 1
-    return "\n".join(rects)
+_DARK_RUNS = re.compile(rb"\x01+")
 
 
-class _PdfSymbols:
-    """PDF path operators for packed symbols, with the text of each row byte cached.
+def _draw_symbol(out: list[str], matrix: Matrix, x: float, y: float, side: float) -> None:
+    """PDF path operators filling the dark modules of ``matrix`` in a ``side`` square.
 
-    A run crossing a byte boundary becomes two abutting rectangles; filled as one
-    path they paint the same area. Across a sheet, one (row, byte) position sees at
-    most 256 values, so nearly every byte is a dictionary hit.
+    Each horizontal run of dark modules in a row is one rectangle, in module units
+    (small integers); one fill for the whole symbol avoids hairline seams between
+    rectangles in anti-aliasing viewers.
     """
-
-    def __init__(self) -> None:
-        self.cache: dict[tuple[int, int, int], str] = {}
-
-    def draw(
-        self, out: list[str], packed: int, layout: _Layout, x: float, y: float, side: float
-    ) -> None:
-        n = layout.n
-        module = side / (n + 2 * QUIET_ZONE)
-        ox = x + QUIET_ZONE * module
-        oy = y + QUIET_ZONE * module
-        out.append(f"q {_num(module)} 0 0 {_num(module)} {_num(ox)} {_num(oy)} cm")
-        # Module units keep the numbers small integers; one fill for the whole
-        # symbol avoids hairline seams between rectangles in anti-aliasing viewers.
-        data, step = layout.row_bytes(packed)
-        cache = self.cache
-        width = (n + 7) // 8
-        for r in range(n):
-            at = (r + 1) * step
-            yy = n - 1 - r
-            for i, value in enumerate(data[at : at + width]):
-                if value:
-                    key = (yy, i, value)
-                    text = cache.get(key)
-                    if text is None:
-                        text = cache[key] = _byte_rects(8 * i, yy, value)
-                    out.append(text)
-        out.append("f Q")
+    n = len(matrix)
+    module = side / (n + 2 * QUIET_ZONE)
+    ox = x + QUIET_ZONE * module
+    oy = y + QUIET_ZONE * module
+    out.append(f"q {_num(module)} 0 0 {_num(module)} {_num(ox)} {_num(oy)} cm")
+    for r, row in enumerate(matrix):
+        yy = n - 1 - r  # PDF y grows upwards, matrix rows go down
+        out.extend(f"{m.start()} {yy} {m.end() - m.start()} 1 re" for m in _DARK_RUNS.finditer(row))
+    out.append("f Q")
 
 
 class _PdfWriter:
@@ -788,9 +507,9 @@ _CATALOG, _PAGES, _FONT, _INFO, _FIRST_PAGE_OBJECT = 1, 2, 3, 4, 5
 
 def _write_pdf(
     items: Sequence[tuple[str, str]],
+    symbols: Iterator[Matrix],
     stream: IO[bytes],
     columns: int,
-    error: str,
     progress: ProgressCallback | None,
 ) -> int:
     grid = _page_grid(columns)
@@ -805,8 +524,6 @@ def _write_pdf(
     pdf.object(_INFO, f"<< /Title {_pdf_string(title)} /Producer (cityid) >>")
     side = grid.cell_width - 2 * CELL_PAD
     label_room = grid.cell_width - 2 * CELL_PAD
-    symbols = _packed_symbols((url for _, url in items), error)
-    drawer = _PdfSymbols()
     kids: list[str] = []
     done = 0
     for page in range(pages):
@@ -829,8 +546,7 @@ def _write_pdf(
             row, col = divmod(i, grid.columns)
             x = grid.left + col * grid.cell_width
             y = grid.top - (row + 1) * grid.cell_height  # bottom of the cell
-            packed, layout = next(symbols)
-            drawer.draw(out, packed, layout, x + CELL_PAD, y + LABEL_BAND, side)
+            _draw_symbol(out, next(symbols), x + CELL_PAD, y + LABEL_BAND, side)
             size, lines = _label_lines(label, label_room)
             baselines = [y + 6.0] if len(lines) == 1 else [y + 9.0, y + 2.5]
             for line, base in zip(lines, baselines, strict=True):
@@ -868,10 +584,10 @@ def _write_pdf(
 
 def _write_png_sheet(
     items: Sequence[tuple[str, str]],
+    matrices: Iterator[Matrix],
     path: Path,
     columns: int,
     scale: int,
-    error: str,
     progress: ProgressCallback | None,
 ) -> None:
     try:
@@ -882,12 +598,12 @@ def _write_png_sheet(
             rule="missing-dependency",
         ) from None
     total = len(items)
-    symbols: list[list[str]] = []
-    for rows in _symbols((url for _, url in items), error):
-        symbols.append(rows)
+    symbols: list[Matrix] = []
+    for matrix in matrices:
+        symbols.append(matrix)
         if progress is not None:
             progress(len(symbols), total)
-    widest = max(len(rows) for rows in symbols) + 2 * QUIET_ZONE
+    widest = max(len(matrix) for matrix in symbols) + 2 * QUIET_ZONE
     pad = 2 * scale
     band = max(18, 5 * scale)
     cell_w = widest * scale + 2 * pad
@@ -907,7 +623,7 @@ def _write_png_sheet(
         return fonts[size]
 
     white_margin = b"\xff" * QUIET_ZONE
-    to_grey = bytes.maketrans(b"01", b"\xff\x00")
+    to_grey = bytes.maketrans(b"\x00\x01", b"\xff\x00")
     for i, ((label, _url), rows) in enumerate(zip(items, symbols, strict=True)):
         row, col = divmod(i, columns)
         x, y = col * cell_w, row * cell_h
@@ -915,7 +631,7 @@ def _write_png_sheet(
         quiet = b"\xff" * size * QUIET_ZONE
         data = (
             quiet
-            + b"".join(white_margin + r.encode().translate(to_grey) + white_margin for r in rows)
+            + b"".join(white_margin + r.translate(to_grey) + white_margin for r in rows)
             + quiet
         )
         symbol = Image.frombytes("L", (size, size), data).resize(
@@ -981,8 +697,11 @@ def write_sheet(
                 rule="sheet-size",
             )
         _check_range("scale", scale, 1, 40, "scale")
-        _write_png_sheet(items, out, columns, scale, error, progress)
-        return SheetInfo(out, total, 1)
-    with _atomic(out) as tmp, tmp.open("wb") as stream:
-        pages = _write_pdf(items, stream, columns, error, progress)
+    # Closed on the way out, so an interrupted sheet stops its worker processes.
+    with contextlib.closing(qr_matrices([url for _, url in items], error=error)) as symbols:
+        if kind == "png":
+            _write_png_sheet(items, symbols, out, columns, scale, progress)
+            return SheetInfo(out, total, 1)
+        with _atomic(out) as tmp, tmp.open("wb") as stream:
+            pages = _write_pdf(items, symbols, stream, columns, progress)
     return SheetInfo(out, total, pages)
