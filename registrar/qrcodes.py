@@ -24,8 +24,8 @@ nothing is embedded. PNG sheets use Pillow.
 Speed: segno takes about 5 ms per code, most of it choosing the mask. From
 PARALLEL_MIN_CODES codes on, :func:`qr_matrices` spreads that over worker
 processes, one per core. Measured with ``cityid qr --range ... --count N`` on a
-2-core machine with both cores free: 10,000 codes (500 pages) take about 28 s,
-against 47-57 s in one process; 1,000 codes about 3 s, against 5 s. On a machine
+2-core machine with both cores free: 10,000 codes (500 pages) take about 28 s and
+1,000 codes about 3.8 s, against 47-57 s and 5-6 s in one process. On a machine
 whose cores are busy with other work, expect the one-process times.
 """
 

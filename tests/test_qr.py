@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -398,14 +397,10 @@ def test_thousand_code_pdf(tmp_path: Path) -> None:
     # long for every run. 1,000 go through the worker processes too (on 2+ cores).
     items = _range_items(1_000, "http://127.0.0.1:8080")
     calls: list[tuple[int, int]] = []
-    started = time.perf_counter()
     info = write_sheet(items, tmp_path / "big.pdf", progress=lambda d, t: calls.append((d, t)))
-    elapsed = time.perf_counter() - started
     assert info.pages == 50
     assert calls == [(i, 1_000) for i in range(1, 1_001)]
     assert _check_pdf_structure((tmp_path / "big.pdf").read_bytes()) == 50
-    # About 3 s with 2 free cores, 5 s on one; generous for a busy machine.
-    assert elapsed < 30, f"{elapsed:.1f} s"
 
 
 # -- ranges and id files -------------------------------------------------------------
