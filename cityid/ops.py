@@ -32,6 +32,7 @@ from .identifiers import (
     mint_suffix,
     parse_identifier,
     parse_prefix,
+    suffix_checker,
 )
 from .keys import SigningKey
 from .records import Record, render_template
@@ -51,7 +52,10 @@ def _fail(message: str, rule: str = "operation") -> OperationError:
     return OperationError(message, rule=rule)
 
 
-def _int(x: Any, what: str, lo: int = 0, hi: int = 2**63 - 1) -> int:
+_MAX_INT = 2**63 - 1
+
+
+def _int(x: Any, what: str, lo: int = 0, hi: int = _MAX_INT) -> int:
     if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
         raise _fail(f"{what} must be an integer in {lo}..{hi}", "field")
     return x
@@ -125,6 +129,12 @@ class MintItem:
     record: Record
 
 
+_new = object.__new__
+_set_item_suffix = MintItem.suffix.__set__  # type: ignore[attr-defined]
+_set_item_prev = MintItem.prev.__set__  # type: ignore[attr-defined]
+_set_item_record = MintItem.record.__set__  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True, slots=True)
 class Mint:
     """Create explicit identifiers under ``prefix`` (one, or a CSV's rows)."""
@@ -147,14 +157,30 @@ class Mint:
         if len(b) != 4 or not isinstance(b[2], list) or not b[2]:
             raise _fail("mint has 4 fields and at least one item", "arity")
         prefix = parse_prefix(_str(b[1], "prefix"))
+        check_suffix = suffix_checker(prefix)  # Identifier(prefix, suffix)'s checks
         items = []
         for n, it in enumerate(b[2]):
             if not isinstance(it, list) or len(it) != 3:
                 raise _fail(f"mint item {n} is [suffix, prev, record]", "arity")
-            ident = Identifier(prefix, _str(it[0], f"item {n} suffix").upper())
-            if ident.suffix != it[0]:
+            suffix = it[0]
+            if not isinstance(suffix, str):
+                raise _fail(f"item {n} suffix must be a string", "field")
+            upper = suffix.upper()
+            check_suffix(upper)
+            if upper != suffix:
                 raise _fail(f"item {n} suffix is not canonical (upper case)", "canonical")
-            items.append(MintItem(ident.suffix, _int(it[1], "prev"), _record(it[2], f"item {n}")))
+            prev = it[1]
+            if type(prev) is not int or not 0 <= prev <= _MAX_INT:
+                prev = _int(prev, "prev")  # the same check, and its error
+            try:
+                record = Record.from_wire(it[2])
+            except RecordError as e:
+                raise OperationError(f"item {n}: {e.message}", rule=e.rule) from e
+            item = _new(MintItem)  # MintItem(upper, prev, record), without a frozen __init__
+            _set_item_suffix(item, upper)
+            _set_item_prev(item, prev)
+            _set_item_record(item, record)
+            items.append(item)
         suffixes = [i.suffix for i in items]
         if len(set(suffixes)) != len(suffixes):
             raise _fail("a mint names the same suffix twice", "duplicate-suffix")
@@ -330,7 +356,19 @@ KINDS: dict[str, Any] = {c.kind: c for c in (Delegate, Mint, MintRange, Update, 
 
 
 def encode_body(op: Operation) -> bytes:
-    return msgpack.packb(op.body(), use_bin_type=True)
+    # A Packer rather than msgpack.packb, whose keyword handling is not free.
+    packer = msgpack.Packer(use_bin_type=True)
+    if type(op) is not Mint:
+        return packer.pack(op.body())
+    # msgpack is compositional: an array is its header then its elements' encodings,
+    # so a mint's body is assembled from its records' cached canonical bytes rather
+    # than packing every record again (a CSV's leaf holds hundreds).
+    pack = packer.pack
+    return b"".join([
+        b"\x94", pack(op.kind), pack(str(op.prefix)), packer.pack_array_header(len(op.items)),
+        *[b"\x93" + pack(i.suffix) + pack(i.prev) + i.record.encode() for i in op.items],
+        pack(op.time),
+    ])  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,18 +391,7 @@ class SignedOperation:
         return cls(op, key.public_key, key.sign(DOMAIN + body), body)
 
     def encode(self) -> bytes:
-        # A 4-element msgpack array is its header byte then the elements' encodings,
-        # so the leaf is assembled from the packed body without packing it again.
-        leaf = b"".join((
-            _LEAF_HEADER, self.body,
-            msgpack.packb(self.signer, use_bin_type=True),
-            msgpack.packb(self.signature, use_bin_type=True),
-        ))  # fmt: skip
-        if len(leaf) > MAX_LEAF:
-            raise _fail(
-                f"operation is {len(leaf)} bytes; a leaf is at most {MAX_LEAF}", "leaf-too-large"
-            )
-        return leaf
+        return _assemble(self.body, self.signer, self.signature)
 
     def verify(self) -> None:
         """Check the writer's signature (who may write is the authority's question)."""
@@ -414,6 +441,38 @@ class SignedOperation:
 
 
 _LEAF_HEADER = b"\x94" + msgpack.packb(VERSION)  # fixarray of 4, then the version tag
+
+
+def _assemble(body: bytes, signer: bytes, signature: bytes) -> bytes:
+    # A 4-element msgpack array is its header byte then the elements' encodings,
+    # so the leaf is assembled from the packed body without packing it again.
+    # A 32- or 64-byte bin is bin8: a 0xc4 byte, the length, the bytes.
+    if (
+        type(signer) is bytes
+        and type(signature) is bytes
+        and len(signer) == 32
+        and len(signature) == 64
+    ):
+        leaf = b"".join((_LEAF_HEADER, body, b"\xc4\x20", signer, b"\xc4\x40", signature))
+    else:
+        packer = msgpack.Packer(use_bin_type=True)
+        leaf = b"".join((_LEAF_HEADER, body, packer.pack(signer), packer.pack(signature)))
+    if len(leaf) > MAX_LEAF:
+        raise _fail(
+            f"operation is {len(leaf)} bytes; a leaf is at most {MAX_LEAF}", "leaf-too-large"
+        )
+    return leaf
+
+
+def sign_body(body: bytes, key: SigningKey) -> bytes:
+    """The leaf of an operation given as its packed body, signed by ``key``.
+
+    For bulk writers that pack bodies without building Operation objects (a
+    CSV's mint leaves): the body must be the canonical encoding of
+    ``[kind, ...fields]``, which a registrar checks (``SignedOperation.decode``)
+    and otherwise refuses.
+    """
+    return _assemble(body, key.public_key, key.sign(DOMAIN + body))
 
 
 def now() -> int:

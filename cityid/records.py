@@ -61,7 +61,8 @@ def check_url(url: str, *, what: str = "URL") -> str:
     """An absolute http(s) URL with a host and no white space or control characters."""
     if len(url) > MAX_URL_CHARS:
         raise _fail("url-length", f"{what} is {len(url)} characters (at most {MAX_URL_CHARS})")
-    if _URL_BAD_RE.search(url):
+    # A printable string has no control character, and no white space but " ".
+    if (" " in url or not url.isprintable()) and _URL_BAD_RE.search(url):
         raise _fail(
             "url-charset", f"{what} {url[:80]!r} contains white space or a control character"
         )
@@ -78,7 +79,29 @@ def check_url(url: str, *, what: str = "URL") -> str:
     return url
 
 
+# A decimal of at most 7 places in -999..999 written without leading zeros: its
+# canonical text is itself without trailing zeros (a double is far closer than
+# 0.5e-7 to it, so formatting it back at 7 places gives the same digits).
+_GEO_DECIMALS_RE = re.compile(
+    r"(-?(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,7})?),(-?(?:0|[1-9][0-9]{0,2})(?:\.[0-9]{1,7})?)"
+)
+
+
+def _plain_deg(text: str) -> str:
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
 def _check_geo(data: str) -> str:
+    m = _GEO_DECIMALS_RE.fullmatch(data)
+    if m is not None:  # the common case, without formatting floats
+        lat_s, lon_s = m.groups()
+        if -90 <= float(lat_s) <= 90 and -180 <= float(lon_s) <= 180:
+            lat_c, lon_c = _plain_deg(lat_s), _plain_deg(lon_s)
+            if lat_c is lat_s and lon_c is lon_s:
+                return data
+            return f"{lat_c},{lon_c}"
     try:
         lat_s, lon_s = data.split(",")
         lat, lon = float(lat_s), float(lon_s)
@@ -173,35 +196,98 @@ def _check_utf8(text: str, what: str) -> None:
         ) from e
 
 
-def _check_string(vtype: str, data: str) -> str:
-    _check_utf8(data, f"{vtype} data")
-    if len(data) > MAX_DATA_CHARS:
-        raise _fail(
-            "data-length", f"{vtype} data is {len(data)} characters (at most {MAX_DATA_CHARS})"
-        )
-    if vtype == "URL":
-        return check_url(data)
-    if vtype == "EMAIL":
-        if not _EMAIL_RE.fullmatch(data):
-            raise _fail("email-syntax", f"EMAIL {data[:80]!r} is not an address")
-        return data
-    if vtype == "GEO":
-        return _check_geo(data)
-    if vtype == "10320/LOC":
-        return _check_loc(data)
-    if vtype == "NS":
-        return _check_ns(data)
-    if vtype == "HS_PUBKEY":
-        from .errors import KeyFormatError
-        from .keys import VerifierKey
-
-        try:
-            return str(VerifierKey.parse(data))
-        except KeyFormatError as e:
-            raise _fail("pubkey-syntax", f"HS_PUBKEY: {e.message}") from e
-    if _CONTROL_RE.search(data):
-        raise _fail("data-charset", f"{vtype} data contains a control character")
+def _check_email(data: str) -> str:
+    if not _EMAIL_RE.fullmatch(data):
+        raise _fail("email-syntax", f"EMAIL {data[:80]!r} is not an address")
     return data
+
+
+def _check_pubkey(data: str) -> str:
+    from .errors import KeyFormatError
+    from .keys import VerifierKey
+
+    try:
+        return str(VerifierKey.parse(data))
+    except KeyFormatError as e:
+        raise _fail("pubkey-syntax", f"HS_PUBKEY: {e.message}") from e
+
+
+#: The string types with their own checks; every other string type is free text.
+_STRING_CHECKS = {
+    "URL": check_url,
+    "EMAIL": _check_email,
+    "GEO": _check_geo,
+    "10320/LOC": _check_loc,
+    "NS": _check_ns,
+    "HS_PUBKEY": _check_pubkey,
+}
+
+
+# Checked value types and their canonical spelling ("url" is "URL"): types repeat
+# in every record, so each distinct spelling is checked once (bounded memory).
+_TYPE_CACHE: dict[str, str] = {}
+_TYPE_CACHE_MAX = 4096
+
+
+def _value_type(vtype: Any) -> str:
+    if type(vtype) is str:
+        known = _TYPE_CACHE.get(vtype)
+        if known is not None:
+            return known
+        if _TYPE_RE.fullmatch(vtype):
+            upper = vtype.upper()
+            canonical = upper if upper in _KNOWN_TYPES else vtype
+            if len(_TYPE_CACHE) < _TYPE_CACHE_MAX:
+                _TYPE_CACHE[vtype] = canonical
+            return canonical
+    raise _fail("type", f"type {vtype!r} must be 1-64 of A-Z a-z 0-9 _ . / -")
+
+
+def _checked(index: Any, vtype: Any, data: Any, ttl: Any, timestamp: Any) -> list[Any]:
+    """What ``Value.make`` checks: ``[index, type, data, ttl, timestamp]`` normalised."""
+    # This runs for every value of every record a registrar or resolver decodes,
+    # hence the inlined steps. `type(x) is int` rather than isinstance: it also
+    # refuses bool.
+    if type(index) is not int or not 0 < index <= MAX_INDEX:
+        raise _fail("index", f"index {index!r} is not an integer in 1..{MAX_INDEX}")
+    known = _TYPE_CACHE.get(vtype) if type(vtype) is str else None
+    vtype = known if known is not None else _value_type(vtype)
+    if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
+        raise _fail("ttl", f"ttl {ttl!r} is not an integer in 0..{MAX_TTL}")
+    ts = int(time.time()) if timestamp is None else timestamp
+    if type(ts) is not int or not 0 <= ts < 2**40:
+        raise _fail("timestamp", f"timestamp {ts!r} is not a Unix time in seconds")
+    structured = STRUCTURED_TYPES.get(vtype)
+    if structured is None and type(data) is str:
+        # A printable string holds no lone surrogate (it encodes) and no control
+        # character: most values skip both scans.
+        printable = data.isprintable()
+        if not printable and not data.isascii():
+            _check_utf8(data, f"{vtype} data")
+        if len(data) > MAX_DATA_CHARS:
+            raise _fail(
+                "data-length", f"{vtype} data is {len(data)} characters (at most {MAX_DATA_CHARS})"
+            )
+        check = _STRING_CHECKS.get(vtype)
+        if check is not None:
+            data = check(data)
+        elif not printable and _CONTROL_RE.search(data):
+            raise _fail("data-charset", f"{vtype} data contains a control character")
+    elif structured is not None:
+        if not isinstance(data, Mapping):
+            raise _fail(f"{structured}-syntax", f"{vtype} data must be an object")
+        data = _check_admin(data) if structured == "admin" else _check_site(data)
+    else:
+        raise _fail("data-type", f"{vtype} data must be a string")
+    return [index, vtype, data, ttl, ts]
+
+
+_new = object.__new__
+
+
+def _pack(obj: Any) -> bytes:
+    # msgpack.packb's keyword handling costs more than packing a small record.
+    return msgpack.Packer(use_bin_type=True).pack(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,30 +305,32 @@ class Value:
         cls, index: int, vtype: str, data: Any, ttl: int = DEFAULT_TTL, timestamp: int | None = None
     ) -> Value:
         """Validate and normalise; ``timestamp`` defaults to now."""
-        # `type(x) is int` rather than isinstance: it also refuses bool, and this runs
-        # for every value of every record a registrar or resolver decodes.
-        if type(index) is not int or not 0 < index <= MAX_INDEX:
-            raise _fail("index", f"index {index!r} is not an integer in 1..{MAX_INDEX}")
-        if type(vtype) is not str or not _TYPE_RE.fullmatch(vtype):
-            raise _fail("type", f"type {vtype!r} must be 1-64 of A-Z a-z 0-9 _ . / -")
-        upper = vtype.upper()
-        if upper in _KNOWN_TYPES:
-            vtype = upper
-        if type(ttl) is not int or not 0 <= ttl <= MAX_TTL:
-            raise _fail("ttl", f"ttl {ttl!r} is not an integer in 0..{MAX_TTL}")
-        ts = int(time.time()) if timestamp is None else timestamp
-        if type(ts) is not int or not 0 <= ts < 2**40:
-            raise _fail("timestamp", f"timestamp {ts!r} is not a Unix time in seconds")
-        structured = STRUCTURED_TYPES.get(vtype)
-        if structured is None and type(data) is str:
-            norm: Data = _check_string(vtype, data)
-        elif structured is not None:
-            if not isinstance(data, Mapping):
-                raise _fail(f"{structured}-syntax", f"{vtype} data must be an object")
-            norm = _check_admin(data) if structured == "admin" else _check_site(data)
-        else:
-            raise _fail("data-type", f"{vtype} data must be a string")
-        return cls(index, vtype, norm, ttl, ts)
+        index, vtype, norm, ttl, ts = _checked(index, vtype, data, ttl, timestamp)
+        if cls is not Value:
+            return cls(index, vtype, norm, ttl, ts)
+        # A frozen dataclass's __init__ costs about as much as the checks above;
+        # its slots' descriptors set the same fields directly.
+        self = _new(Value)
+        _set_index(self, index)
+        _set_type(self, vtype)
+        _set_data(self, norm)
+        _set_ttl(self, ttl)
+        _set_timestamp(self, ts)
+        return self
+
+    @staticmethod
+    def check(
+        index: int, vtype: str, data: Any, ttl: int = DEFAULT_TTL, timestamp: int | None = None
+    ) -> list[Any]:
+        """Check and normalise as :meth:`make` does (same errors), without building a Value.
+
+        Returns the value's canonical wire form ``[index, type, data, ttl,
+        timestamp]``, for bulk encoders (``Record.encode_wire``).
+        """
+        w = _checked(index, vtype, data, ttl, timestamp)
+        if type(w[2]) is not str:
+            w[2] = dict(sorted(w[2].items()))
+        return w
 
     @property
     def data_format(self) -> str:
@@ -264,6 +352,12 @@ class Value:
         }
 
 
+_set_index = Value.index.__set__  # type: ignore[attr-defined]
+_set_type = Value.type.__set__  # type: ignore[attr-defined]
+_set_data = Value.data.__set__  # type: ignore[attr-defined]
+_set_ttl = Value.ttl.__set__  # type: ignore[attr-defined]
+_set_timestamp = Value.timestamp.__set__  # type: ignore[attr-defined]
+
 # Types whose checks apply in any case: "url" is "URL", so "url" cannot skip them.
 _KNOWN_TYPES = {
     "URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME", "10320/LOC",
@@ -279,9 +373,10 @@ class Record:
     """A validated record: values sorted by index, indexes distinct, bounded size."""
 
     values: tuple[Value, ...]
-    # The canonical form, computed once: records are encoded for size checks,
-    # signatures, leaves and Redis, often several times each.
-    _wire: tuple[list[Any], ...] = field(default=(), init=False, repr=False, compare=False)
+    # The canonical encoding, computed once: records are encoded for size checks,
+    # signatures, leaves and Redis, often several times each. (Not the structure it
+    # encodes: a registrar holds the records of a bulk request until it is applied,
+    # and those lists would be a third of the objects the garbage collector scans.)
     _bytes: bytes = field(default=b"", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -293,12 +388,14 @@ class Record:
             raise _fail("duplicate-index", f"index {dup} appears twice")
         if indexes != sorted(indexes):
             object.__setattr__(self, "values", tuple(sorted(self.values, key=lambda v: v.index)))
-        wire = tuple(v.to_wire() for v in self.values)
-        object.__setattr__(self, "_wire", wire)
-        object.__setattr__(self, "_bytes", msgpack.packb(wire, use_bin_type=True))
-        size = len(self._bytes)
-        if size > MAX_RECORD_BYTES:
-            raise _fail("record-size", f"record is {size} bytes (at most {MAX_RECORD_BYTES})")
+        self._seal([v.to_wire() for v in self.values])
+
+    def _seal(self, wire: Sequence[list[Any]]) -> None:
+        """Set the canonical encoding of ``wire`` (``to_wire()``); enforce the size bound."""
+        data = _pack(wire)
+        if len(data) > MAX_RECORD_BYTES:
+            raise _fail("record-size", f"record is {len(data)} bytes (at most {MAX_RECORD_BYTES})")
+        _set_record_bytes(self, data)
 
     @classmethod
     def of(cls, values: Iterable[Value]) -> Record:
@@ -309,20 +406,63 @@ class Record:
         return self._bytes
 
     def to_wire(self) -> list[Any]:
-        """The canonical structure (shared: do not mutate it)."""
-        return list(self._wire)
+        """The canonical structure: ``[index, type, data, ttl, timestamp]`` per value."""
+        return [v.to_wire() for v in self.values]
+
+    @staticmethod
+    def encode_wire(values: Sequence[list[Any]]) -> bytes:
+        """The canonical bytes of a record given as wire values from :meth:`Value.check`.
+
+        Makes the checks a Record makes (count, distinct indexes, size) but
+        needs ``values`` sorted by index, and builds no objects: for bulk
+        encoders that sign many records and keep none.
+        """
+        if len(values) > MAX_VALUES:
+            raise _fail("too-many-values", f"{len(values)} values (at most {MAX_VALUES})")
+        last = 0
+        for v in values:
+            if v[0] <= last:
+                raise _fail("encoding", "values must be sorted by distinct indexes")
+            last = v[0]
+        data = _pack(values)
+        if len(data) > MAX_RECORD_BYTES:
+            raise _fail("record-size", f"record is {len(data)} bytes (at most {MAX_RECORD_BYTES})")
+        return data
 
     @classmethod
     def from_wire(cls, obj: Any) -> Record:
         if type(obj) is not list:
             raise _fail("encoding", "a record is an array of values")
         values = []
+        wire = []
+        last = 0  # the values are usually sorted by distinct indexes already
+        ordered = True
         for item in obj:
             if type(item) is not list or len(item) != 5:
                 raise _fail("encoding", "a value is [index, type, data, ttl, timestamp]")
             index, vtype, data, ttl, ts = item
-            values.append(Value.make(index, vtype, data, ttl, ts))
-        return cls(tuple(values))
+            # Value.make(index, vtype, data, ttl, ts), inlined: this runs for every
+            # value a registrar or resolver decodes.
+            w = _checked(index, vtype, data, ttl, ts)
+            v = _new(Value)
+            _set_index(v, index)
+            _set_type(v, w[1])
+            _set_data(v, w[2])
+            _set_ttl(v, ttl)
+            _set_timestamp(v, w[4])
+            values.append(v)
+            # The checked [index, type, data, ttl, timestamp] is the value's wire
+            # form, a map's keys sorted.
+            wire.append(w if type(w[2]) is str else v.to_wire())
+            if index <= last:
+                ordered = False
+            last = index
+        if cls is not Record or not ordered or len(values) > MAX_VALUES:
+            return cls(tuple(values))  # the general path: refuses, sorts, or subclasses
+        self = _new(Record)
+        _set_record_values(self, tuple(values))
+        self._seal(wire)
+        return self
 
     @classmethod
     def decode(cls, data: bytes) -> Record:
@@ -365,6 +505,10 @@ class Record:
 
     def with_timestamp(self, ts: int) -> Record:
         return Record(tuple(replace(v, timestamp=ts) for v in self.values))
+
+
+_set_record_values = Record.values.__set__  # type: ignore[attr-defined]
+_set_record_bytes = Record._bytes.__set__  # type: ignore[attr-defined]
 
 
 def values_from_json(items: Any, *, timestamp: int | None = None) -> Record:

@@ -3,9 +3,10 @@
 A :class:`Sequencer` owns a writable :class:`ledger.storage.Log`. Submitters
 await a :class:`Receipt`, which arrives only once their batch's checkpoint is
 published (after witnesses cosigned it, when a ``cosign`` hook is given). A
-batch closes when it holds ``max_batch`` entries or when its first submit has
-waited ``max_delay`` seconds. File work runs in a worker thread so the event
-loop keeps serving while the disk syncs; batches are strictly sequential.
+batch closes when it holds ``max_batch`` entries, when its first submit has
+waited ``max_delay`` seconds, or when a submit asks to ``flush``. File work runs
+in a worker thread so the event loop keeps serving while the disk syncs;
+batches are strictly sequential.
 
 One submit's entries always land contiguously in one batch. If signing
 succeeded but cosigning or publishing failed, the batch's entries are already
@@ -51,6 +52,7 @@ class _Pending:
     entries: list[bytes]
     future: asyncio.Future[Receipt]
     arrived: float
+    flush: bool = False
 
 
 class Sequencer:
@@ -74,6 +76,7 @@ class Sequencer:
         self.cosign = cosign
         self._queue: deque[_Pending] = deque()
         self._queued = 0
+        self._flushes = 0  # queued submits that asked not to wait for more
         self._wakeup: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -115,8 +118,12 @@ class Sequencer:
 
     # --- submitting ------------------------------------------------------------------
 
-    async def submit(self, entries: Sequence[bytes]) -> Receipt:
-        """Queue ``entries``; return once their batch's checkpoint is published."""
+    async def submit(self, entries: Sequence[bytes], *, flush: bool = False) -> Receipt:
+        """Queue ``entries``; return once their batch's checkpoint is published.
+
+        With ``flush``, their batch closes without waiting ``max_delay`` for more
+        submits (a bulk write that is worth a checkpoint of its own).
+        """
         if self._closing or self._task is None:
             state = "closed" if self._closing else "not started"
             raise LedgerError(f"sequencer is {state}", rule="sequencer-closed")
@@ -129,12 +136,13 @@ class Sequencer:
                     rule="leaf-too-large",
                 )
         loop = asyncio.get_running_loop()
-        pending = _Pending([bytes(e) for e in entries], loop.create_future(), loop.time())
+        pending = _Pending([bytes(e) for e in entries], loop.create_future(), loop.time(), flush)
         self._queue.append(pending)
         self._queued += len(entries)
+        self._flushes += flush
         assert self._wakeup is not None and self._full is not None
         self._wakeup.set()
-        if self._queued >= self.max_batch:
+        if self._queued >= self.max_batch or flush:
             self._full.set()
         # Shielded: a cancelled submitter does not un-append its entries.
         return await asyncio.shield(pending.future)
@@ -153,7 +161,7 @@ class Sequencer:
                     await self._wakeup.wait()
                     continue
                 deadline = self._queue[0].arrived + self.max_delay
-                while self._queued < self.max_batch and not self._closing:
+                while self._queued < self.max_batch and not self._closing and not self._flushes:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
@@ -175,6 +183,7 @@ class Sequencer:
             p = self._queue.popleft()
             batch.append(p)
             count += len(p.entries)
+            self._flushes -= p.flush
         self._queued -= count
         return batch
 

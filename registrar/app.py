@@ -2,8 +2,9 @@
 
 Routes:
 
-* ``POST /api/ops``: a msgpack array of signed leaves; all accepted or none.
-  Answers the receipts and the checkpoint once the batch is published.
+* ``POST /api/ops``: a msgpack array of signed leaves, or a stream of them
+  (``application/x-cityid-leaves``, decoded while it arrives); all accepted or
+  none. Answers the receipts and the checkpoint once the batch is published.
 * ``PUT /api/handles/{id}``, ``DELETE /api/handles/{id}``: the Handle-style write
   API (JSON values, ``If-Match`` version, signature header: see ``auth``).
 * ``GET /api/version/{id}``: the current version a writer must name.
@@ -15,28 +16,33 @@ Typed errors are mapped to Handle response codes once, in ``_error``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import msgpack
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from cityid.errors import CityIdError, ConflictError, OperationError, RecordError
+from cityid.errors import CityIdError, ConflictError, LedgerError, OperationError, RecordError
 from cityid.handle import error_body
 from cityid.identifiers import Identifier, parse_identifier, parse_prefix
-from cityid.ops import Delete, Mint, MintItem, SignedOperation, Update
+from cityid.ops import MAX_LEAF, Delete, Mint, MintItem, SignedOperation, Update
 from cityid.records import values_from_json
 
 from .auth import parse_auth_header, parse_if_match
-from .core import Registrar, not_found
+from .core import LEAVES, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
 
 log = logging.getLogger("cityid.registrar")
 
 REGISTRAR_KEY: web.AppKey[Registrar] = web.AppKey("registrar", Registrar)
 MAX_BODY = 64 * 1024 * 1024
 MSGPACK = "application/msgpack"
+STREAM_CHUNK = 64 * 1024
+STREAM_BUFFER = 2 * (MAX_LEAF + STREAM_CHUNK)  # a partial leaf and the chunk after it
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -62,18 +68,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def post_ops(request: web.Request) -> web.Response:
     reg = request.app[REGISTRAR_KEY]
-    if request.content_type != MSGPACK:
+    if request.content_type == LEAVES:
+        if reg.broken is not None:  # before reading a body that could not be written
+            raise LedgerError(reg.broken, rule="registrar-stopped")
+        leaves, decoded = await read_leaf_stream(request)
+        # The upload took its time already: its batch need not wait for others.
+        receipts = await reg.submit(leaves, decoded, flush=True)
+    elif request.content_type == MSGPACK:
+        body = await request.read()
+        try:
+            leaves = msgpack.unpackb(body, raw=False)
+        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+            raise OperationError(f"body is not msgpack: {e}", rule="encoding") from e
+        if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
+            raise OperationError("body must be a msgpack array of binary leaves", rule="encoding")
+        receipts = await reg.submit(leaves)
+    else:
         raise OperationError(
-            f"POST /api/ops takes {MSGPACK}: an array of signed leaves", rule="content-type"
+            f"POST /api/ops takes {MSGPACK} (an array of signed leaves) or {LEAVES} "
+            "(a stream of leaves)",
+            rule="content-type",
         )
-    body = await request.read()
-    try:
-        leaves = msgpack.unpackb(body, raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-        raise OperationError(f"body is not msgpack: {e}", rule="encoding") from e
-    if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
-        raise OperationError("body must be a msgpack array of binary leaves", rule="encoding")
-    receipts = await reg.submit(leaves)
     return _json(
         200,
         {
@@ -82,6 +97,73 @@ async def post_ops(request: web.Request) -> web.Response:
             "checkpoint": receipts[0].checkpoint.decode(),
         },
     )
+
+
+async def read_leaf_stream(request: web.Request) -> tuple[list[bytes], list[SignedOperation]]:
+    """Read an ``application/x-cityid-leaves`` body, decoding each leaf as it arrives.
+
+    The body is msgpack bin objects, one per leaf, then nil. Each leaf is
+    decoded and checked (canonical form, values, signature) while the rest is
+    still on its way; nothing touches the namespace here. A body that ends
+    before its nil (an aborted upload), has anything after it, or breaks a
+    limit is refused as a whole.
+    """
+    unpacker = msgpack.Unpacker(
+        max_buffer_size=STREAM_BUFFER,
+        max_bin_len=MAX_LEAF,
+        max_str_len=0,
+        max_array_len=0,
+        max_map_len=0,
+        max_ext_len=0,
+    )
+    leaves: list[bytes] = []
+    decoded: list[SignedOperation] = []
+    ended = False
+    received = 0
+    try:
+        async for chunk in request.content.iter_chunked(STREAM_CHUNK):
+            received += len(chunk)
+            if received > MAX_BODY:
+                raise OperationError(
+                    f"the body is over {MAX_BODY:,} bytes: send fewer leaves per request",
+                    rule="too-large",
+                )
+            unpacker.feed(chunk)
+            for obj in unpacker:
+                if ended:
+                    raise OperationError("data after the end of the leaves", rule="encoding")
+                if obj is None:
+                    ended = True
+                    continue
+                if type(obj) is not bytes:
+                    raise OperationError(
+                        "the body must be msgpack binary leaves, then nil", rule="encoding"
+                    )
+                if len(leaves) == MAX_OPS_PER_REQUEST:
+                    raise too_many_ops(MAX_OPS_PER_REQUEST + 1)
+                try:
+                    decoded.append(SignedOperation.decode(obj))
+                except CityIdError as e:
+                    e.args = (f"operation {len(leaves)}: {e.message}",)
+                    raise
+                leaves.append(obj)
+            await asyncio.sleep(0)  # a leaf's checks take ms: let other requests in
+    except CityIdError:
+        raise
+    except (ValueError, msgpack.FormatError, msgpack.StackError, msgpack.BufferFull) as e:
+        raise OperationError(f"the body is not a stream of leaves: {e}", rule="encoding") from e
+    except (ConnectionError, HttpProcessingError, aiohttp.ClientPayloadError) as e:
+        raise OperationError(
+            f"the upload was cut short ({e}): nothing was applied", rule="truncated"
+        ) from e
+    if not ended:
+        raise OperationError(
+            "the body ended before its end marker (an aborted upload?): nothing was applied",
+            rule="truncated",
+        )
+    if unpacker.tell() != received:
+        raise OperationError("data after the end of the leaves", rule="encoding")
+    return leaves, decoded
 
 
 def _target(request: web.Request) -> Identifier:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,6 @@ from cityid.ops import (
     Operation,
     RotateKey,
     Update,
-    chunk_items,
     now,
 )
 from cityid.progress import Progress
@@ -149,8 +150,9 @@ def add_commands(sub: Subparsers) -> None:
             "  PREFIX --count N     a range of N minted suffixes (letters + digits + MOD 37,36\n"
             "                       check character) from --template: one ledger leaf\n"
             "  PREFIX --csv FILE    one identifier per row (columns suffix|auto, url, geo or\n"
-            "                       lat+lon, desc, email, any other TYPE); all rows are checked\n"
-            "                       first and the whole file is accepted or refused as one"
+            "                       lat+lon, desc, email, any other TYPE); rows are checked and\n"
+            "                       streamed as they are read, and the whole file is accepted\n"
+            "                       or refused as one (a bad row is reported by line number)"
         ),
         epilog=(
             "examples:\n"
@@ -422,7 +424,7 @@ def cmd_mint(args: argparse.Namespace) -> int:
 
 
 def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int) -> int:
-    from .csvmint import plan_csv
+    from .csvmint import CsvMint
 
     letters = args.letters.upper()
 
@@ -431,7 +433,7 @@ def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int
             start = args.start
             if start is None:
                 start = await client.next_number(prefix, letters, args.width)
-            plan = plan_csv(
+            reader = CsvMint(
                 args.csv,
                 prefix,
                 letters=letters,
@@ -440,19 +442,24 @@ def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int
                 timestamp=ts,
                 ttl=args.ttl,
             )
-            groups = chunk_items(plan.items, prefix)
-            leaves = []
-            from cityid.ops import SignedOperation
+            leaves = reader.signed_leaves(key)
+            # The first leaf before the request: a file whose header or first rows
+            # are bad is refused without a request at all.
+            first = next(leaves)
+            with Progress(reader.estimate, "minting") as bar:
 
-            with Progress(len(plan.items), "signing") as bar:
-                for g in groups:
-                    op = Mint(prefix, tuple(g), ts)
-                    leaves.append(SignedOperation.sign(op, key).encode())
-                    bar.update(len(g))
-            result = await client.submit(leaves)
+                def sent() -> Iterator[bytes]:
+                    # Rows are read, checked and signed while the leaves before
+                    # them are on their way and being checked by the registrar.
+                    for leaf in itertools.chain([first], leaves):
+                        bar.update(reader.rows - bar.done)
+                        yield leaf
+                    bar.update(reader.rows - bar.done)
+
+                result = await client.submit_stream(sent())
             print(
-                f"minted {len(plan.items):,} identifiers from {args.csv} "
-                f"({plan.auto:,} auto-numbered) in {len(leaves)} leaves"
+                f"minted {reader.rows:,} identifiers from {args.csv} "
+                f"({reader.auto:,} auto-numbered) in {reader.leaves} leaves"
             )
             return result
 

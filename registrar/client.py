@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any
 
@@ -12,6 +13,8 @@ from cityid.errors import CityIdError
 from cityid.identifiers import Identifier, Prefix
 from cityid.keys import SigningKey
 from cityid.ops import Operation, SignedOperation
+
+from .core import END_OF_LEAVES, LEAVES
 
 
 class RegistrarError(CityIdError):
@@ -73,6 +76,35 @@ class RegistrarClient:
             data=msgpack.packb(leaves, use_bin_type=True),
             headers={"Content-Type": "application/msgpack"},
         )
+
+    async def submit_stream(self, leaves: Iterable[bytes]) -> dict[str, Any]:
+        """POST leaves as they are produced (``application/x-cityid-leaves``), all or none.
+
+        ``leaves`` is iterated while the request is sent, so the registrar checks
+        the first leaves while the next ones are being made. If the iterator
+        raises (e.g. a bad CSV row), the upload is aborted before its end marker,
+        the registrar applies nothing, and that exception is raised here.
+        """
+        failed: list[BaseException] = []
+
+        async def body() -> AsyncIterator[bytes]:
+            pack = msgpack.Packer(use_bin_type=True).pack
+            try:
+                for leaf in leaves:
+                    yield pack(leaf)
+            except BaseException as e:
+                failed.append(e)
+                raise
+            yield END_OF_LEAVES
+
+        try:
+            return await self._call(
+                "POST", "/api/ops", data=body(), headers={"Content-Type": LEAVES}
+            )
+        except Exception:
+            if failed:
+                raise failed[0] from None
+            raise
 
     async def submit_ops(self, ops: list[Operation], key: SigningKey) -> dict[str, Any]:
         return await self.submit([SignedOperation.sign(op, key).encode() for op in ops])

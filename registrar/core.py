@@ -5,7 +5,9 @@ check and apply it to the in-memory namespace (authority, versions) -> hand the
 leaves to the sequencer -> await the batch's checkpoint (durable, cosigned) ->
 return receipts. The checks and the hand-over happen with no ``await`` in
 between, so the namespace's order is the log's order. A request's operations
-are one transaction: all accepted or none.
+are one transaction: all accepted or none. A streamed request's leaves are
+decoded as they arrive (``app.read_leaf_stream``: stateless) and handed to
+``submit`` already decoded, once the whole body is in.
 
 The namespace is rebuilt from the log on start, so the log is the only state.
 If a batch fails to be written, the registrar refuses further writes until it
@@ -33,6 +35,9 @@ from .config import RegistrarConfig
 log = logging.getLogger("cityid.registrar")
 
 MAX_OPS_PER_REQUEST = 10_000
+#: The streamed form of ``POST /api/ops``: msgpack bin objects, one per leaf, then nil.
+LEAVES = "application/x-cityid-leaves"
+END_OF_LEAVES = b"\xc0"
 
 
 def not_found(ident: Identifier, version: int, writer: bytes) -> NotFoundError:
@@ -41,6 +46,13 @@ def not_found(ident: Identifier, version: int, writer: bytes) -> NotFoundError:
     if version == 0:
         return NotFoundError(f"{ident} does not exist{who}", rule="not-found")
     return NotFoundError(f"{ident} was deleted (version {version}){who}", rule="deleted")
+
+
+def too_many_ops(count: int) -> OperationError:
+    return OperationError(
+        f"{count} operations in one request (at most {MAX_OPS_PER_REQUEST})",
+        rule="too-many-ops",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,20 +131,26 @@ class Registrar:
     def version(self, ident: Identifier) -> tuple[int, bool]:
         return self.namespace.version(ident)
 
-    def admit(self, leaves: Sequence[bytes]) -> list[SignedOperation]:
-        """Decode and apply ``leaves`` to the namespace, all or nothing (no await)."""
+    def admit(
+        self, leaves: Sequence[bytes], decoded: Sequence[SignedOperation] | None = None
+    ) -> list[SignedOperation]:
+        """Decode and apply ``leaves`` to the namespace, all or nothing (no await).
+
+        ``decoded``, when given, is ``leaves`` already decoded (and so checked:
+        canonical, values valid, signatures verified) by ``SignedOperation.decode``,
+        as a streamed request decodes its leaves while they arrive.
+        """
         if not leaves:
             raise OperationError("no operations in the request", rule="empty")
         if len(leaves) > MAX_OPS_PER_REQUEST:
-            raise OperationError(
-                f"{len(leaves)} operations in one request (at most {MAX_OPS_PER_REQUEST})",
-                rule="too-many-ops",
-            )
+            raise too_many_ops(len(leaves))
+        if decoded is not None and len(decoded) != len(leaves):
+            raise OperationError("decoded operations do not match the leaves", rule="internal")
         ops: list[SignedOperation] = []
         with self.namespace.transaction():
             for n, leaf in enumerate(leaves):
                 try:
-                    signed = SignedOperation.decode(leaf)
+                    signed = SignedOperation.decode(leaf) if decoded is None else decoded[n]
                     self.namespace.apply(signed, log=self.config.origin)
                 except CityIdError as e:
                     if len(leaves) > 1:
@@ -141,13 +159,23 @@ class Registrar:
                 ops.append(signed)
         return ops
 
-    async def submit(self, leaves: Sequence[bytes]) -> list[OpReceipt]:
-        """Admit ``leaves`` and wait until their batch is published."""
+    async def submit(
+        self,
+        leaves: Sequence[bytes],
+        decoded: Sequence[SignedOperation] | None = None,
+        *,
+        flush: bool = False,
+    ) -> list[OpReceipt]:
+        """Admit ``leaves`` (see ``admit``) and wait until their batch is published.
+
+        ``flush`` seals their batch at once rather than after the batching delay
+        (a bulk upload, which is worth a checkpoint of its own).
+        """
         if self.broken is not None:
             raise LedgerError(self.broken, rule="registrar-stopped")
-        ops = self.admit(leaves)
+        ops = self.admit(leaves, decoded)
         try:
-            receipt = await self.sequencer.submit(list(leaves))
+            receipt = await self.sequencer.submit(list(leaves), flush=flush)
         except asyncio.CancelledError:
             raise
         except NotPublishedError:

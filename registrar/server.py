@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 
@@ -61,8 +62,18 @@ async def start_registrar(cfg: RegistrarConfig) -> tuple[Registrar, web.AppRunne
     return reg, runner
 
 
+#: The cyclic garbage collector's thresholds in a registrar process. A bulk request
+#: (a CSV's leaves) keeps about ten container objects per row alive until it is
+#: applied, hundreds of thousands of them; with Python's defaults (700, 10, 10) the
+#: collector scans them again and again, which costs more than a third of the
+#: server's CPU on a 100,000-row upload. Garbage cycles are rare here (everything is
+#: freed by reference counting), so collecting less often costs little memory.
+GC_THRESHOLDS = (50_000, 20, 100)
+
+
 def serve(cfg: RegistrarConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
 

@@ -195,6 +195,15 @@ def minted(draw: st.DrawFn) -> tuple[str, int, int]:
     return let, number, width
 
 
+def test_minted_check_character_is_mod_37_36() -> None:
+    # mint_suffix computes MOD 37,36 with its own table: it must agree with stdnum.
+    for n in range(0, 200_000, 13):
+        for letters in ("", "W", "ab", "XYZ"):
+            suffix = mint_suffix(letters, n, 9)
+            assert suffix[-1] == check_character(suffix[:-1]), suffix
+            assert has_valid_check(suffix)
+
+
 @settings(max_examples=300, deadline=None)
 @given(m=minted(), data=st.data())
 def test_mint_then_parse_round_trip(m: tuple[str, int, int], data: st.DataObject) -> None:

@@ -345,6 +345,25 @@ async def test_sequencer_time_window(tmp_path: Path, key: SigningKey) -> None:
     log.close()
 
 
+async def test_sequencer_flush_does_not_wait(tmp_path: Path, key: SigningKey) -> None:
+    log = Log.create(tmp_path / "log", key)
+    async with Sequencer(log, max_batch=1000, max_delay=30) as seq:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await asyncio.wait_for(seq.submit([b"bulk"], flush=True), 10)
+        assert loop.time() - t0 < 5
+        assert r == Receipt(0, 1, log.checkpoint_note)
+        # A submit already waiting goes into the flushed batch, in order.
+        waiting = asyncio.create_task(seq.submit([b"a"]))
+        await asyncio.sleep(0.05)
+        r2 = await asyncio.wait_for(seq.submit([b"b", b"c"], flush=True), 10)
+        r1 = await asyncio.wait_for(waiting, 10)
+        assert (r1.first_index, r2.first_index, r2.count) == (1, 2, 2)
+        assert r1.checkpoint == r2.checkpoint == log.checkpoint_note
+    assert log.size == 4
+    log.close()
+
+
 async def test_sequencer_cosign_and_failure(tmp_path: Path, key: SigningKey) -> None:
     log = Log.create(tmp_path / "log", key)
     witness = Signature("witness.example", b"\x09\x09\x09\x09", b"w" * 72)

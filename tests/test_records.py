@@ -560,3 +560,58 @@ def test_render_template_allows_only_plain_fields(template: str) -> None:
     with pytest.raises(RecordError) as e:
         render_template(tpl, suffix="W0000127R")
     assert e.value.rule == "template"
+
+
+# -- fast paths: each must give what the plain check gives -------------------------------
+
+
+def test_printable_text_has_nothing_the_character_checks_refuse() -> None:
+    # Free text and URLs skip the control-character and white-space scans when
+    # str.isprintable() holds: true of every code point of this Python's Unicode.
+    from cityid.records import _CONTROL_RE, _URL_BAD_RE
+
+    text = "".join(chr(c) for c in range(0x110000) if chr(c).isprintable() and c != 0x20)
+    assert _CONTROL_RE.search(text) is None
+    assert _URL_BAD_RE.search(text) is None
+    assert not any(chr(c).isprintable() for c in range(0xD800, 0xE000))  # surrogates
+
+
+def _geo_by_floats(data: str) -> str | tuple[str, str]:
+    """GEO's check by parsing and formatting floats only (what its fast path skips)."""
+    import math
+
+    from cityid.records import _fmt_deg
+
+    try:
+        lat_s, lon_s = data.split(",")
+        lat, lon = float(lat_s), float(lon_s)
+    except ValueError:
+        return ("error", "geo-syntax")
+    if not (math.isfinite(lat) and math.isfinite(lon)):
+        return ("error", "geo-range")
+    if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+        return ("error", "geo-range")
+    return f"{_fmt_deg(lat)},{_fmt_deg(lon)}"
+
+
+degrees = st.one_of(
+    st.floats(-200, 200, allow_nan=False).map(repr),
+    st.builds(
+        lambda sign, whole, frac: f"{sign}{whole}{'.' + frac if frac else ''}",
+        st.sampled_from(["", "-"]),
+        st.sampled_from(["0", "00", "1", "9", "89", "90", "91", "179", "180", "181", "999"]),
+        st.text(alphabet="0123456789", max_size=9),
+    ),
+    st.sampled_from(["-0", "0.", ".5", "1e2", "1_0", " 1", "nan", "inf", ""]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(lat=degrees, lon=degrees)
+def test_geo_fast_path_agrees_with_float_formatting(lat: str, lon: str) -> None:
+    data = f"{lat},{lon}"
+    try:
+        got: str | tuple[str, str] = Value.make(1, "GEO", data, DEFAULT_TTL, TS).data  # type: ignore[assignment]
+    except RecordError as e:
+        got = ("error", e.rule)
+    assert got == _geo_by_floats(data)
