@@ -35,6 +35,7 @@ from .checkpoint import Checkpoint
 from .merkle import EMPTY_ROOT, HASH_SIZE, HashReader, leaf_hash, stored_hash_index
 from .note import MAX_NOTE_SIZE
 from .policy import Policy, as_policy
+from .session import SessionUser
 from .tiles import (
     MAX_ENTRY_SIZE,
     TILE_WIDTH,
@@ -63,7 +64,7 @@ class _Recorder:
         return [bytes(HASH_SIZE)] * len(indexes)
 
 
-class LogClient:
+class LogClient(SessionUser):
     """Follow the log at ``base_url`` (its tlog-tiles prefix), trusting only ``policy_or_vkey``.
 
     ``policy_or_vkey`` is a :class:`~ledger.policy.Policy` or the log's
@@ -88,8 +89,7 @@ class LogClient:
         if origin is None and len(self.policy.logs) == 1:
             origin = self.policy.logs[0].origin
         self.origin = origin
-        self._session = session
-        self._own_session = session is None
+        super().__init__(session)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._sem = asyncio.Semaphore(parallel)
         self._parallel = parallel
@@ -99,23 +99,6 @@ class LogClient:
         self._available: dict[str, bytes] = {}
 
     # -- plumbing -------------------------------------------------------------------
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-            self._own_session = True
-        return self._session
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-
-    async def __aenter__(self) -> LogClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def _get(self, path: str, limit: int, *, fresh: bool = False) -> bytes:
         url = f"{self.base_url}/{path}"

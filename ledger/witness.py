@@ -49,6 +49,7 @@ from .cosignature import cosign, cosigner_vkey, matches, verify_cosignature
 from .merkle import EMPTY_ROOT, HASH_SIZE, verify_consistency
 from .note import MAX_NOTE_SIZE, SIG_PREFIX, Signature, add_signatures, open_note, parse_note
 from .policy import Policy
+from .session import SessionUser
 
 CONTENT_TYPE_SIZE = "text/x.tlog.size"
 CONTENT_TYPE_TEXT = "text/plain; charset=utf-8"
@@ -398,7 +399,7 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(buf)
 
 
-class WitnessClient:
+class WitnessClient(SessionUser):
     """Talks ``add-checkpoint`` to one witness at ``url`` (its submission prefix).
 
     ``vkey`` is the witness's cosignature key (alg 0x04); replies are verified
@@ -420,29 +421,12 @@ class WitnessClient:
             )
         self.url = url.rstrip("/") + "/add-checkpoint"
         self.vkey = vkey
-        self._session = session
-        self._own_session = session is None
+        super().__init__(session)
         self.sizes: dict[str, int] = {}
 
     @property
     def name(self) -> str:
         return self.vkey.name
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-            self._own_session = True
-        return self._session
-
-    async def close(self) -> None:
-        if self._own_session and self._session is not None:
-            await self._session.close()
-
-    async def __aenter__(self) -> WitnessClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     async def add_checkpoint(
         self, note: bytes, old_size: int, proof: Sequence[bytes], *, timeout: float = 10.0
@@ -456,7 +440,7 @@ class WitnessClient:
         cp = Checkpoint.parse(text)
         body = AddCheckpointRequest(old_size, tuple(proof), note).encode()
         try:
-            async with self._get_session().post(
+            async with self.session.post(
                 self.url,
                 data=body,
                 timeout=aiohttp.ClientTimeout(total=timeout),
