@@ -33,8 +33,6 @@ MAX_HEAD = 8190  # aiohttp's own limit: longer heads go to it for a proper 4xx
 MAX_BUFFER = 65536  # pause reading a pipelining client beyond this
 IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle
 HEAD_TIMEOUT = 10.0  # seconds to finish sending request headers (slowloris)
-# Paths the full application owns even without a query string.
-_APP_PATHS = frozenset((b"/", b"/metrics", b"/healthz", b"/favicon.ico"))
 _STRIP = b" \t"
 _API_HANDLES = b"/api/handles/"
 _RESOLVE, _HANDLES = "resolve", "handles"  # metrics routes, as the aiohttp app names them
@@ -166,7 +164,9 @@ class FastProtocol(asyncio.Protocol):
         else:
             self._handoff(buf[start:])
             return False
-        if target[:1] != b"/" or b"?" in target or b"%" in target or target in _APP_PATHS:
+        # Every identifier has a slash after its prefix; the application's own pages
+        # (/, /explorer, /scan, /openapi.json, ...) are single segments and never do.
+        if target[:1] != b"/" or b"?" in target or b"%" in target or b"/" not in target[1:]:
             self._handoff(buf[start:])
             return False
         if target.startswith(b"/api/"):

@@ -62,7 +62,7 @@ from ledger.cosignature import cosignature_timestamp
 from ledger.note import parse_note
 from ledger.tlogproof import TlogProof
 
-from . import pages
+from . import openapi, pages, scanner
 from .cache import Reply, ResponseCache, Slot, etag_matches
 from .store import Entry, Store, StoreError, log_key
 
@@ -899,6 +899,9 @@ def make_app(resolver: Resolver) -> web.Application:
     r.add_get("/favicon.ico", no_favicon)
     r.add_get("/api/handles/{id:.+}", get_handle, name="handles")
     r.add_get("/api/proofs/{id:.+}", get_proof, name="proofs")
+    # The application's own pages are single path segments: no identifier is (it has a slash).
+    openapi.add_routes(r)
+    scanner.add_routes(r)
     r.add_get("/{id:.+}", get_id, name="resolve")
     # Other methods reach the middleware (405 or the CORS preflight) on every path.
     r.add_route("*", "/{tail:.*}", _unreachable)
