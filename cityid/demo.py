@@ -140,6 +140,9 @@ def city_delegations(
         centre = _centre(city, rows)
         if centre is not None:
             values.append(Value.make(2, "GEO", geo(*centre), timestamp=ts))
+            # The extent the landing pages draw their maps in (offline: no tile server).
+            s, w, n, e = bounding_box(city, rows)
+            values.append(Value.make(6, "GEO_BOX", f"{geo(s, w)},{geo(n, e)}", timestamp=ts))
         if prefix in sites:
             values.append(Value.make(4, "HS_SITE", sites[prefix], timestamp=ts))
         if prefix in log_keys:

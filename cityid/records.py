@@ -117,6 +117,22 @@ def _check_geo(data: str) -> str:
     return f"{_fmt_deg(lat)},{_fmt_deg(lon)}"
 
 
+def _check_geo_box(data: str) -> str:
+    # Two corners in GEO's own syntax, south-west then north-east: one parser, one spelling.
+    parts = data.split(",")
+    if len(parts) != 4:
+        raise _fail("geo-syntax", f"GEO_BOX {data[:80]!r} is not 'south,west,north,east'")
+    try:
+        sw = _check_geo(f"{parts[0]},{parts[1]}")
+        ne = _check_geo(f"{parts[2]},{parts[3]}")
+    except RecordError as e:
+        raise _fail(e.rule, f"GEO_BOX: {e.message}") from e
+    (s, w), (n, e_) = (tuple(map(float, c.split(","))) for c in (sw, ne))
+    if s > n or w > e_:
+        raise _fail("geo-range", f"GEO_BOX {data!r}: its south-west corner is not south-west")
+    return f"{sw},{ne}"
+
+
 def _fmt_deg(x: float) -> str:
     text = f"{round(x, 7):.7f}".rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
@@ -217,6 +233,7 @@ _STRING_CHECKS = {
     "URL": check_url,
     "EMAIL": _check_email,
     "GEO": _check_geo,
+    "GEO_BOX": _check_geo_box,
     "10320/LOC": _check_loc,
     "NS": _check_ns,
     "HS_PUBKEY": _check_pubkey,
@@ -360,7 +377,8 @@ _set_timestamp = Value.timestamp.__set__  # type: ignore[attr-defined]
 
 # Types whose checks apply in any case: "url" is "URL", so "url" cannot skip them.
 _KNOWN_TYPES = {
-    "URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME", "10320/LOC",
+    "URL", "EMAIL", "DESC", "GEO", "GEO_BOX", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME",
+    "10320/LOC",
 }  # fmt: skip
 
 

@@ -35,7 +35,6 @@ gets 304. Typed errors become answers in one place, :func:`problem`, through
 from __future__ import annotations
 
 import asyncio
-import base64
 import functools
 import json
 import logging
@@ -56,13 +55,10 @@ from cityid.errors import CityIdError, LedgerError, NotFoundError, OperationErro
 from cityid.handle import VALUES_NOT_FOUND, error_body
 from cityid.identifiers import Identifier, IdentifierError, parse_identifier, parse_minted
 from cityid.records import Record
-from ledger.checkpoint import Checkpoint
 from ledger.client import LogClient
-from ledger.cosignature import cosignature_timestamp
-from ledger.note import parse_note
 from ledger.tlogproof import TlogProof
 
-from . import openapi, pages, scanner
+from . import explorer, maps, openapi, pages, scanner
 from .cache import Reply, ResponseCache, Slot, etag_matches
 from .store import Entry, Store, StoreError, log_key
 
@@ -475,6 +471,7 @@ class Resolver:
         body = pages.landing_page(
             entry,
             view,
+            area=await self.area(entry),
             resolver_url=f"{self.base_url}/{entry.ident}".upper(),
             proof_url=f"/api/proofs/{entry.ident}",
             json_url=f"/api/handles/{entry.ident}",
@@ -488,51 +485,45 @@ class Resolver:
                 ("Vary", "Accept"),
             ],
             body,
-            etag=f'"v{entry.version}-h{view.size or 0}"',
+            etag=f'"v{entry.version}-h{view.checkpoint.size if view.checkpoint else 0}"',
         )
         return reply.until(time.monotonic() + self.options.page_ttl)
+
+    async def area(self, entry: Entry) -> maps.Area | None:
+        """The nearest ancestor prefix record's extent and centre, for the map of a GEO point.
+
+        Only for records with a GEO value; the lookups share the store's batched read.
+        """
+        if entry.record is None or entry.record.first("GEO") is None:
+            return None
+        ident = parse_identifier(entry.ident)
+        own = ident.named_prefix or ident.prefix
+        chain = own.ancestors()
+        try:
+            found = await asyncio.gather(*(self.store.lookup_prefix(p) for p in chain))
+        except StoreError:
+            return None
+        areas = [maps.area_of(e.record) for e in found if e is not None and e.record is not None]
+        return next((a for a in areas if a.box is not None), None) or next(
+            (a for a in areas if a.centre is not None), None
+        )
 
     async def log_view(self, entry: Entry) -> pages.LogView:
         """Where ``entry`` comes from: its log, the checkpoint sync verified, who cosigned it."""
         status = await self.status()
         state = next((lg for lg in status.get("logs", []) if lg["origin"] == entry.origin), None)
-        view = pages.LogView(
+        try:
+            note = await self.store.checkpoint(entry.origin)
+        except StoreError:
+            note = None
+        return pages.LogView(
             entry.origin,
             entry.leaf_index,
+            checkpoint=explorer.checkpoint_view(note),
             state=str(state["state"])
             if state
             else ("unknown" if status["redis"] else "unreachable"),
             reason=str(state["reason"]) if state else "",
-        )
-        try:
-            note = await self.store.checkpoint(entry.origin)
-        except StoreError:
-            return view
-        if note is None:
-            return view
-        try:
-            text, sigs = parse_note(note)
-            cp = Checkpoint.parse(text)
-        except CityIdError:
-            return view
-        cosigners = []
-        for sig in sigs:
-            if sig.name == cp.origin:
-                continue
-            try:
-                ts: int | None = cosignature_timestamp(sig)
-            except CityIdError:
-                ts = None
-            cosigners.append((sig.name, ts))
-        return pages.LogView(
-            entry.origin,
-            entry.leaf_index,
-            size=cp.size,
-            root_b64=base64.b64encode(cp.root).decode(),
-            signers=tuple(s.name for s in sigs),
-            cosigners=tuple(cosigners),
-            state=view.state,
-            reason=view.reason,
         )
 
     async def status(self, *, max_age: float | None = None) -> dict[str, Any]:
@@ -900,6 +891,7 @@ def make_app(resolver: Resolver) -> web.Application:
     r.add_get("/api/handles/{id:.+}", get_handle, name="handles")
     r.add_get("/api/proofs/{id:.+}", get_proof, name="proofs")
     # The application's own pages are single path segments: no identifier is (it has a slash).
+    explorer.add_routes(r, resolver)
     openapi.add_routes(r)
     scanner.add_routes(r)
     r.add_get("/{id:.+}", get_id, name="resolve")

@@ -10,7 +10,6 @@ default-src 'none'`` (:data:`CSP`).
 
 from __future__ import annotations
 
-import base64
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +18,9 @@ from html import escape
 
 from cityid.records import Record, Value, iso_timestamp
 
-from .store import Entry
+from . import maps
+from .maps import Area
+from .store import Batch, Entry
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
 
@@ -44,7 +45,23 @@ code,.mono{font-family:ui-monospace,monospace;font-size:13px}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 14px;margin:0}
 dt{color:#555}dd{margin:0;word-break:break-all}
 a{color:#0b57d0}
+nav{background:#1f2a37;padding:8px 16px}nav a{color:#e8eef5;margin-right:18px;text-decoration:none}
+form.search{display:flex;gap:8px;margin:0 0 12px}
+form.search input{flex:1;font:inherit;padding:6px 8px;border:1px solid #bfc6ce;border-radius:6px}
+form.search button{font:inherit;padding:6px 14px;border-radius:6px;border:1px solid #0b57d0;
+background:#0b57d0;color:#fff}
+.map{display:block;max-width:100%;height:auto;border-radius:6px}
 """
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointView:
+    """A verified checkpoint as pages show it."""
+
+    size: int
+    root_b64: str
+    signers: tuple[str, ...]  # the log key's name first, then cosigners
+    cosigners: tuple[tuple[str, int | None], ...]  # (name, timestamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +70,28 @@ class LogView:
 
     origin: str
     leaf_index: int
-    size: int | None = None  # the last checkpoint sync verified
-    root_b64: str = ""
-    signers: tuple[str, ...] = ()  # the log key's name first, then cosigners
-    cosigners: tuple[tuple[str, int | None], ...] = ()  # (name, timestamp)
+    checkpoint: CheckpointView | None = None  # the last checkpoint sync verified
     state: str = "unknown"  # sync's state for this log: ok, alarm, unreachable, pending
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LogSummary:
+    """One followed log as the explorer shows it."""
+
+    origin: str
+    url: str  # where its tiles are served
+    state: str
+    reason: str
+    updated_at: float
+    checkpoint: CheckpointView | None
+    batches: tuple[Batch, ...]  # newest first
+
+
+_NAV = (
+    '<nav><a href="/">resolver</a><a href="/explorer">ledger explorer</a>'
+    '<a href="/scan">scan a code</a></nav>'
+)
 
 
 def _page(title: str, body: str) -> bytes:
@@ -66,7 +99,7 @@ def _page(title: str, body: str) -> bytes:
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name=viewport content="width=device-width,initial-scale=1">'
         f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body><main>{body}</main></body></html>"
+        f"<body>{_NAV}<main>{body}</main></body></html>"
     ).encode()
 
 
@@ -122,34 +155,41 @@ def _when(ts: int | None) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime(" at %Y-%m-%d %H:%M:%SZ")
 
 
-def _log_card(log: LogView, proof_url: str) -> str:
-    if log.state == "ok":
-        status = (
+def _status_html(state: str, reason: str) -> str:
+    if state == "ok":
+        return (
             "<span class=ok>verified</span>: this resolver's sync checked the checkpoint's "
             "signature, the witness quorum and consistency with the one before, proved every "
             "entry up to it into the tree, and checked each operation's authority back to "
             "the root key"
         )
-    elif log.state == "alarm":
-        status = (
-            f"<span class=bad>alarm</span>: sync stopped following this log: {escape(log.reason)}"
-        )
-    else:
-        why = f": {escape(log.reason)}" if log.reason else ""
-        status = f"<span class=warn>{escape(log.state)}</span>{why}"
-    size = "not yet known" if log.size is None else str(log.size)
-    if log.cosigners:
-        cos = ", ".join(f"{escape(n)}{escape(_when(ts))}" for n, ts in log.cosigners)
+    if state == "alarm":
+        return f"<span class=bad>alarm</span>: sync stopped following this log: {escape(reason)}"
+    why = f": {escape(reason)}" if reason else ""
+    return f"<span class=warn>{escape(state)}</span>{why}"
+
+
+def _checkpoint_rows(cp: CheckpointView | None) -> str:
+    if cp is None:
+        return "<dt>checkpoint size</dt><dd>not yet known</dd>"
+    if cp.cosigners:
+        cos = ", ".join(f"{escape(n)}{escape(_when(ts))}" for n, ts in cp.cosigners)
     else:
         cos = "none"
+    return (
+        f"<dt>checkpoint size</dt><dd class=size>{cp.size}</dd>"
+        f"<dt>root hash</dt><dd class=mono>{escape(cp.root_b64)}</dd>"
+        f"<dt>cosigned by</dt><dd class=cosigners>{cos}</dd>"
+    )
+
+
+def _log_card(log: LogView, proof_url: str) -> str:
     return (
         "<div class=card><dl>"
         f"<dt>log</dt><dd class=mono>{escape(log.origin)}</dd>"
         f"<dt>leaf index</dt><dd>{log.leaf_index}</dd>"
-        f"<dt>checkpoint size</dt><dd>{escape(size)}</dd>"
-        + (f"<dt>root hash</dt><dd class=mono>{escape(log.root_b64)}</dd>" if log.root_b64 else "")
-        + f"<dt>cosigned by</dt><dd>{cos}</dd>"
-        f"<dt>status</dt><dd>{status}</dd>"
+        + _checkpoint_rows(log.checkpoint)
+        + f"<dt>status</dt><dd>{_status_html(log.state, log.reason)}</dd>"
         f'<dt>proof</dt><dd><a href="{escape(proof_url)}">c2sp.org/tlog-proof</a> '
         "of the leaf that set this record, checkable offline "
         "(<code>cityid resolve --verify</code>)</dd>"
@@ -157,10 +197,31 @@ def _log_card(log: LogView, proof_url: str) -> str:
     )
 
 
+def _map_card(ident: str, record: Record, area: Area | None) -> str:
+    geo = record.first("GEO")
+    point = maps.parse_point(geo.data) if geo is not None else None
+    if point is None:
+        return ""
+    where = f"inside {escape(area.name)}'s extent" if area is not None and area.name else ""
+    return (
+        "<h2>Where it is</h2><div class=card>"
+        + maps.map_svg(point, area, label=ident)
+        + f"<p class=sub>{point[0]:.6f}, {point[1]:.6f} {where}"
+        " (drawn here, from the records alone: no map server is asked)</p></div>"
+    )
+
+
 def landing_page(
-    entry: Entry, log: LogView, *, resolver_url: str, proof_url: str, json_url: str
+    entry: Entry,
+    log: LogView,
+    *,
+    resolver_url: str,
+    proof_url: str,
+    json_url: str,
+    area: Area | None = None,
 ) -> bytes:
-    """The page of a registered identifier: its values, where they come from, its 2D code."""
+    """The page of a registered identifier: its values, its place, where they come from, its
+    2D code."""
     assert entry.record is not None
     ident = entry.ident
     record = entry.record
@@ -181,8 +242,12 @@ def landing_page(
         f'<dt>as JSON</dt><dd><a href="{escape(json_url)}">{escape(json_url)}</a></dd></dl>'
         "</div>"
         f"<div class=qr>{qr_svg(resolver_url)}<small>{escape(resolver_url)}</small></div></div>"
-        "<h2>Values</h2><div class=card>" + _values_table(record) + "</div>"
-        "<h2>Where this answer comes from</h2>" + _log_card(log, proof_url)
+        "<h2>Values</h2><div class=card>"
+        + _values_table(record)
+        + "</div>"
+        + _map_card(ident, record, area)
+        + "<h2>Where this answer comes from</h2>"
+        + _log_card(log, proof_url)
     )
     return _page(ident, body)
 
@@ -242,8 +307,65 @@ def index_page(logs: Sequence[Mapping[str, object]], redis_up: bool) -> bytes:
     return _page("cityid resolver", body)
 
 
-def root_b64(root_hex: str) -> str:
-    try:
-        return base64.b64encode(bytes.fromhex(root_hex)).decode()
-    except ValueError:
-        return ""
+def _batches_table(batches: Sequence[Batch]) -> str:
+    if not batches:
+        return "<p class=sub>No batch applied since this resolver's Redis was filled.</p>"
+    rows = []
+    for b in batches:
+        what = ", ".join(
+            f"{n} {label}"
+            for n, label in (
+                (b.identifiers, "identifiers"),
+                (b.ranges, "ranges"),
+                (b.prefixes, "prefix records"),
+            )
+            if n
+        )
+        sample = " ".join(
+            f'<a class=mono href="/{escape(i)}?noredirect">{escape(i)}</a>' for i in b.sample
+        )
+        rows.append(
+            f"<tr><td>{b.start}&ndash;{b.end - 1}</td><td>{b.end - b.start}</td>"
+            f"<td>{escape(what) or 'entries already applied'}</td><td class=data>{sample}</td>"
+            f"<td class=mono>{escape(_when(int(b.applied_at)).removeprefix(' at '))}</td></tr>"
+        )
+    return (
+        "<table><tr><th>leaves</th><th>entries</th><th>wrote</th><th>for example</th>"
+        f"<th>verified</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _explorer_log(lg: LogSummary) -> str:
+    link = ""
+    if lg.url:
+        cp_url = lg.url.rstrip("/") + "/checkpoint"
+        link = f'<dt>tiles</dt><dd><a class=mono href="{escape(cp_url)}">{escape(cp_url)}</a></dd>'
+    return (
+        f'<section class=card data-origin="{escape(lg.origin)}">'
+        f"<h2 class=mono>{escape(lg.origin)}</h2><dl>"
+        + _checkpoint_rows(lg.checkpoint)
+        + link
+        + f"<dt>status</dt><dd>{_status_html(lg.state, lg.reason)}</dd>"
+        f"<dt>checked</dt><dd>{escape(_when(int(lg.updated_at)).removeprefix(' at '))}</dd>"
+        "</dl><h3>Recent batches</h3>" + _batches_table(lg.batches) + "</section>"
+    )
+
+
+def explorer_page(logs: Sequence[LogSummary], *, redis_up: bool, q: str, error: str) -> bytes:
+    """Every followed log: its latest verified checkpoint, cosigners, recent batches."""
+    err = f"<p class=bad role=alert>{escape(error)}</p>" if error else ""
+    body = (
+        "<h1>Ledger explorer</h1>"
+        "<p class=sub>Each registrar keeps an append-only log of signed operations; this "
+        "resolver follows every log, checks each checkpoint's signature, its witnesses' "
+        "cosignatures and its consistency with the last one, and serves only what it "
+        "verified. Formats: C2SP tlog-checkpoint, tlog-tiles, tlog-cosignature.</p>"
+        '<form class=search action="/explorer" method=get role=search>'
+        f'<input name=q value="{escape(q)}" placeholder="MA.156.1301.02/A0000000U or MA.156.1301" '
+        'aria-label="identifier or prefix" autocomplete=off spellcheck=false>'
+        "<button type=submit>Find</button></form>"
+        + err
+        + ("" if redis_up else f"<p>Redis: {_DOWN}</p>")
+        + ("".join(_explorer_log(lg) for lg in logs) or "<p>No log followed yet.</p>")
+    )
+    return _page("Ledger explorer", body)

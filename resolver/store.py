@@ -23,6 +23,9 @@ purpose, so one big prefix spreads over every slot of a cluster):
 ``l:<origin>``           hash, one per followed log: the sync cursor (``size``, ``root``,
                          ``note``, ``applied``) and status (``url``, ``key``, ``state``,
                          ``reason``, ``updated_at``).
+``b:<origin>``           list, newest first, of the last :data:`RECENT_BATCHES` checkpoints
+                         sync applied from that log (msgpack :class:`Batch`): the
+                         explorer's history, since a log serves only its latest.
 ``meta:origins``         hash ``o:<origin>`` -> id and ``i:<id>`` -> origin: values name
                          their log by a small integer.
 ``meta:epoch``           set when sync starts filling an empty Redis; its absence means
@@ -87,6 +90,8 @@ LISTPACK_ENTRIES = 512
 LISTPACK_VALUE = 1024
 MAX_FILL = 128
 MAX_BATCH = 10_000  # lookups per pipeline
+RECENT_BATCHES = 20  # checkpoints remembered per log for the explorer
+BATCH_SAMPLE = 5  # identifiers named per remembered checkpoint
 PUBLISH_CHUNK = 1000  # identifiers per invalidation message
 COPY_CHUNK = 256  # buckets read per round trip while resizing
 
@@ -143,6 +148,10 @@ def prefix_key(prefix: str) -> str:
 
 def log_key(origin: str) -> str:
     return f"l:{origin}"
+
+
+def batches_key(origin: str) -> str:
+    return f"b:{origin}"
 
 
 def _pack(obj: Any) -> bytes:
@@ -220,6 +229,33 @@ class Cursor:
     applied: int
     url: str = ""
     key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A checkpoint sync verified and applied: entries ``start..end-1`` of its log.
+
+    One checkpoint may seal several of the registrar's batches when sync catches up;
+    the explorer shows what this resolver verified, not the registrar's bookkeeping.
+    """
+
+    start: int
+    end: int
+    root: bytes
+    applied_at: float  # Unix seconds
+    identifiers: int  # identifier records written (created, changed or deleted)
+    prefixes: int  # prefix records written
+    ranges: int  # range mints
+    sample: tuple[str, ...]  # the first few identifiers written
+
+    def encode(self) -> bytes:
+        return _pack([self.start, self.end, self.root, self.applied_at, self.identifiers,
+                      self.prefixes, self.ranges, list(self.sample)])  # fmt: skip
+
+    @classmethod
+    def decode(cls, data: bytes) -> Batch:
+        start, end, root, at, ids, pfx, rng, sample = _unpack(data)
+        return cls(start, end, root, at, ids, pfx, rng, tuple(sample))
 
 
 # -- what writers send ----------------------------------------------------------------
@@ -547,6 +583,20 @@ class Store:
             raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
         return note or None
 
+    async def recent_batches(self, origin: str, count: int = RECENT_BATCHES) -> list[Batch]:
+        """The last checkpoints sync applied from log ``origin``, newest first."""
+        try:
+            raw = await self._r.lrange(batches_key(origin), 0, count - 1)
+        except (RedisError, OSError) as e:
+            raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
+        out = []
+        for item in raw:
+            try:
+                out.append(Batch.decode(item))
+            except (ValueError, TypeError, msgpack.UnpackException):
+                log.warning("unreadable batch entry in %s skipped", batches_key(origin))
+        return out
+
     async def log_url(self, origin: str) -> str | None:
         """Where the tiles of log ``origin`` are served."""
         try:
@@ -805,9 +855,13 @@ class Writer:
 
     async def apply(
         self, changes: Sequence[Change], cursor: Cursor | None = None, *, state: str = "ok",
-        reason: str = "",
+        reason: str = "", start: int | None = None,
     ) -> None:  # fmt: skip
-        """Write ``changes`` (later ones win), then the cursor, then the invalidations."""
+        """Write ``changes`` (later ones win), then the cursor, then the invalidations.
+
+        With ``start`` (the size of the cursor this one replaces), the checkpoint is also
+        remembered in the log's recent batches.
+        """
         origins: list[str] = []
         for c in changes:
             if not isinstance(c, RevokeChange):
@@ -888,6 +942,12 @@ class Writer:
             pipe.set(meta_key(p), self._meta[p].encode())
         if cursor is not None:
             pipe.hset(log_key(cursor.origin), mapping=_cursor_fields(cursor, state, reason))
+            if start is not None and cursor.size > start:
+                sample = [k for k in inval if not k.endswith("/*")][:BATCH_SAMPLE]
+                batch = Batch(start, cursor.size, cursor.root, time.time(), len(ids), len(pfx),
+                              len(ranges), tuple(sample))  # fmt: skip
+                pipe.lpush(batches_key(cursor.origin), batch.encode())
+                pipe.ltrim(batches_key(cursor.origin), 0, RECENT_BATCHES - 1)
         keys = list(inval)
         for i in range(0, len(keys), PUBLISH_CHUNK):
             pipe.publish(CHANNEL, _pack(keys[i : i + PUBLISH_CHUNK]))
@@ -971,6 +1031,7 @@ def _cursor_fields(c: Cursor, state: str, reason: str) -> dict[str, Any]:
 __all__ = [
     "ALL",
     "CHANNEL",
+    "Batch",
     "Change",
     "Cursor",
     "Entry",

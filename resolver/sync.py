@@ -549,7 +549,7 @@ class Sync:
         writer = await self._lease()
         cursor = Cursor(state.origin, cp.size, cp.root, note, applied, state.url or "",
                         str(state.vkey))  # fmt: skip
-        await writer.apply(changes, cursor)
+        await writer.apply(changes, cursor, start=state.saved[0] if state.saved else 0)
         self.counters["sync_writes_total"] += 1
         state.written, state.saved = applied, (cp.size, cp.root)
         state.state, state.reason, state.updated_at = "ok", "", time.time()

@@ -190,7 +190,9 @@ async def test_json_by_accept_and_the_landing_page(served: Served) -> None:
     assert "Stop 17 &lt;b&gt;north&lt;/b&gt; &amp; &#x27;west&#x27;" in text
     assert "<b>north" not in text and '"<x>"' not in text
     assert "<svg" in text and "qrline" in text  # the QR code, inline
-    assert ORIGIN in text and "<dd>7</dd>" in text and "<dd>11</dd>" in text  # log, leaf, size
+    assert (
+        ORIGIN in text and "<dd>7</dd>" in text and "<dd class=size>11</dd>" in text
+    )  # log, leaf, size
     assert base64.b64encode(ROOT).decode() in text
     assert "witness.test" in text and "verified" in text
     # Nothing is loaded from elsewhere: no scripts, stylesheets, images or frames.

@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from ledger.http import serve_app, tiles_app
 from ledger.note import sign_note
 from ledger.storage import Log
 from resolver.config import ConfigError, ResolverConfig
-from resolver.store import Store
+from resolver.store import Batch, Store
 from resolver.sync import Sync
 
 pytestmark = pytest.mark.timeout(60)
@@ -168,6 +168,8 @@ def data_dump(url: str) -> dict[bytes, Any]:
             out[key] = h
         elif kind == b"zset":
             out[key] = r.zrange(key, 0, -1, withscores=True)
+        elif kind == b"list":  # the explorer's recent batches: when they were applied varies
+            out[key] = [replace(Batch.decode(b), applied_at=0) for b in r.lrange(key, 0, -1)]
         else:
             out[key] = r.get(key)
     r.close()
@@ -229,6 +231,11 @@ async def test_end_to_end_delegation_mint_update_delete(
     )
     e = await lookup(store, f"{CITY}/{w5}")
     assert e.version == 2 and e.record.urls() == ["https://water.sjz.example/w5"]
+    # Each checkpoint applied is remembered for the explorer, newest first.
+    newest, older = await store.recent_batches(CITY_ORIGIN)
+    assert (newest.start, newest.end) == (3, 5) and (older.start, older.end) == (0, 3)
+    assert newest.identifiers == 2 and set(newest.sample) == {f"{CITY}/HYDRANT-1", f"{CITY}/{w5}"}
+    assert older.ranges == 1 and older.prefixes == 1 and older.sample[0] == f"{CITY}/HYDRANT-1"
 
     world.append(
         world.city,

@@ -1,0 +1,176 @@
+"""The people's pages over real sockets: the landing page's map and the ledger explorer.
+
+The map is checked by geometry (the point's marker lies inside the city's
+extent where the projection puts it), the explorer by what sync wrote to a real
+Valkey, both through the fast path's hand-off and through aiohttp alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from test_resolver_http import LOG_KEY, ORIGIN, PFX, ROOT, TS, Served, _note, _record, _serve
+
+from cityid.errors import RecordError
+from cityid.records import Value
+from resolver.maps import Area, Box, Projection, map_svg, parse_box
+from resolver.store import Cursor, IdChange, PrefixChange
+
+CITY = "MA.156.1301"
+BOX = "37.45,113.55,38.77,115.5"
+BUS = f"{PFX}/BUS-STOP-17"  # GEO 38.04,114.51 (populate)
+
+
+def _floats(svg: str, tag: str, cls: str) -> dict[str, float]:
+    m = re.search(rf'<{tag} class="{cls}"([^>]*)>', svg)
+    assert m, f"no <{tag} class={cls}> in the map"
+    return {k: float(v) for k, v in re.findall(r'([\w-]+)="(-?[0-9.]+)"', m.group(1))}
+
+
+# -- the map, as a pure function -------------------------------------------------------------
+
+
+def test_map_puts_the_point_where_the_projection_says_inside_the_extent() -> None:
+    area = Area("Shijiazhuang <b>", Box(37.45, 113.55, 38.77, 115.5), (38.04, 114.51))
+    svg = map_svg((38.2, 114.9), area, label='x"y')
+    point, extent = _floats(svg, "circle", "point"), _floats(svg, "rect", "extent")
+    assert extent["x"] <= point["cx"] <= extent["x"] + extent["width"]
+    assert extent["y"] <= point["cy"] <= extent["y"] + extent["height"]
+    # The same projection, recomputed: west to east is left to right, north is up.
+    width, height = (
+        int(_floats(svg, "svg", "map")["width"]),
+        int(_floats(svg, "svg", "map")["height"]),
+    )
+    view = Box(*_view_of(svg))
+    pr = Projection(view, width, height)
+    assert (point["cx"], point["cy"]) == pr.xy(38.2, 114.9)
+    assert "Shijiazhuang &lt;b&gt;" in svg and "<b>" not in svg and "x&quot;y" in svg
+    assert "°N" in svg and "°E" in svg and " km</text>" in svg
+
+
+def _view_of(svg: str) -> tuple[float, float, float, float]:
+    # The view is the extent plus the point plus the centre, with an 8% margin.
+    area = Area("", Box(37.45, 113.55, 38.77, 115.5), (38.04, 114.51))
+    from resolver.maps import _view
+
+    view, _ = _view((38.2, 114.9), area)
+    return view.south, view.west, view.north, view.east
+
+
+def test_map_without_an_extent_and_outside_it() -> None:
+    alone = map_svg((-33.86, 151.21))  # no area: a 0.1° square around the point
+    assert 'class="point"' in alone and 'class="extent"' not in alone
+    labels = re.findall(r"<text[^>]*>([^<]*)</text>", alone)
+    assert any(t.endswith("°S") for t in labels) and any(t.endswith("°E") for t in labels)
+    assert not any("-" in t for t in labels), labels  # hemispheres by letter, not sign
+    # A point outside its city's extent widens the view: both stay on the map.
+    area = Area("C", Box(38.0, 114.0, 38.1, 114.1), None)
+    svg = map_svg((39.0, 115.0), area)
+    point, extent = _floats(svg, "circle", "point"), _floats(svg, "rect", "extent")
+    size = _floats(svg, "svg", "map")
+    assert 0 < point["cx"] < size["width"] and 0 < point["cy"] < size["height"]
+    assert point["cx"] > extent["x"] + extent["width"] and point["cy"] < extent["y"]
+
+
+def test_geo_box_values_are_checked_and_canonical() -> None:
+    v = Value.make(6, "geo_box", "37.450000,113.55,38.77,115.5", timestamp=TS)
+    assert (
+        v.type == "GEO_BOX"
+        and v.data == BOX
+        and parse_box(v.data) == Box(37.45, 113.55, 38.77, 115.5)
+    )
+    for bad, rule in [
+        ("1,2,3", "geo-syntax"),
+        ("38.9,113.8,37.5,115.5", "geo-range"),  # south above north
+        ("37.5,115.8,38.9,113.5", "geo-range"),  # west east of east
+        ("37.5,113.8,91,115.5", "geo-range"),
+        ("a,b,c,d", "geo-syntax"),
+    ]:
+        with pytest.raises(RecordError) as e:
+            Value.make(6, "GEO_BOX", bad, timestamp=TS)
+        assert e.value.rule == rule, bad
+
+
+# -- over HTTP ------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=[True, False], ids=["fastpath", "aiohttp"])
+async def city(request: pytest.FixtureRequest, redis_db: str) -> AsyncIterator[Served]:
+    """The served department of test_resolver_http, with its city's prefix record and a
+    second checkpoint that sync-style writes remember as a batch."""
+    async for s in _serve(redis_db, request.param):
+        city_record = _record(
+            Value.make(1, "NAME", "Shijiazhuang", timestamp=TS),
+            Value.make(2, "GEO", "38.04,114.51", timestamp=TS),
+            Value.make(6, "GEO_BOX", BOX, timestamp=TS),
+        )
+        lamp = _record(Value.make(1, "URL", "https://lamps.example/1", timestamp=TS))
+        changes = [
+            PrefixChange(CITY, 1, False, ORIGIN, 11, city_record, bytes(32), ORIGIN),
+            IdChange(PFX, "LAMP-1", 1, False, ORIGIN, 12, lamp),
+        ]
+        cursor = Cursor(ORIGIN, 13, ROOT, _note(13), 13, "http://127.0.0.1:9/log",
+                        str(LOG_KEY.verifier))  # fmt: skip
+        await s.writer.apply(changes, cursor, start=11)
+        s.resolver.cache.invalidate([BUS])
+        yield s
+
+
+async def test_landing_page_draws_the_point_inside_the_city(city: Served) -> None:
+    status, h, page = await city.get(f"/{BUS}?noredirect", Accept="text/html")
+    text = page.decode()
+    assert status == 200 and "default-src 'none'" in h["Content-Security-Policy"]
+    svg = text[
+        text.index('<svg class="map"') : text.index("</svg>", text.index('<svg class="map"'))
+    ]
+    point, extent = _floats(svg, "circle", "point"), _floats(svg, "rect", "extent")
+    assert extent["x"] < point["cx"] < extent["x"] + extent["width"]
+    assert extent["y"] < point["cy"] < extent["y"] + extent["height"]
+    assert "Shijiazhuang" in svg and "inside Shijiazhuang's extent" in text
+    assert not re.search(r"<(script|link|img|iframe|object)\b|\bsrc=", text)
+    # A record without GEO has no map.
+    status, _, page = await city.get(f"/{PFX}/NO-URL", Accept="text/html")
+    assert status == 200 and b'class="map"' not in page
+
+
+async def test_explorer_lists_logs_checkpoints_and_recent_batches(city: Served) -> None:
+    status, h, page = await city.get("/explorer")
+    text = page.decode()
+    assert status == 200 and h["Content-Type"].startswith("text/html")
+    assert "default-src 'none'" in h["Content-Security-Policy"]
+    assert "<h1>Ledger explorer</h1>" in text
+    section = text[text.index(f'data-origin="{ORIGIN}"') :]
+    assert "<dd class=size>13</dd>" in section and "witness.test" in section
+    assert "http://127.0.0.1:9/log/checkpoint" in section
+    # The batch written with start=11: leaves 11-12, one identifier and one prefix record.
+    assert "<td>11&ndash;12</td><td>2</td>" in section
+    assert "1 identifiers, 1 prefix records" in section
+    assert f'href="/{PFX}/LAMP-1?noredirect"' in section
+    assert '<form class=search action="/explorer"' in text and "name=q" in text
+
+
+@pytest.mark.parametrize(
+    ("q", "where"),
+    [
+        ("ma.156.1301.02/bus-stop-17", f"/{BUS}?noredirect"),
+        (f"  {BUS} ", f"/{BUS}?noredirect"),
+        ("MA.156.1301", f"/0.NA/{CITY}?noredirect"),
+        (f"0.NA/{CITY}", f"/0.NA/{CITY}?noredirect"),
+    ],
+)
+async def test_explorer_search_goes_to_the_landing_page(city: Served, q: str, where: str) -> None:
+    status, h, _ = await city.get(f"/explorer?q={q}")
+    assert status == 303 and h["Location"] == where
+    status, _, page = await city.get(where, Accept="text/html")
+    assert status == 200 and b"<h1>" in page
+
+
+async def test_explorer_search_refuses_what_is_not_an_identifier(city: Served) -> None:
+    status, _, page = await city.get("/explorer?q=<script>alert(1)</script>")
+    text = page.decode()
+    assert status == 400 and "rule:" in text and "role=alert" in text
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    status, _, page = await city.get("/explorer?q=" + "A" * 5000)
+    assert status == 400 and b"too-long" in page
