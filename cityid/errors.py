@@ -24,6 +24,18 @@ class CityIdError(Exception):
         return str(self.args[0]) if self.args else self.rule
 
 
+class ListenError(CityIdError):
+    """A server cannot bind its address. The message advises the command-line flag;
+    callers configured otherwise (``cityid up``) name their own setting from
+    ``address`` and ``reason``."""
+
+    rule = "listen"
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}; choose another with --listen")
+        self.address, self.reason = address, reason
+
+
 class IdentifierError(CityIdError, ValueError):
     """An identifier, prefix, suffix or DNS name breaks a syntax rule."""
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import Subparsers
-from .errors import CityIdError
+from .errors import CityIdError, ListenError
 from .identifiers import Prefix, parse_identifier
 from .keys import ALG_COSIGNATURE_V1, SigningKey
 from .progress import Progress
@@ -222,6 +222,12 @@ async def _up(args: argparse.Namespace) -> int:
         for role, rc in registrars.items():
             try:
                 reg, runner = await start_registrar(rc)
+            except ListenError as e:
+                raise UpError(
+                    f"the {role} registrar cannot listen on {e.address}: {e.reason}; change "
+                    f"[{role}] listen in {data / CONFIG_NAME}",
+                    rule="port-in-use",
+                ) from e
             except CityIdError as e:
                 raise UpError(
                     f"{role} registrar: {e.message} (in {data / CONFIG_NAME}, [{role}] listen)",
@@ -407,10 +413,10 @@ async def _start_dns(
     zone = ZoneConfig.make(cfg.get("resolver", "apex"), [cfg.get("root", "prefix")])
     try:
         listeners = await start_dns(DnsServer(store, zone), host, int(port))
-    except CityIdError as e:
+    except ListenError as e:
         raise UpError(
-            f"the DNS resolver cannot listen on {listen}; change [resolver] dns in "
-            f"{data / CONFIG_NAME} ({e.message})",
+            f"the DNS resolver cannot listen on {listen}: {e.reason}; change [resolver] dns "
+            f"in {data / CONFIG_NAME}",
             rule="port-in-use",
         ) from e
     stack.push_async_callback(listeners.close)
@@ -428,10 +434,10 @@ async def _start_http(
     stack.push_async_callback(resolver.close)
     try:
         server = await start_http(resolver, host, int(port))
-    except OSError as e:
+    except ListenError as e:
         raise UpError(
-            f"the resolver cannot listen on {listen}: {e.strerror}; change [resolver] http "
-            f"in {data / CONFIG_NAME}",
+            f"the resolver cannot listen on {listen}: {e.reason}; change [resolver] http in "
+            f"{data / CONFIG_NAME}",
             rule="port-in-use",
         ) from e
     stack.push_async_callback(server.close)
@@ -471,6 +477,10 @@ def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float)
         "",
         f"cityid is up ({took:.1f} s), data in {data}",
         f"  resolver (HTTP)     http://{http}/   (landing pages, Handle API at /api/handles/)",
+        f"  in a browser        http://{http}/{sample}?noredirect   (a landing page)",
+        f"                      http://{http}/explorer   (the ledger explorer)",
+        f"                      http://{http}/scan   (scan a 2D code with the camera)",
+        f"  HTTP API            http://{http}/openapi.json",
         f"  resolver (DNS)      {cfg.get('resolver', 'dns')} UDP and TCP, apex "
         f"{cfg.get('resolver', 'apex')}",
         f"  root registrar      http://{root}/   (MA.156; log at http://{root}/log/)",

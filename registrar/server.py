@@ -10,7 +10,7 @@ import sys
 import aiohttp
 from aiohttp import web
 
-from cityid.errors import CityIdError
+from cityid.errors import ListenError
 from ledger.batcher import Cosign
 from ledger.policy import Policy
 from ledger.storage import Log
@@ -55,10 +55,7 @@ async def start_registrar(cfg: RegistrarConfig) -> tuple[Registrar, web.AppRunne
         await site.start()
     except OSError as e:
         await runner.cleanup()
-        raise CityIdError(
-            f"cannot listen on {host}:{port}: {e.strerror}; choose another with --listen",
-            rule="listen",
-        ) from e
+        raise ListenError(f"{host}:{port}", e.strerror or str(e)) from e
     return reg, runner
 
 

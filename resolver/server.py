@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from cityid.errors import CityIdError
+from cityid.errors import ListenError
 
 from .fastpath import FastFront
 from .http import Metrics, Resolver, ServeOptions, make_app
@@ -81,10 +81,7 @@ def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.s
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise CityIdError(
-            f"cannot listen on {host}:{port}: {e.strerror}; choose another with --listen",
-            rule="listen",
-        ) from e
+        raise ListenError(f"{host}:{port}", e.strerror or str(e)) from e
     sock.setblocking(False)
     return sock
 

@@ -129,16 +129,22 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
         stop(proc)
 
 
-def test_up_port_in_use(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("taken", "setting"),
+    [("root", "[root] listen"), ("http", "[resolver] http"), ("dns", "[resolver] dns")],
+)
+def test_up_port_in_use(tmp_path: Path, taken: str, setting: str) -> None:
     data = tmp_path / "data"
     ports = write_config(data, assets=0)
     with socket.socket() as s:
-        s.bind(("127.0.0.1", ports["root"]))
+        s.bind(("127.0.0.1", ports[taken]))
         s.listen()
         r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
                            timeout=120)  # fmt: skip
     assert r.returncode == 1
-    assert f"127.0.0.1:{ports['root']}" in r.stderr and "[root] listen" in r.stderr
+    # Which address, which setting to change, in which file: not another command's flag.
+    assert f"127.0.0.1:{ports[taken]}" in r.stderr and setting in r.stderr, r.stderr
+    assert "cityid.toml" in r.stderr and "--listen" not in r.stderr
     assert "Traceback" not in r.stderr
 
 

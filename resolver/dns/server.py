@@ -46,7 +46,7 @@ from typing import Any
 import dns.flags
 import dns.message
 
-from cityid.errors import CityIdError
+from cityid.errors import CityIdError, ListenError
 
 from ..store import Entry, Store, StoreError
 from .answers import (
@@ -625,10 +625,7 @@ def bind_sockets(host: str, port: int, *, reuse_port: bool) -> tuple[socket.sock
             tcp.close()
             if port == 0:
                 continue
-            raise CityIdError(
-                f"cannot listen on {host}:{port}: {e.strerror}; choose another with --listen",
-                rule="listen",
-            ) from e
+            raise ListenError(f"{host}:{port}", e.strerror or str(e)) from e
         udp.setblocking(False)
         tcp.setblocking(False)
         return udp, tcp
