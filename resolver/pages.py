@@ -43,7 +43,7 @@ td.data{word-break:break-all}
 code,.mono{font-family:ui-monospace,monospace;font-size:13px}
 .ok{color:#0a7a2f;font-weight:600}.bad{color:#b3261e;font-weight:600}.warn{color:#8a5a00}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 14px;margin:0}
-dt{color:#555}dd{margin:0;word-break:break-all}
+dt{color:#555}dd{margin:0;overflow-wrap:anywhere}
 a{color:#0b57d0}
 nav{background:#1f2a37;padding:8px 16px}nav a{color:#e8eef5;margin-right:18px;text-decoration:none}
 form.search{display:flex;gap:8px;margin:0 0 12px}
@@ -51,6 +51,8 @@ form.search input{flex:1;font:inherit;padding:6px 8px;border:1px solid #bfc6ce;b
 form.search button{font:inherit;padding:6px 14px;border-radius:6px;border:1px solid #0b57d0;
 background:#0b57d0;color:#fff}
 .map{display:block;max-width:100%;height:auto;border-radius:6px}
+section h2{margin:0 0 10px;font-family:ui-monospace,monospace}h3{font-size:14px;margin:14px 0 6px}
+td.n{white-space:nowrap}
 """
 
 
@@ -313,7 +315,7 @@ def _batches_table(batches: Sequence[Batch]) -> str:
     rows = []
     for b in batches:
         what = ", ".join(
-            f"{n} {label}"
+            f"{n:,} {label}"
             for n, label in (
                 (b.identifiers, "identifiers"),
                 (b.ranges, "ranges"),
@@ -325,7 +327,7 @@ def _batches_table(batches: Sequence[Batch]) -> str:
             f'<a class=mono href="/{escape(i)}?noredirect">{escape(i)}</a>' for i in b.sample
         )
         rows.append(
-            f"<tr><td>{b.start}&ndash;{b.end - 1}</td><td>{b.end - b.start}</td>"
+            f"<tr><td class=n>{b.start:,}&ndash;{b.end - 1:,}</td><td>{b.end - b.start:,}</td>"
             f"<td>{escape(what) or 'entries already applied'}</td><td class=data>{sample}</td>"
             f"<td class=mono>{escape(_when(int(b.applied_at)).removeprefix(' at '))}</td></tr>"
         )
@@ -342,7 +344,7 @@ def _explorer_log(lg: LogSummary) -> str:
         link = f'<dt>tiles</dt><dd><a class=mono href="{escape(cp_url)}">{escape(cp_url)}</a></dd>'
     return (
         f'<section class=card data-origin="{escape(lg.origin)}">'
-        f"<h2 class=mono>{escape(lg.origin)}</h2><dl>"
+        f"<h2>{escape(lg.origin)}</h2><dl>"
         + _checkpoint_rows(lg.checkpoint)
         + link
         + f"<dt>status</dt><dd>{_status_html(lg.state, lg.reason)}</dd>"

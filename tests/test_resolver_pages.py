@@ -145,7 +145,7 @@ async def test_explorer_lists_logs_checkpoints_and_recent_batches(city: Served) 
     assert "<dd class=size>13</dd>" in section and "witness.test" in section
     assert "http://127.0.0.1:9/log/checkpoint" in section
     # The batch written with start=11: leaves 11-12, one identifier and one prefix record.
-    assert "<td>11&ndash;12</td><td>2</td>" in section
+    assert "<td class=n>11&ndash;12</td><td>2</td>" in section
     assert "1 identifiers, 1 prefix records" in section
     assert f'href="/{PFX}/LAMP-1?noredirect"' in section
     assert '<form class=search action="/explorer"' in text and "name=q" in text
