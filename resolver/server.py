@@ -23,14 +23,12 @@ import dataclasses
 import gc
 import logging
 import mmap
-import multiprocessing
 import os
 import signal
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -38,6 +36,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from cityid.errors import ListenError
 
+from . import workers
 from .fastpath import FastFront
 from .http import Metrics, Resolver, ServeOptions, make_app
 from .store import Store
@@ -59,15 +58,6 @@ class _ClientFaults(logging.Filter):
 _protocol_log = logging.getLogger("cityid.resolver.protocol")
 _protocol_log.addFilter(_ClientFaults())
 BACKLOG = 2048
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop
 
 
 def listen_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
@@ -216,22 +206,8 @@ async def keep_gc_young(period: float = 1.0) -> None:
         gc.freeze()
 
 
-def _die_with_parent() -> None:
-    """Linux: get SIGTERM when the supervisor dies, however it dies (no orphan workers)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _worker_entry(spec: WorkerSpec) -> None:
-    _die_with_parent()
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as r:
-        r.run(run_worker(spec))
+    workers.worker_main(lambda: run_worker(spec))
 
 
 def _wait_listening(host: str, port: int, timeout: float) -> bool:
@@ -246,21 +222,13 @@ def _wait_listening(host: str, port: int, timeout: float) -> bool:
 def serve(
     spec: WorkerSpec,
     *,
-    background: Callable[[], Awaitable[Callable[[], Awaitable[None]]]] | None = None,
+    background: workers.Background | None = None,
 ) -> None:
-    """Run ``spec.workers`` workers until SIGTERM/SIGINT; the supervisor loop.
+    """Run ``spec.workers`` workers until SIGTERM/SIGINT (:func:`workers.run`).
 
     ``background`` starts work for the supervisor itself (sync) and returns
     the coroutine function that stops it.
     """
-
-    # Until the supervisor's loop takes over the signals, SIGTERM/SIGINT unwind
-    # through the finally below, which stops every worker already started.
-    def interrupted(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, interrupted)
     # Hold the address (bound, never listening: the kernel only balances among
     # listening sockets) so port 0 resolves once, for every worker.
     reserve = listen_socket(spec.host, spec.port, reuse_port=True)
@@ -269,46 +237,8 @@ def serve(
         prefix="cityid-metrics-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
     )
     tmp.truncate(8 * Metrics.ROW * spec.workers)
-    ctx = multiprocessing.get_context("spawn")
 
-    def spawn(i: int) -> multiprocessing.process.BaseProcess:
-        s = dataclasses.replace(spec, port=port, index=i, metrics_path=tmp.name)
-        p = ctx.Process(target=_worker_entry, args=(s,), name=f"cityid-resolver-{i}", daemon=False)
-        p.start()
-        return p
-
-    procs: list[multiprocessing.process.BaseProcess] = []
-
-    async def supervise() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        stop_background = await background() if background is not None else None
-        restarts: list[float] = []
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 0.5)
-                for i, p in enumerate(procs):
-                    if stop.is_set() or p.is_alive():
-                        continue
-                    now = time.monotonic()
-                    restarts[:] = [t for t in restarts if now - t < 60] + [now]
-                    if len(restarts) > 5 * spec.workers:
-                        print("resolver: workers keep dying; stopping", file=sys.stderr)
-                        stop.set()
-                        break
-                    log.warning("worker %d exited (%s); restarting", i, p.exitcode)
-                    procs[i] = spawn(i)
-            print("resolver: stopping (finishing requests in flight)", file=sys.stderr, flush=True)
-            await asyncio.to_thread(_stop_workers, procs)
-        finally:
-            if stop_background is not None:
-                await stop_background()
-
-    try:
-        procs += [spawn(i) for i in range(spec.workers)]
+    def ready() -> None:
         mode = "fast path + aiohttp" if spec.options.fast_path else "aiohttp"
         if _wait_listening(spec.host, port, 30.0):
             print(
@@ -317,25 +247,21 @@ def serve(
                 file=sys.stderr,
                 flush=True,
             )
-        with asyncio.Runner(loop_factory=_loop_factory()) as r:
-            r.run(supervise())
-    except KeyboardInterrupt:
-        print("resolver: interrupted while starting; stopping", file=sys.stderr, flush=True)
+
+    spawn = workers.spawner(
+        _worker_entry,
+        "cityid-resolver",
+        lambda i: dataclasses.replace(spec, port=port, index=i, metrics_path=tmp.name),
+    )
+    try:
+        workers.run(
+            "resolver",
+            spec.workers,
+            spawn,
+            ready=ready,
+            grace=SHUTDOWN_TIMEOUT + 5,
+            background=background,
+        )
     finally:
-        _stop_workers(procs)
         reserve.close()
         tmp.close()
-
-
-def _stop_workers(procs: list[multiprocessing.process.BaseProcess]) -> None:
-    """SIGTERM every live worker, wait for them to finish their requests, then kill."""
-    for p in procs:
-        if p.is_alive() and p.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + SHUTDOWN_TIMEOUT + 5
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(5)

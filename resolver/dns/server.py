@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -48,6 +47,7 @@ import dns.message
 
 from cityid.errors import CityIdError, ListenError
 
+from .. import workers
 from ..store import Entry, Store, StoreError
 from .answers import (
     CH,
@@ -710,19 +710,8 @@ async def _watch_parent(stop: asyncio.Event) -> None:
             stop.set()
 
 
-def _loop_factory() -> Any:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop
-
-
 def _worker_entry(spec: DnsSpec) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=_loop_factory()) as r:
-        r.run(run_worker(spec))
+    workers.worker_main(lambda: run_worker(spec))
 
 
 def _answers(host: str, port: int, timeout: float) -> bool:
@@ -749,41 +738,8 @@ def serve(spec: DnsSpec) -> None:
         spec = dataclasses.replace(spec, port=int(udp.getsockname()[1]))
         udp.close()
         tcp.close()
-    # Until the supervisor loop takes over, SIGTERM still stops the workers (finally below).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    ctx = multiprocessing.get_context("spawn")
 
-    def spawn(i: int) -> multiprocessing.process.BaseProcess:
-        s = dataclasses.replace(spec, index=i)
-        p = ctx.Process(target=_worker_entry, args=(s,), name=f"cityid-dns-{i}", daemon=False)
-        p.start()
-        return p
-
-    procs: list[multiprocessing.process.BaseProcess] = []
-
-    async def supervise() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        restarts: list[float] = []
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.5)
-            for i, p in enumerate(procs):
-                if stop.is_set() or p.is_alive():
-                    continue
-                now = time.monotonic()
-                restarts[:] = [t for t in restarts if now - t < 60] + [now]
-                if len(restarts) > 5 * spec.processes:
-                    print("resolver dns: workers keep dying; stopping", file=sys.stderr)
-                    stop.set()
-                    break
-                log.warning("DNS worker %d exited (%s); restarting", i, p.exitcode)
-                procs[i] = spawn(i)
-
-    try:
-        procs.extend(spawn(i) for i in range(spec.processes))
+    def ready() -> None:
         if _answers(spec.host, spec.port, 30.0):
             print(
                 f"resolver dns: {spec.host}:{spec.port} (UDP and TCP) for {spec.apex}, roots "
@@ -791,23 +747,11 @@ def serve(spec: DnsSpec) -> None:
                 file=sys.stderr,
                 flush=True,
             )
-        with asyncio.Runner(loop_factory=_loop_factory()) as r:
-            r.run(supervise())
-    finally:
-        _stop_workers(procs)
 
-
-def _stop_workers(procs: list[multiprocessing.process.BaseProcess]) -> None:
-    for p in procs:
-        if p.is_alive() and p.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(5)
+    spawn = workers.spawner(
+        _worker_entry, "cityid-dns", lambda i: dataclasses.replace(spec, index=i)
+    )
+    workers.run("resolver dns", spec.processes, spawn, ready=ready, grace=10.0)
 
 
 __all__ = [
