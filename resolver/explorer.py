@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 MAX_LOGS = 200  # logs listed on one page; the JSON status at / has them all
 MAX_QUERY = 1024
+SUMMARY_TTL = 1.0  # seconds the explorer's reading of Redis is reused
 
 
 def search_target(q: str) -> Identifier:
@@ -91,14 +93,25 @@ async def _log_summary(resolver: Resolver, lg: dict[str, object]) -> pages.LogSu
     )
 
 
-async def explorer_body(resolver: Resolver, *, q: str = "", error: str = "") -> bytes:
+async def log_summaries(resolver: Resolver) -> tuple[list[pages.LogSummary], bool]:
+    """Every followed log (up to :data:`MAX_LOGS`), and whether Redis answered."""
     st = await resolver.status()
     logs = list(st.get("logs", []))[:MAX_LOGS]
     summaries = await asyncio.gather(*(_log_summary(resolver, lg) for lg in logs))
-    return pages.explorer_page(list(summaries), redis_up=bool(st.get("redis")), q=q, error=error)
+    return list(summaries), bool(st.get("redis"))
 
 
 def add_routes(router: web.UrlDispatcher, resolver: Resolver) -> None:
+    # Reused for a second: reloads and crawlers cost Redis two reads per log at most
+    # once a second, however many arrive.
+    memo: list[tuple[float, tuple[list[pages.LogSummary], bool]]] = []
+
+    async def summaries() -> tuple[list[pages.LogSummary], bool]:
+        now = time.monotonic()
+        if not memo or now - memo[0][0] > SUMMARY_TTL:
+            memo[:] = [(now, await log_summaries(resolver))]
+        return memo[0][1]
+
     async def explorer(request: web.Request) -> web.Response:
         q = request.query.get("q", "")
         error, status = "", 200
@@ -117,7 +130,8 @@ def add_routes(router: web.UrlDispatcher, resolver: Resolver) -> None:
                 return web.Response(
                     status=303, headers={"Location": where, "Cache-Control": "no-store"}
                 )
-        body = await explorer_body(resolver, q=q[:MAX_QUERY], error=error)
+        logs, redis_up = await summaries()
+        body = pages.explorer_page(logs, redis_up=redis_up, q=q[:MAX_QUERY], error=error)
         return web.Response(
             status=status,
             body=body,
@@ -131,4 +145,4 @@ def add_routes(router: web.UrlDispatcher, resolver: Resolver) -> None:
     router.add_get("/explorer", explorer, name="explorer")
 
 
-__all__ = ["Batch", "add_routes", "checkpoint_view", "explorer_body", "search_target"]
+__all__ = ["Batch", "add_routes", "checkpoint_view", "log_summaries", "search_target"]
