@@ -27,6 +27,7 @@ from .errors import CityIdError, ListenError
 from .identifiers import Prefix, parse_identifier
 from .keys import ALG_COSIGNATURE_V1, SigningKey
 from .progress import Progress
+from .tomlkeys import unknown_keys_message
 
 CONFIG_NAME = "cityid.toml"
 TRUST_POLICY = "trust.policy"  # the root log key, the witnesses and their quorum
@@ -82,12 +83,18 @@ class UpConfig:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(DEFAULT_CONFIG)
         try:
-            return cls(tomllib.loads(path.read_text()))
+            raw = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UpError(
                 f"{path} is not valid TOML ({e}): fix it, or delete it to get the defaults",
                 rule="corrupt-data",
             ) from e
+        # The template is the schema: every key it shows, and no other, is read.
+        schema = {t: dict.fromkeys(keys) for t, keys in tomllib.loads(DEFAULT_CONFIG).items()}
+        bad = unknown_keys_message(raw, schema, path)
+        if bad:
+            raise UpError(bad, rule="bad-config")
+        return cls(raw)
 
 
 def add_commands(sub: Subparsers) -> None:
@@ -209,6 +216,7 @@ async def _up(args: argparse.Namespace) -> int:
             zip(witness_keys, cfg.get("witnesses", "listen"), strict=True)
         ):
             witness = Witness(key, log_vkeys, data / "witnesses" / f"witness-{i + 1}")
+            stack.callback(witness.close)
             runner = web.AppRunner(witness_app(witness), access_log=None)
             await runner.setup()
             host, _, port = hp.rpartition(":")

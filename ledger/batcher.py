@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from cityid.errors import LedgerError
 
 from .storage import Log
 from .tiles import MAX_ENTRY_SIZE
+
+log = logging.getLogger("cityid.ledger.batcher")
 
 Cosign = Callable[[bytes], Awaitable[bytes]]
 
@@ -93,6 +96,25 @@ class Sequencer:
         self._wakeup = asyncio.Event()
         self._full = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="ledger-sequencer")
+
+    async def publish_pending(self) -> bool:
+        """Cosign and publish a checkpoint signed before a restart but never published.
+
+        Returns False, and leaves it pending, when that fails (witnesses away): its
+        entries are in the log and are published with the next checkpoint.
+        """
+        note = self.log.pending_note
+        if note is None:
+            return True
+        try:
+            if self.cosign is not None:
+                note = await self.cosign(note)
+            await asyncio.to_thread(self.log.publish, note)
+        except Exception as e:
+            log.warning("%s: the checkpoint signed before the restart is not published yet: %s",
+                        self.log.origin, e)  # fmt: skip
+            return False
+        return True
 
     async def aclose(self) -> None:
         """Stop accepting submits, commit what is queued, and wait for the last batch."""

@@ -234,11 +234,20 @@ class Log:
         return cls.open(d, signer)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], signer: SigningKey | None = None) -> Log:
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        signer: SigningKey | None = None,
+        *,
+        publish_pending: bool = True,
+    ) -> Log:
         """Open a log; read-only without ``signer``, else the one exclusive writer.
 
         A writer finishes any append a crash interrupted: a size recorded as
-        signed whose tiles are durable is published; anything later is dropped.
+        signed whose tiles are durable is kept, anything later is dropped. The
+        signed checkpoint is published at once, or, with ``publish_pending=False``
+        (a log whose checkpoints need cosignatures first), left as
+        :attr:`pending_note` for the caller to cosign and :meth:`publish`.
         """
         d = Path(directory)
         try:
@@ -265,7 +274,7 @@ class Log:
             )
         log._take_lock(signer)
         try:
-            log._recover()
+            log._recover(publish_pending)
         except BaseException:
             log.close()
             raise
@@ -376,7 +385,7 @@ class Log:
                     )
         self._edge, self._bundle = edge, bundle
 
-    def _recover(self) -> None:
+    def _recover(self, publish_pending: bool) -> None:
         state = self._read_state()
         if state.origin != self.origin:
             raise LedgerError(
@@ -421,7 +430,12 @@ class Log:
             merkle.verify_consistency(proof, state.size, state.root, pub_cp.size, pub_cp.root)
             self._pub_cp, self._pub_note = published  # type: ignore[misc]
         assert self._signer is not None
-        self._publish_bytes(sign_note(state.text(), self._signer), state)
+        # Ed25519 is deterministic: this is the very note signed before the crash.
+        note = sign_note(state.text(), self._signer)
+        if publish_pending:
+            self._publish_bytes(note, state)
+        else:
+            self._pending = note
 
     # --- appending --------------------------------------------------------------------
 
@@ -619,9 +633,12 @@ class Log:
             raise LedgerError(f"size {size} is not in this log of size {limit}", rule="bad-size")
         return size
 
-    def entries(self, start: int, stop: int | None = None) -> Iterator[bytes]:
-        """Entries ``[start, stop)`` of the published tree, read from the bundles."""
-        size = self._pub_cp.size
+    def entries(
+        self, start: int, stop: int | None = None, *, signed: bool = False
+    ) -> Iterator[bytes]:
+        """Entries ``[start, stop)`` of the published tree (or, with ``signed``, of the
+        signed one, which a checkpoint still waiting for cosignatures is ahead by)."""
+        size = self.signed_size if signed else self._pub_cp.size
         return iter_entries(size, start, size if stop is None else stop, self._fetch)
 
     def leaf_hash(self, index: int) -> bytes:

@@ -10,12 +10,25 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cityid.errors import CityIdError
 from cityid.identifiers import Prefix
 from cityid.keys import SigningKey, VerifierKey
+from cityid.tomlkeys import VALUE, unknown_keys_message
 
 CONFIG_NAME = "registrar.toml"
+
+
+#: Every key ``load`` reads; any other is refused (:mod:`cityid.tomlkeys`).
+SCHEMA: dict[str, Any] = {
+    **dict.fromkeys(
+        ("origin", "log_key", "listen", "public_url", "quorum", "witness_timeout_ms"), VALUE
+    ),
+    "batch": dict.fromkeys(("max_size", "max_delay_ms"), VALUE),
+    "anchor": [dict.fromkeys(("prefix", "key"), VALUE)],
+    "witness": [dict.fromkeys(("url", "key"), VALUE)],
+}
 
 
 class ConfigError(CityIdError):
@@ -72,6 +85,9 @@ class RegistrarConfig:
             ) from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}", rule="bad-config") from e
+        bad = unknown_keys_message(raw, SCHEMA, path)
+        if bad:
+            raise ConfigError(bad, rule="bad-config")
         try:
             anchors = [
                 Anchor(Prefix.parse(a["prefix"]), VerifierKey.parse(a["key"]))
@@ -110,7 +126,11 @@ class RegistrarConfig:
             "  # signs checkpoints",
             f"listen = {_q(self.listen)}",
             f"public_url = {_q(self.public_url)}  # where others reach this registrar",
-            f"quorum = {self.quorum}  # witness cosignatures needed before publishing",
+            # Without witnesses, a written "quorum = 0" would outlive [[witness]] tables
+            # added later and publish uncosigned: leave the key to its default (all of them).
+            f"quorum = {self.quorum}  # witness cosignatures needed before publishing"
+            if self.witnesses
+            else "# quorum = N  # cosignatures needed before publishing (default: every witness)",
             f"witness_timeout_ms = {self.witness_timeout_ms}",
             "",
             "[batch]",

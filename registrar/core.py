@@ -83,7 +83,9 @@ class Registrar:
         key: SigningKey = config.log_key()
         log_dir = config.log_dir
         if (log_dir / "checkpoint").exists():
-            store = Log.open(log_dir, key)
+            # With witnesses, a checkpoint signed but not published before a restart waits
+            # for their cosignatures (start() asks them) instead of going out without them.
+            store = Log.open(log_dir, key, publish_pending=config.quorum == 0)
         else:
             store = Log.create(log_dir, key, config.origin)
         if store.origin != config.origin:
@@ -109,7 +111,8 @@ class Registrar:
         """Replay the log into a fresh namespace (on start, and after a failed batch)."""
         ns = self._fresh_namespace()
         count = 0
-        for index, leaf in enumerate(self.log.entries(0, self.log.size)):
+        # Up to the signed size: entries waiting for cosignatures are in the log already.
+        for index, leaf in enumerate(self.log.entries(0, self.log.signed_size, signed=True)):
             try:
                 ns.apply(SignedOperation.decode(leaf), log=self.config.origin)
             except CityIdError as e:
@@ -123,10 +126,13 @@ class Registrar:
         log.info("replayed %d operations from %s", count, self.log.origin)
 
     async def start(self) -> None:
+        await self.sequencer.publish_pending()
         self.sequencer.start()
 
     async def aclose(self) -> None:
+        """Commit what is queued, then release the log (a restart in this process reopens it)."""
         await self.sequencer.aclose()
+        self.log.close()
 
     def version(self, ident: Identifier) -> tuple[int, bool]:
         return self.namespace.version(ident)

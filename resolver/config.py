@@ -17,9 +17,25 @@ from typing import Any
 from cityid.errors import CityIdError, KeyFormatError
 from cityid.identifiers import Prefix
 from cityid.keys import VerifierKey
+from cityid.tomlkeys import ANY_TABLE, VALUE, unknown_keys_message
 from ledger.policy import LogEntry, Policy, PolicyError
 
 CONFIG_NAME = "resolver.toml"
+
+
+#: Every key ``from_dict`` reads; any other is refused (:mod:`cityid.tomlkeys`).
+SCHEMA: dict[str, Any] = {
+    "root": dict.fromkeys(("log_url", "log_key", "prefix", "prefix_key", "origin"), VALUE),
+    "redis": dict.fromkeys(("url", "cluster", "timeout_s"), VALUE),
+    "sync": dict.fromkeys(
+        ("enabled", "poll_interval_ms", "witness_policy", "lock_ttl_ms", "chunk", "resize_grace_s"),
+        VALUE,
+    ),
+    "log_urls": ANY_TABLE,
+    "http": dict.fromkeys(("listen", "public_url"), VALUE),
+    "dns": dict.fromkeys(("listen", "apex", "ttl_s", "rrl_per_second"), VALUE),
+    "serve": dict.fromkeys(("processes", "cache_size", "meta_ttl_s"), VALUE),
+}
 
 
 class ConfigError(CityIdError):
@@ -149,6 +165,9 @@ class ResolverConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any], path: Path | None = None) -> ResolverConfig:
         where = str(path) if path else "resolver config"
+        bad = unknown_keys_message(raw, SCHEMA, where)
+        if bad:
+            raise ConfigError(bad, rule="bad-config")
         root = raw.get("root", {})
         redis = raw.get("redis", {})
         sync = raw.get("sync", {})

@@ -240,6 +240,23 @@ def test_serve_reports_a_busy_port(tmp_path: Path) -> None:
     refused("registrar", "serve", str(tmp_path / "nothing-here"), rule="no-config")
 
 
+def test_config_without_witnesses_leaves_quorum_to_its_default_and_refuses_typos(
+    tmp_path: Path,
+) -> None:
+    from registrar.config import RegistrarConfig
+
+    spec = init_with_cli(tmp_path / "reg", TRAFFIC, CITY_ORIGIN)
+    path = spec.directory / "registrar.toml"
+    text = path.read_text()
+    assert "\nquorum" not in text  # a written 0 would outlive witnesses added later
+    w = SigningKey.generate("w.test").verifier
+    path.write_text(text + f'\n[[witness]]\nurl = "http://127.0.0.1:9"\nkey = "{w}"\n')
+    assert RegistrarConfig.load(spec.directory).quorum == 1
+    path.write_text(text.replace("[batch]", "[batch]\nmax_sise = 10"))
+    err = refused("registrar", "serve", str(spec.directory), rule="bad-config")
+    assert "batch.max_sise (did you mean 'max_size'?" in err
+
+
 def test_usage_errors_and_unreachable_registrar(tmp_path: Path) -> None:
     key = tmp_path / "k.key"
     SigningKey.generate("k").write(key)

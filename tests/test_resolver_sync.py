@@ -527,6 +527,14 @@ async def test_config_round_trip_builds_a_working_sync(
     ).root_anchor()[1] == world.root_admin.public_key  # fmt: skip
     with pytest.raises(ConfigError):
         ResolverConfig.from_dict({"root": {"log_url": "http://x"}})
+    # A misspelt key is refused, named, with what its table knows (never silently ignored).
+    text = path.read_text().replace("enabled = true", "sync = false")
+    path.write_text(text.replace("[serve]", "[serve]\nprocess = 4"))
+    with pytest.raises(ConfigError) as e:
+        ResolverConfig.load(tmp_path)
+    assert "sync.sync (known here: chunk, enabled," in e.value.message
+    assert "serve.process (did you mean 'processes'?" in e.value.message
+    path.write_text(text.replace("sync = false", "enabled = true"))
     world.append(world.city, world.mint("CFG-1"))
     store = await stores()
     sync = Sync.from_config(store, loaded)

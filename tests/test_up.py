@@ -158,6 +158,12 @@ def test_up_corrupt_config(tmp_path: Path) -> None:
     assert r.returncode == 1
     assert "not valid TOML" in r.stderr and "rule: corrupt-data" in r.stderr
     assert "Traceback" not in r.stderr
+    # A misspelt key would silently keep its default: it is refused, with the right one.
+    (data / "cityid.toml").write_text('[resolver]\nhtpp = "127.0.0.1:1"\n')
+    r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 1 and "rule: bad-config" in r.stderr, r.stderr
+    assert "resolver.htpp (did you mean 'http'?" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_up_refuses_second_instance(tmp_path: Path) -> None:

@@ -1,0 +1,88 @@
+"""A registrar restarted while its witnesses are away never publishes an uncosigned checkpoint.
+
+Real witness and registrar servers on loopback: a write while the witness is down is
+signed into the log but not published (503 not-published); a restart keeps it
+pending (the published checkpoint is unchanged and still cosigned, and the
+registrar's namespace already holds the pending write); once the witness is back,
+the next start cosigns and publishes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from registrar_harness import HOST, checkpoint_bytes, free_port, make_registrar, post_ops, submit
+from registrar_harness import serve_in_process as serve
+
+from cityid.identifiers import Prefix
+from cityid.keys import ALG_COSIGNATURE_V1, SigningKey
+from cityid.ops import Mint, MintItem, SignedOperation
+from cityid.records import Record, Value
+from ledger.checkpoint import Checkpoint
+from ledger.note import parse_note
+from ledger.witness import Witness, witness_app
+from registrar.config import RegistrarConfig
+
+TS = 1_700_000_000
+PREFIX = Prefix.parse("MA.156.1301")
+
+
+@asynccontextmanager
+async def witness_on(port: int, key: SigningKey, logs: list, state: Path) -> AsyncIterator[None]:
+    witness = Witness(key, logs, state)
+    runner = web.AppRunner(witness_app(witness), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, HOST, port).start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()
+        witness.close()
+
+
+def mint(admin: SigningKey, suffix: str) -> bytes:
+    record = Record((Value.make(1, "URL", f"https://x.example/{suffix}", timestamp=TS),))
+    return SignedOperation.sign(Mint(PREFIX, (MintItem(suffix, 0, record),), TS), admin).encode()
+
+
+def published(note: bytes) -> tuple[int, list[str]]:
+    text, sigs = parse_note(note)
+    return Checkpoint.parse(text).size, [s.name for s in sigs]
+
+
+async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: Path) -> None:
+    admin = SigningKey.generate("city-admin")
+    spec = make_registrar(tmp_path / "reg", PREFIX, "sjz.test/log", admin=admin)
+    wkey, wport = SigningKey.generate("witness.test"), free_port()
+    cfg = RegistrarConfig.load(spec.directory)
+    cfg.witnesses = [(f"http://{HOST}:{wport}", wkey.verifier.with_alg(ALG_COSIGNATURE_V1))]
+    cfg.quorum = 1
+    cfg.witness_timeout_ms = 500
+    cfg.save()
+    state = tmp_path / "witness"
+    async with aiohttp.ClientSession() as http:
+        async with witness_on(wport, wkey, [spec.vkey], state), serve(spec) as run:
+            await submit(http, run.url, [mint(admin, "A-1")])
+            cosigned = await checkpoint_bytes(http, run.url)
+        assert published(cosigned) == (1, ["sjz.test/log", "witness.test"])
+
+        async with serve(spec) as run:  # the witness is away
+            status, body = await post_ops(http, run.url, [mint(admin, "A-2")])
+            assert status == 503 and body["rule"] == "not-published", body
+            assert await checkpoint_bytes(http, run.url) == cosigned
+
+        async with serve(spec) as run:  # restarted, the witness still away
+            assert await checkpoint_bytes(http, run.url) == cosigned  # not published bare
+            # The pending write is in the namespace: minting it again is refused.
+            status, body = await post_ops(http, run.url, [mint(admin, "A-2")])
+            assert status == 409 and "A-2" in body["message"], body
+
+        async with witness_on(wport, wkey, [spec.vkey], state), serve(spec) as run:
+            note = await checkpoint_bytes(http, run.url)
+            assert published(note) == (2, ["sjz.test/log", "witness.test"])
+            await submit(http, run.url, [mint(admin, "A-3")])
+            assert published(await checkpoint_bytes(http, run.url))[0] == 3
