@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import Subparsers
+from .durable import atomic_write
 from .errors import CityIdError, ListenError
 from .identifiers import Prefix, parse_identifier
 from .keys import ALG_COSIGNATURE_V1, SigningKey
@@ -268,20 +269,20 @@ async def _up(args: argparse.Namespace) -> int:
         # 6. Say where everything is.
         sample = _sample(started["city"])
         await _wait_synced(sync, started, timeout=60)
-        _banner(cfg, data, redis_url, sample, time.monotonic() - t0)
-        if args.ready_file:
-            import json
-
-            args.ready_file.write_text(json.dumps({
-                "root": f"http://{cfg.get('root', 'listen')}",
-                "city": f"http://{cfg.get('city', 'listen')}",
-                "redis": redis_url, "sample": sample, "data": str(data),
-            }))  # fmt: skip
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        _banner(cfg, data, redis_url, sample, time.monotonic() - t0)
+        if args.ready_file:
+            import json
+
+            # Whole or absent (a reader polls for it), and only once Ctrl-C stops cleanly.
+            atomic_write(args.ready_file, json.dumps({
+                "root": f"http://{cfg.get('root', 'listen')}",
+                "city": f"http://{cfg.get('city', 'listen')}",
+                "redis": redis_url, "sample": sample, "data": str(data),
+            }).encode())  # fmt: skip
         await stop.wait()
         _say("cityid: stopping (registrars finish their batch in flight)")
     _say("cityid: stopped")

@@ -58,8 +58,8 @@ from cityid.records import Record
 from ledger.client import LogClient
 from ledger.tlogproof import TlogProof
 
-from . import explorer, maps, openapi, pages, scanner
-from .cache import Reply, ResponseCache, Slot, etag_matches
+from . import assets, explorer, maps, openapi, pages, scanner
+from .cache import Reply, ResponseCache, Slot
 from .store import Entry, Store, StoreError, log_key
 
 log = logging.getLogger("cityid.resolver.http")
@@ -759,14 +759,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ALLOW = "GET, HEAD, OPTIONS"
 
 
-def to_response(reply: Reply, request: web.Request) -> web.Response:
-    """A Reply as an aiohttp response; ``If-None-Match`` that matches gets 304."""
-    inm = request.headers.get("If-None-Match")
-    if inm is not None and reply.etag is not None and etag_matches(inm, reply.etag):
-        return web.Response(status=304, headers=reply.headers_304())
-    return web.Response(status=reply.status, headers=reply.headers, body=reply.body)
-
-
 def _route(request: web.Request) -> str:
     name = request.match_info.route.name
     return name if name in ROUTES else "other"
@@ -822,7 +814,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def get_id(request: web.Request) -> web.Response:
     resolver = request.app[RESOLVER_KEY]
     rep = choose(request.headers.get("Accept"), "noredirect" in request.query)
-    return to_response(await resolver.answer(request.match_info["id"], rep), request)
+    return assets.respond(await resolver.answer(request.match_info["id"], rep), request)
 
 
 async def get_handle(request: web.Request) -> web.Response:
@@ -835,12 +827,12 @@ async def get_handle(request: web.Request) -> web.Response:
         callback=q.get("callback", ""),
         auth="auth" in q and q.get("auth", "").lower() not in ("false", "0"),
     )
-    return to_response(reply, request)
+    return assets.respond(reply, request)
 
 
 async def get_proof(request: web.Request) -> web.Response:
     reply = await request.app[RESOLVER_KEY].proof(request.match_info["id"])
-    return to_response(reply, request)
+    return assets.respond(reply, request)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -888,13 +880,15 @@ def make_app(resolver: Resolver) -> web.Application:
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/metrics", metrics, name="metrics")
     r.add_get("/favicon.ico", no_favicon)
-    r.add_get("/api/handles/{id:.+}", get_handle, name="handles")
-    r.add_get("/api/proofs/{id:.+}", get_proof, name="proofs")
+    # [\s\S], not '.': an identifier with a line break (%0A) is still answered (400, or
+    # stripped like other surrounding white space), not left unrouted (a bare 404).
+    r.add_get(r"/api/handles/{id:[\s\S]+}", get_handle, name="handles")
+    r.add_get(r"/api/proofs/{id:[\s\S]+}", get_proof, name="proofs")
     # The application's own pages are single path segments: no identifier is (it has a slash).
     explorer.add_routes(r, resolver)
     openapi.add_routes(r)
     scanner.add_routes(r)
-    r.add_get("/{id:.+}", get_id, name="resolve")
+    r.add_get(r"/{id:[\s\S]+}", get_id, name="resolve")
     # Other methods reach the middleware (405 or the CORS preflight) on every path.
     r.add_route("*", "/{tail:.*}", _unreachable)
     return app
