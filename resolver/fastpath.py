@@ -166,7 +166,7 @@ class FastProtocol(asyncio.Protocol):
             return False
         # Every identifier has a slash after its prefix; the application's own pages
         # (/, /explorer, /scan, /openapi.json, ...) are single segments and never do.
-        if target[:1] != b"/" or b"?" in target or b"%" in target or b"/" not in target[1:]:
+        if target[:1] != b"/" or b"?" in target or b"%" in target or target.find(b"/", 1) < 0:
             self._handoff(buf[start:])
             return False
         if target.startswith(b"/api/"):
