@@ -87,6 +87,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cityid: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug: say so in one line, keep the details in a file
+        return _crashed(e)
+
+
+def _crashed(e: Exception) -> int:
+    import os
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    if os.environ.get("CITYID_TRACEBACK"):
+        print(text, file=sys.stderr, end="")
+        where = "printed above"
+    else:
+        fd, path = tempfile.mkstemp(prefix="cityid-crash-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        where = f"in {path} (CITYID_TRACEBACK=1 prints it)"
+    print(
+        f"cityid: internal error: {type(e).__name__}: {e} [a bug: the traceback is {where}; "
+        "please report it]",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -276,3 +276,33 @@ def test_keygen_bad_name(
     assert code == 1
     assert "rule: key-name" in err
     assert not (tmp_path / "k.key").exists()
+
+
+def test_an_unexpected_error_is_one_line_with_the_traceback_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cityid.cli import EXIT_FAILURE, _crashed
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.delenv("CITYID_TRACEBACK", raising=False)
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
+    try:
+        {}["missing"]
+    except KeyError as e:
+        assert _crashed(e) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("cityid: internal error: KeyError: 'missing' [a bug")
+        and err.count("\n") == 1
+    )
+    (log,) = tmp_path.glob("cityid-crash-*.log")
+    assert "Traceback" in log.read_text() and "KeyError" in log.read_text()
+    monkeypatch.setenv("CITYID_TRACEBACK", "1")
+    try:
+        raise ValueError("boom")
+    except ValueError as e:
+        _crashed(e)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "printed above" in err
