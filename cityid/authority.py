@@ -14,6 +14,8 @@ Rules, each refused with a message naming the rule and the keys involved:
   then stops working; rotations have their own version counter (``key_version``),
   apart from the delegation's, because they are written in another log;
 * every operation names the version it replaces (replays are stale);
+* a prefix hosted in another log is delegated once: its key then changes only by
+  rotation in its own log, since no order exists between two logs' histories;
 * an operation read from a log must be for a prefix that log hosts;
 * a suffix and a child node of the same name cannot both exist under one
   prefix, which keeps the DNS mapping a bijection.
@@ -339,6 +341,18 @@ class Namespace:
         current = cur.version if cur else 0
         if op.prev != current:
             raise self._stale(str(op.prefix.record_id), current, op.prev)
+        if cur is not None and cur.host != pst.host:
+            # Its log's history is signed by the keys it had; a new key or host decreed from
+            # this log could not be ordered against that history when a resolver replays the
+            # two logs (it would refuse the child's past writes as signed by a dropped key).
+            raise AuthorityError(
+                f"{op.prefix} is hosted by {cur.host}, not in this log: its parent cannot "
+                "change its key or host. Its key changes in its own log (cityid key rotate, "
+                "signed by its current key); its record changes with an update of "
+                f"{op.prefix.record_id}; a compromised prefix is revoked (cityid id delete "
+                f"{op.prefix.record_id})",
+                rule="redelegate-hosted-elsewhere",
+            )
         node = op.prefix.nodes[-1]
         if self._ids[parent].get(node)[1]:
             raise AuthorityError(

@@ -708,3 +708,27 @@ def test_identifiers_under_a_revoked_prefix_are_not_alive(world: World) -> None:
     assert world.ns.version(r9) == (1, True)
     world.do(Delete(parse_identifier("0.NA/MA.156.1301.01"), 1, T), world.city, CITY_LOG)
     assert world.ns.version(r9) == (1, False)
+
+
+@pytest.mark.parametrize("change", ["key", "host", "nothing"])
+def test_a_prefix_hosted_elsewhere_is_not_redelegated(world: World, change: str) -> None:
+    """Replaying the root's log before the city's must not find the city's past writes
+    signed by a key the root dropped: the root cannot replace the city's key or host."""
+    new = key("city2")
+    op = Delegate(
+        CITY,
+        1,
+        new.public_key if change == "key" else world.city.public_key,
+        "other.example/log" if change == "host" else CITY_LOG,
+        record(),
+        T,
+    )
+    with pytest.raises(AuthorityError) as e:
+        world.do(op, world.root, ROOT_LOG)
+    assert e.value.rule == "redelegate-hosted-elsewhere"
+    assert "cityid key rotate" in e.value.message and CITY_LOG in e.value.message
+    # Its own key rotation, in its own log, is the way; the city's writes go on.
+    world.do(RotateKey(CITY, 0, new.public_key, T), world.city, CITY_LOG)
+    world.do(mint(CITY, "AFTER-ROTATION"), new, CITY_LOG)
+    # A department hosted in the city's own log is still re-delegated there.
+    world.do(Delegate(DEPT1, 1, key("d1b").public_key, None, record(), T), new, CITY_LOG)
