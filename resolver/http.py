@@ -50,6 +50,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from cityid.errors import CityIdError, LedgerError, NotFoundError, OperationError
 from cityid.handle import VALUES_NOT_FOUND, error_body
@@ -58,7 +59,7 @@ from cityid.records import Record
 from ledger.client import LogClient
 from ledger.tlogproof import TlogProof
 
-from . import assets, explorer, maps, openapi, pages, scanner
+from . import assets, explorer, maps, openapi, pages, scanner, stats
 from .cache import Reply, ResponseCache, Slot
 from .store import Entry, Store, StoreError, log_key
 
@@ -729,6 +730,12 @@ class Resolver:
                     f'cityid_sync_log_state{{origin="{_label(lg["origin"])}",state="{state}"}} '
                     f"{int(lg.get('state') == state)}"
                 )
+        # Sync and DNS processes publish their own counters in Redis (resolver/stats.py).
+        try:
+            entries = await asyncio.wait_for(stats.read(self.store.redis), 2.0)
+        except (TimeoutError, RedisError, OSError):
+            entries = []
+        lines += stats.prometheus_lines(entries)
         return ("\n".join(lines) + "\n").encode()
 
 

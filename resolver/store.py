@@ -32,6 +32,8 @@ purpose, so one big prefix spreads over every slot of a cluster):
                          Redis lost its data and must be rebuilt.
 ``meta:leader``          the sync leader lock (``SET NX PX``, renewed by a one-key script).
 ``meta:gc``              bucket levels left behind by a resize, deleted after a grace time.
+``meta:stats``           hash ``<kind>/<host:pid>`` -> msgpack ``[time, {counter: value}]``:
+                         what sync and DNS processes publish for /metrics (``stats.py``).
 
 Bucket sizing: a prefix starts with one bucket; when its explicit count passes
 ``fill << bits`` the writer copies it to a level with more bits, flips ``m:P``,

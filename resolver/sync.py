@@ -97,6 +97,7 @@ from ledger.client import LogClient
 from ledger.note import parse_note
 from ledger.policy import LogEntry, Policy, as_policy
 
+from . import stats
 from .config import ResolverConfig
 from .store import (
     Change,
@@ -246,6 +247,7 @@ class Sync:
         self._redis_up = False
         self._renewed = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stats: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self.counters: dict[str, int] = defaultdict(int)
         self.last_poll = 0.0
@@ -299,15 +301,21 @@ class Sync:
     async def start(self) -> None:
         """Run in the background until :meth:`stop`."""
         self._stop.clear()
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.run())
+        # Counters for any resolver's /metrics (this process serves none of its own).
+        self._stats = loop.create_task(
+            stats.publish(self.store.redis, "sync", self.process_metrics)
+        )
 
     async def stop(self) -> None:
         self._stop.set()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._stats):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._stats = None
         if self._writer is not None and self._leader:
             with contextlib.suppress(RedisError, OSError):
                 await self._writer.release(self.instance)
@@ -673,6 +681,11 @@ class Sync:
     @property
     def healthy(self) -> bool:
         return self._redis_up and all(s.state == "ok" for s in self.logs.values())
+
+    def process_metrics(self) -> dict[str, int | float]:
+        """What this process alone knows (counters, leadership, last poll): per-log sizes and
+        states are in Redis, where every resolver's /metrics reads them."""
+        return {k: v for k, v in self.metrics().items() if "{" not in k and k != "sync_redis_up"}
 
     def metrics(self) -> dict[str, int | float]:
         """Counters and gauges for /metrics; keys may carry Prometheus labels."""

@@ -106,6 +106,16 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
         assert city_cp.startswith("sjz.cityid.test/log\n")
         # quorum = 2: both witnesses cosigned the published checkpoint
         assert "— witness-1.cityid.test " in city_cp and "— witness-2.cityid.test " in city_cp
+        # One scrape shows the HTTP front and what the sync and DNS halves published.
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/metrics").read()
+        text = metrics.decode()
+        for family in (
+            "cityid_resolver_requests_total",
+            "cityid_dns_queries{instance=",
+            "cityid_sync_rebuilds_total{instance=",
+            "cityid_sync_leader{instance=",
+        ):
+            assert family in text, family  # fmt: skip
     finally:
         out = stop(proc)
     assert "cityid is up" in out and "sample identifier" in out and "cityid: stopped" in out

@@ -47,7 +47,7 @@ import dns.message
 
 from cityid.errors import CityIdError, ListenError
 
-from .. import workers
+from .. import stats, workers
 from ..store import Entry, Store, StoreError
 from .answers import (
     CH,
@@ -232,9 +232,10 @@ class DnsServer:
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Follow sync's invalidations and keep the cache clock moving."""
+        """Follow sync's invalidations, keep the cache clock moving, publish counters."""
         self.store.subscribe(self._invalidate)
         self._tick()
+        self.spawn(stats.publish(self.store.redis, "dns", self.metrics))
 
     def _tick(self) -> None:
         self.cache.tick()
