@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 import tomllib
@@ -424,7 +425,11 @@ async def _start_dns(
 
     listen = cfg.get("resolver", "dns")
     host, _, port = listen.rpartition(":")
-    zone = ZoneConfig.make(cfg.get("resolver", "apex"), [cfg.get("root", "prefix")])
+    # Identified as `resolver dns serve` identifies itself (CH TXT id.server).
+    identity = f"{socket.gethostname()}/up"
+    zone = ZoneConfig.make(
+        cfg.get("resolver", "apex"), [cfg.get("root", "prefix")], identity=identity
+    )
     try:
         listeners = await start_dns(DnsServer(store, zone), host, int(port))
     except ListenError as e:

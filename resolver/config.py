@@ -33,7 +33,20 @@ SCHEMA: dict[str, Any] = {
     ),
     "log_urls": ANY_TABLE,
     "http": dict.fromkeys(("listen", "public_url"), VALUE),
-    "dns": dict.fromkeys(("listen", "apex", "ttl_s", "rrl_per_second"), VALUE),
+    "dns": dict.fromkeys(
+        (
+            "listen",
+            "apex",
+            "ttl_s",
+            "rrl_per_second",
+            "rrl_slip",
+            "negative_ttl_s",
+            "max_udp",
+            "nameservers",
+            "identity",
+        ),
+        VALUE,
+    ),
     "serve": dict.fromkeys(("processes", "cache_size", "meta_ttl_s"), VALUE),
 }
 
@@ -99,6 +112,11 @@ class ResolverConfig:
     apex: str = "cityid.test"
     dns_ttl_s: int = 300
     rrl_per_second: int = 20  # DNS response-rate limit per client /24 (/56)
+    rrl_slip: int = 2  # every Nth dropped answer goes out truncated (TC) instead
+    negative_ttl_s: int = 60  # the SOA minimum: how long NXDOMAIN/NODATA are cached
+    max_udp: int = 1232  # EDNS(0) UDP payload size
+    nameservers: list[str] = field(default_factory=list)  # "HOST=ADDR[,ADDR]"; [] = ns1.<apex>
+    identity: str = "{hostname}/{index}"  # CH TXT id.server answer; "" refuses it
     # [serve]
     processes: int = 1  # processes sharing the ports with SO_REUSEPORT
     cache_size: int = 100_000  # answers kept per process
@@ -198,6 +216,11 @@ class ResolverConfig:
                 apex=str(dns.get("apex", "cityid.test")),
                 dns_ttl_s=int(dns.get("ttl_s", 300)),
                 rrl_per_second=int(dns.get("rrl_per_second", 20)),
+                rrl_slip=int(dns.get("rrl_slip", 2)),
+                negative_ttl_s=int(dns.get("negative_ttl_s", 60)),
+                max_udp=int(dns.get("max_udp", 1232)),
+                nameservers=[str(n) for n in dns.get("nameservers", [])],
+                identity=str(dns.get("identity", d["identity"].default)),
                 processes=int(serve.get("processes", 1)),
                 cache_size=int(serve.get("cache_size", 100_000)),
                 meta_ttl_s=float(serve.get("meta_ttl_s", 1.0)),
@@ -260,6 +283,12 @@ class ResolverConfig:
             f"apex = {_q(self.apex)}",
             f"ttl_s = {self.dns_ttl_s}",
             f"rrl_per_second = {self.rrl_per_second}  # responses per client network",
+            f"rrl_slip = {self.rrl_slip}  # every Nth dropped answer is sent truncated",
+            f"negative_ttl_s = {self.negative_ttl_s}  # SOA minimum: NXDOMAIN/NODATA caching",
+            f"max_udp = {self.max_udp}  # EDNS(0) UDP payload size",
+            f"nameservers = [{', '.join(_q(n) for n in self.nameservers)}]"
+            "  # HOST=ADDR[,ADDR]; none: ns1.<apex>=127.0.0.1",
+            f"identity = {_q(self.identity)}  # CH TXT id.server ({{hostname}}, {{index}})",
             "",
             "[serve]",
             f"processes = {self.processes}  # share the ports with SO_REUSEPORT",

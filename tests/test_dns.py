@@ -727,3 +727,25 @@ def test_rdata_matches_dnspython() -> None:
         parsed = dns.rdata.from_wire(1, rtype, rdata, 0, len(rdata))
         again = dns.rdata.from_text(1, rtype, parsed.to_text())
         assert again.to_wire() == rdata, (rtype, parsed.to_text())
+
+
+def test_cli_takes_dns_settings_from_the_config(dnssrv: DnsHarness, tmp_path: Path) -> None:
+    from cityid.keys import SigningKey
+    from resolver.config import ResolverConfig
+
+    key = SigningKey.generate("root.test/log")
+    cfg = ResolverConfig(
+        root_log_url="http://127.0.0.1:9/log", root_log_key=str(key.verifier), root_prefix=ROOT,
+        root_prefix_key=str(key.verifier), identity="from-config/{index}", negative_ttl_s=17,
+        nameservers=["ns7.cityid.test=127.0.0.7"],
+    )  # fmt: skip
+    path = cfg.save(tmp_path)
+    assert ResolverConfig.load(path).identity == "from-config/{index}"
+    with cli_server(dnssrv.url, "--config", str(path), "--rrl-rate", "0") as port:
+        q = dns.message.make_query("id.server.", "TXT", rdclass="CH")
+        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
+        assert b"".join(r.answer[0][0].strings) == b"from-config/0"
+        r = dns.query.udp(dns.message.make_query("zz-none." + APEX, "TXT"), "127.0.0.1",
+                          port=port, timeout=3)  # fmt: skip
+        soa = r.authority[0][0]
+        assert soa.minimum == 17 and soa.mname.to_text() == "ns7.cityid.test."

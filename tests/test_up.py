@@ -98,6 +98,10 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
             port=ports["dns"], timeout=5,
         )  # fmt: skip
         assert missing.rcode() == dns.rcode.NXDOMAIN and missing.authority
+        # Which server answered, as `resolver dns serve` says it (CH TXT id.server).
+        ident = dns.query.udp(dns.message.make_query("id.server.", "TXT", rdclass="CH"),
+                              "127.0.0.1", port=ports["dns"], timeout=5)  # fmt: skip
+        assert ident.answer and b"".join(ident.answer[0][0].strings).endswith(b"/up")
         v = get_json(f"{ready['city']}/api/version/{sample}")
         assert v == {"handle": sample, "version": 1, "exists": True}
         root = get_json(f"{ready['root']}/")

@@ -103,11 +103,14 @@ def labels_of(wire: bytes) -> tuple[bytes, ...]:
 
 
 def host_wire(text: str, origin: tuple[bytes, ...] = ()) -> bytes:
-    """A host name's wire form; relative names (no final dot) are under ``origin``."""
+    """A host name's wire form; relative names (no final dot) are under ``origin``,
+    unless they already end with it (``ns1.cityid.test`` under ``cityid.test`` is meant
+    as written, never as ``ns1.cityid.test.cityid.test``)."""
     if not _HOST.fullmatch(text):
         raise ValueError(f"{text[:80]!r} is not a host name")
     labels = tuple(x.encode() for x in text.lower().rstrip(".").split("."))
-    full = labels if text.endswith(".") or not origin else (*labels, *origin)
+    absolute = text.endswith(".") or not origin or labels[-len(origin) :] == origin
+    full = labels if absolute else (*labels, *origin)
     out = wire_name(full)
     if len(out) > 255:
         raise ValueError(f"{text[:80]!r} is longer than 255 octets")

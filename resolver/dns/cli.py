@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any
 
 from dns.exception import DNSException
 
@@ -52,8 +53,8 @@ def add_commands(sub: Subparsers) -> None:
     )  # fmt: skip
     s.add_argument("--processes", type=int, metavar="N", help="processes (default 1)")
     s.add_argument("--ttl", type=int, metavar="S", help="TTL of SOA/NS and cap on all (300)")
-    s.add_argument("--negative-ttl", type=int, default=60, metavar="S", help="SOA minimum (60)")
-    s.add_argument("--max-udp", type=int, default=1232, metavar="N", help="EDNS UDP size (1232)")
+    s.add_argument("--negative-ttl", type=int, metavar="S", help="SOA minimum (60)")
+    s.add_argument("--max-udp", type=int, metavar="N", help="EDNS UDP size (1232)")
     s.add_argument("--cache-size", type=int, metavar="N", help="answers cached per process")
     s.add_argument(
         "--cache-ttl", type=float, default=3600.0, metavar="S",
@@ -63,9 +64,9 @@ def add_commands(sub: Subparsers) -> None:
         "--rrl-rate", type=float, metavar="N",
         help="responses per second per client /24 (/56); 0 turns RRL off (default 20)",
     )  # fmt: skip
-    s.add_argument("--rrl-slip", type=int, default=2, metavar="N", help="every Nth drop: TC (2)")
+    s.add_argument("--rrl-slip", type=int, metavar="N", help="every Nth drop: TC (2)")
     s.add_argument(
-        "--identity", default="{hostname}/{index}", metavar="TEXT",
+        "--identity", metavar="TEXT",
         help="CH TXT id.server answer ({hostname}, {index}); '' refuses it",
     )  # fmt: skip
     s.set_defaults(func=cmd_serve)
@@ -89,39 +90,46 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "--config whose [redis] url is set",
             rule="usage",
         )
+
+    def pick(flag: object, key: str, default: object) -> Any:
+        # The flag, else the config file's key, else the default (one rule for every setting).
+        if flag is not None:
+            return flag
+        return getattr(cfg, key) if cfg is not None else default
+
     roots = tuple(args.root or ([cfg.root_prefix] if cfg else []))
     if not roots:
         raise CityIdError("give --root PREFIX (or --config)", rule="usage")
-    listen = args.listen or (cfg.dns_listen if cfg else f"127.0.0.1:{DEFAULT_PORT}")
+    listen = pick(args.listen, "dns_listen", f"127.0.0.1:{DEFAULT_PORT}")
     host, _, port_s = listen.rpartition(":")
     try:
         port = int(port_s)
     except ValueError as e:
         raise CityIdError(f"--listen {listen!r} is not HOST:PORT", rule="usage") from e
-    processes = args.processes or (cfg.processes if cfg else 1)
+    processes = pick(args.processes, "processes", 1)
     if not 1 <= processes <= 256:
         raise CityIdError("--processes must be 1..256", rule="usage")
-    rate = args.rrl_rate if args.rrl_rate is not None else (cfg.rrl_per_second if cfg else 20)
+    rate = pick(args.rrl_rate, "rrl_per_second", 20)
+
     options = DnsOptions(
-        max_udp=args.max_udp,
-        cache_size=args.cache_size if args.cache_size is not None
-        else (cfg.cache_size if cfg else 200_000),
+        max_udp=pick(args.max_udp, "max_udp", 1232),
+        cache_size=pick(args.cache_size, "cache_size", 200_000),
         cache_ttl=args.cache_ttl,
         rrl_rate=float(rate),
-        rrl_slip=args.rrl_slip,
+        rrl_slip=pick(args.rrl_slip, "rrl_slip", 2),
     )  # fmt: skip
     if not 512 <= options.max_udp <= 65535:
         raise CityIdError("--max-udp must be 512..65535", rule="usage")
     spec = DnsSpec(
         redis_url=url,
-        apex=args.apex or (cfg.apex if cfg else "cityid.test"),
+        apex=pick(args.apex, "apex", "cityid.test"),
         roots=roots,
         host=host.strip("[]") or "127.0.0.1",
         port=port,
-        nameservers=tuple(args.ns or ()),
-        ttl=args.ttl if args.ttl is not None else (cfg.dns_ttl_s if cfg else 300),
-        negative_ttl=args.negative_ttl,
-        identity=args.identity,
+        nameservers=tuple(pick(args.ns, "nameservers", ())),
+        ttl=pick(args.ttl, "dns_ttl_s", 300),
+        negative_ttl=pick(args.negative_ttl, "negative_ttl_s", 60),
+        identity=pick(args.identity, "identity", "{hostname}/{index}"),
         options=options,
         processes=processes,
         redis_cluster=bool(cfg and cfg.redis_cluster),
