@@ -217,4 +217,7 @@ class SigningKey:
             raise KeyFormatError(
                 f"key file {p} is readable by others; chmod 600 it", rule="key-permissions"
             )
-        return cls.parse(text)
+        try:
+            return cls.parse(text)
+        except KeyFormatError as e:
+            raise KeyFormatError(f"key file {p}: {e.message}", rule=e.rule) from e

@@ -245,7 +245,9 @@ async def _up(args: argparse.Namespace) -> int:
                 ) from e
             except CityIdError as e:
                 raise UpError(
-                    f"{role} registrar: {e.message} (in {data / CONFIG_NAME}, [{role}] listen)",
+                    f"the {role} registrar cannot open its data in {rc.directory}: {e.message}. "
+                    "Restore that directory from a backup (docs/deployment.md, Backups), or "
+                    f"move {data} away to start a new demo",
                     rule=e.rule,
                 ) from e
             stack.push_async_callback(runner.cleanup)

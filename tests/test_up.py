@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -212,3 +213,30 @@ def test_up_missing_valkey_says_what_to_do(tmp_path: Path, setting: str, expect:
     assert r.returncode == 1, r.stderr
     assert expect in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert "[rule: " in r.stderr
+
+
+def test_up_names_what_is_corrupt_in_the_data_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_config(data, assets=0)
+    proc, _ = start(data, tmp_path)
+    stop(proc)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(data, pristine)
+
+    def up() -> str:
+        r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                           timeout=120)  # fmt: skip
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        return r.stderr
+
+    (data / "city" / "log" / "checkpoint").write_text("garbage")
+    err = up()
+    assert f"the city registrar cannot open its data in {data / 'city'}" in err
+    assert "Restore that directory from a backup" in err and "rule: note-format" in err
+    assert "listen" not in err  # nothing to do with its address
+
+    shutil.rmtree(data)
+    shutil.copytree(pristine, data)
+    (data / "keys" / "city-admin.key").write_text("xx")
+    err = up()
+    assert f"key file {data / 'keys' / 'city-admin.key'}:" in err and "rule: skey-format" in err
