@@ -116,7 +116,7 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
         text = metrics.decode()
         for family in (
             "cityid_resolver_requests_total",
-            "cityid_dns_queries{instance=",
+            "cityid_dns_queries_total{instance=",
             "cityid_sync_rebuilds_total{instance=",
             "cityid_sync_leader{instance=",
         ):

@@ -235,7 +235,7 @@ class DnsServer:
         """Follow sync's invalidations, keep the cache clock moving, publish counters."""
         self.store.subscribe(self._invalidate)
         self._tick()
-        self.spawn(stats.publish(self.store.redis, "dns", self.metrics))
+        self.spawn(stats.publish(self.store.redis, "dns", self.process_metrics))
 
     def _tick(self) -> None:
         self.cache.tick()
@@ -263,6 +263,11 @@ class DnsServer:
             out["rrl_dropped"] = self.rrl.dropped
             out["rrl_slipped"] = self.rrl.slipped
         return out
+
+    def process_metrics(self) -> dict[str, int]:
+        """:meth:`metrics` named as Prometheus wants: counters end in ``_total``."""
+        gauges = ("cache_entries",)
+        return {(k if k in gauges else f"{k}_total"): v for k, v in self.metrics().items()}
 
     def _invalidate(self, idents: list[str]) -> None:
         self.cache.invalidate(idents)
