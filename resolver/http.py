@@ -50,7 +50,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from cityid.errors import CityIdError, LedgerError, NotFoundError, OperationError
 from cityid.handle import VALUES_NOT_FOUND, error_body
@@ -61,7 +60,7 @@ from ledger.tlogproof import TlogProof
 
 from . import assets, explorer, maps, openapi, pages, scanner, stats
 from .cache import Reply, ResponseCache, Slot
-from .store import Entry, Store, StoreError, log_key
+from .store import REDIS_ERRORS, Entry, Store, StoreError, log_key
 
 log = logging.getLogger("cityid.resolver.http")
 
@@ -733,7 +732,7 @@ class Resolver:
         # Sync and DNS processes publish their own counters in Redis (resolver/stats.py).
         try:
             entries = await asyncio.wait_for(stats.read(self.store.redis), 2.0)
-        except (TimeoutError, RedisError, OSError):
+        except (TimeoutError, *REDIS_ERRORS):
             entries = []
         lines += stats.prometheus_lines(entries)
         return ("\n".join(lines) + "\n").encode()

@@ -23,7 +23,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import msgpack
-from redis.exceptions import RedisError
+
+from .store import REDIS_ERRORS
 
 log = logging.getLogger("cityid.resolver.stats")
 
@@ -78,14 +79,14 @@ async def publish(redis: Any, kind: str, metrics: Callable[[], Metrics]) -> None
     me = asyncio.current_task()
     try:
         while True:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await redis.hset(STATS_KEY, field, encode(metrics(), time.time()))
             if me is not None and me.cancelling():
                 break  # the Redis client swallowed our cancellation: stop anyway
             await asyncio.sleep(INTERVAL)
     finally:
         # Best effort and bounded: a stop must not wait on a Redis that is going away.
-        with contextlib.suppress(RedisError, OSError, RuntimeError, TimeoutError):
+        with contextlib.suppress(*REDIS_ERRORS, RuntimeError, TimeoutError):
             await asyncio.wait_for(redis.hdel(STATS_KEY, field), 1.0)
 
 
@@ -108,6 +109,6 @@ async def read(redis: Any, now: float | None = None) -> list[Entry]:
         else:
             out.append((kind, instance, values))
     if stale:
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await redis.hdel(STATS_KEY, *stale)
     return out

@@ -71,7 +71,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from cityid.errors import CityIdError, IdentifierError, RecordError
@@ -96,6 +96,10 @@ RECENT_BATCHES = 20  # checkpoints remembered per log for the explorer
 BATCH_SAMPLE = 5  # identifiers named per remembered checkpoint
 PUBLISH_CHUNK = 1000  # identifiers per invalidation message
 COPY_CHUNK = 256  # buckets read per round trip while resizing
+
+# What an unreachable Redis raises. A cluster client's RedisClusterException (no
+# reachable node, a slot no node serves) is not a RedisError.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 _RENEW = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
@@ -368,7 +372,7 @@ class Store:
         """Connect to ``url`` (``redis://``); ``cluster=True`` for a Redis/Valkey Cluster."""
         store = cls(_client(url, cluster, timeout), url, cluster=cluster, meta_ttl=meta_ttl,
                     timeout=timeout)  # fmt: skip
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await store._load_origins()  # not fatal: lookups retry once Redis is up
         return store
 
@@ -386,7 +390,7 @@ class Store:
         for t in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_ERRORS):
             await self._r.aclose()
 
     def writer(self, *, resize_grace: float = 10.0) -> Writer:
@@ -423,7 +427,7 @@ class Store:
         pipe.get(meta_key(p))
         try:
             raw, meta_raw = await pipe.execute()
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
         if raw is None:
             return None
@@ -462,7 +466,7 @@ class Store:
     async def _flush(self, batch: list[_Ask]) -> None:
         try:
             await self._run(batch)
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             err = StoreError(f"redis: {e}", rule="redis-unavailable")
             for a in batch:
                 if not a.future.done():
@@ -581,7 +585,7 @@ class Store:
         """The last verified checkpoint note of the log ``origin``."""
         try:
             note: bytes | None = await self._r.hget(log_key(origin), "note")
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
         return note or None
 
@@ -589,7 +593,7 @@ class Store:
         """The last checkpoints sync applied from log ``origin``, newest first."""
         try:
             raw = await self._r.lrange(batches_key(origin), 0, count - 1)
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
         out = []
         for item in raw:
@@ -603,7 +607,7 @@ class Store:
         """Where the tiles of log ``origin`` are served."""
         try:
             url: bytes | None = await self._r.hget(log_key(origin), "url")
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
         return url.decode() if url else None
 
@@ -620,7 +624,7 @@ class Store:
             pipe.get(EPOCH)
             pipe.get(LEADER)
             res = await pipe.execute()
-        except (RedisError, OSError) as e:
+        except REDIS_ERRORS as e:
             return {"redis": False, "error": str(e), "logs": [], "epoch": None, "leader": None}
         logs = []
         for (_, origin), h in zip(names, res, strict=False):
@@ -696,7 +700,7 @@ class Store:
                     self._deliver(idents)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as e:
+            except REDIS_ERRORS as e:
                 self.counters["subscribe_reconnects_total"] += 1
                 log.warning("invalidation channel lost (%s); reconnecting", e)
                 first = False
@@ -775,19 +779,28 @@ class Writer:
             self._old[p].append((int(bits), float(deadline)))
 
     async def _tune(self) -> int:
+        # A cluster client sends CONFIG to one node unless told: tune every primary.
+        nodes: list[Any] = [None]
+        if self.store._cluster:
+            await self._r.initialize()
+            nodes = self._r.get_primaries() or [None]
         try:
-            cur = await self._r.config_get("hash-max-listpack-*")
-            have = {k if isinstance(k, str) else k.decode(): int(v) for k, v in cur.items()}
-            if have.get("hash-max-listpack-entries", 128) < LISTPACK_ENTRIES:
-                await self._r.config_set("hash-max-listpack-entries", LISTPACK_ENTRIES)
-            if have.get("hash-max-listpack-value", 64) < LISTPACK_VALUE:
-                await self._r.config_set("hash-max-listpack-value", LISTPACK_VALUE)
-            cur = await self._r.config_get("hash-max-listpack-entries")
-            return int(next(iter(cur.values())))
+            return min([await self._tune_node(n) for n in nodes])
         except ResponseError as e:
             # Managed services often disable CONFIG: size buckets for their default.
             log.warning("cannot tune listpack limits (%s); buckets sized for 128 entries", e)
             return 128
+
+    async def _tune_node(self, node: Any) -> int:
+        kw: dict[str, Any] = {} if node is None else {"target_nodes": node}
+        cur = await self._r.config_get("hash-max-listpack-*", **kw)
+        have = {k if isinstance(k, str) else k.decode(): int(v) for k, v in cur.items()}
+        if have.get("hash-max-listpack-entries", 128) < LISTPACK_ENTRIES:
+            await self._r.config_set("hash-max-listpack-entries", LISTPACK_ENTRIES, **kw)
+        if have.get("hash-max-listpack-value", 64) < LISTPACK_VALUE:
+            await self._r.config_set("hash-max-listpack-value", LISTPACK_VALUE, **kw)
+        cur = await self._r.config_get("hash-max-listpack-entries", **kw)
+        return int(next(iter(cur.values())))
 
     # -- epoch and leadership -----------------------------------------------------------
 
@@ -833,9 +846,28 @@ class Writer:
 
     async def publish(self, idents: Sequence[str]) -> None:
         pipe = self._r.pipeline(transaction=False)
-        for i in range(0, len(idents), PUBLISH_CHUNK):
-            pipe.publish(CHANNEL, _pack(list(idents[i : i + PUBLISH_CHUNK])))
-        await pipe.execute()
+        later = self._queue_publish(pipe, idents)
+        if len(pipe) > 0:
+            await pipe.execute()
+        await self._publish_now(later)
+
+    def _queue_publish(self, pipe: Any, idents: Sequence[str]) -> list[bytes]:
+        """Queue the invalidations of ``idents`` on ``pipe``; return those to send after it.
+
+        A cluster pipeline refuses PUBLISH (it has no key), so there they are sent
+        one by one once the pipeline has run; any node relays them to the others.
+        """
+        msgs = [_pack(list(idents[i : i + PUBLISH_CHUNK]))
+                for i in range(0, len(idents), PUBLISH_CHUNK)]  # fmt: skip
+        if self.store._cluster:
+            return msgs
+        for m in msgs:
+            pipe.publish(CHANNEL, m)
+        return []
+
+    async def _publish_now(self, msgs: list[bytes]) -> None:
+        for m in msgs:
+            await self._r.publish(CHANNEL, m)
 
     def _register(self, pipe: Any, origins: Iterable[str]) -> None:
         for o in origins:
@@ -894,7 +926,7 @@ class Writer:
 
         pipe = self._r.pipeline(transaction=False)
         self._register(pipe, origins)
-        base = len(pipe.command_stack)
+        base = len(pipe)
         buckets: dict[str, dict[str, bytes]] = defaultdict(dict)
         owner: dict[str, str] = {}
         shadow: dict[str, dict[str, bytes]] = defaultdict(dict)
@@ -920,7 +952,7 @@ class Writer:
             pipe.zadd(range_key(p, letters, width), {member: 0})
         for p, pc in pfx.items():
             pipe.set(prefix_key(p), _prefix_value(pc, self._oid[pc.origin], self._oid[pc.host]))
-        if len(pipe.command_stack) > 0:
+        if len(pipe) > 0:
             res = await pipe.execute()
         else:
             res = []
@@ -950,11 +982,10 @@ class Writer:
                               len(ranges), tuple(sample))  # fmt: skip
                 pipe.lpush(batches_key(cursor.origin), batch.encode())
                 pipe.ltrim(batches_key(cursor.origin), 0, RECENT_BATCHES - 1)
-        keys = list(inval)
-        for i in range(0, len(keys), PUBLISH_CHUNK):
-            pipe.publish(CHANNEL, _pack(keys[i : i + PUBLISH_CHUNK]))
-        if len(pipe.command_stack) > 0:
+        later = self._queue_publish(pipe, list(inval))
+        if len(pipe) > 0:
             await pipe.execute()
+        await self._publish_now(later)
         for p in sorted(changed):
             meta = self._meta[p]
             if bits_for(meta.count, self.fill) > meta.bits:
@@ -997,7 +1028,9 @@ class Writer:
         for i in range(0, len(keys), 1000):
             pipe = self._r.pipeline(transaction=False)
             for k in keys[i : i + 1000]:
-                pipe.unlink(k)  # one key per command: cluster-safe
+                # One key per command: cluster-safe. Not pipe.unlink(): a cluster
+                # pipeline's is a coroutine that splits keys by slot, never queued.
+                pipe.execute_command("UNLINK", k)
             await pipe.execute()
 
     async def gc(self, now: float | None = None) -> int:
@@ -1033,6 +1066,7 @@ def _cursor_fields(c: Cursor, state: str, reason: str) -> dict[str, Any]:
 __all__ = [
     "ALL",
     "CHANNEL",
+    "REDIS_ERRORS",
     "Batch",
     "Change",
     "Cursor",

@@ -60,7 +60,6 @@ from typing import Any
 
 import aiohttp
 import msgpack
-from redis.exceptions import RedisError
 
 from cityid.authority import Namespace
 from cityid.errors import (
@@ -100,6 +99,7 @@ from ledger.policy import LogEntry, Policy, as_policy
 from . import stats
 from .config import ResolverConfig
 from .store import (
+    REDIS_ERRORS,
     Change,
     Cursor,
     IdChange,
@@ -317,7 +317,7 @@ class Sync:
                     await task
         self._task = self._stats = None
         if self._writer is not None and self._leader:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._writer.release(self.instance)
         self._leader = self._active = False
         if self._http is not None:
@@ -336,7 +336,7 @@ class Sync:
                 await self._sleep(self.poll_interval - (time.monotonic() - t0))
             except asyncio.CancelledError:
                 raise
-            except (RedisError, StoreError, OSError) as e:
+            except (*REDIS_ERRORS, StoreError) as e:
                 self._active = False
                 self.counters["sync_redis_errors_total"] += 1
                 if self._redis_up:
@@ -460,7 +460,7 @@ class Sync:
             cp, note = fetched
             await self._advance(state, cp, note)
             await self._mark(state, "ok")
-        except (RedisError, StoreError, _LostLead):
+        except (*REDIS_ERRORS, StoreError, _LostLead):
             raise
         except _Bad as bad:
             await self._alarm(state, bad.error, bad.index)
