@@ -65,6 +65,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgpack
 import redis.asyncio as aioredis
@@ -675,12 +676,36 @@ class Store:
             except Exception:
                 log.exception("invalidation callback failed")
 
+    def _pubsub_urls(self) -> list[str]:
+        """Where to subscribe, in order: the configured URL, then (in a cluster) every
+        other node the client knows, so losing one node does not stop invalidations."""
+        urls = [self._url]
+        if self._cluster:
+            with contextlib.suppress(Exception):
+                parts = urlsplit(self._url)
+                auth = parts.netloc.rpartition("@")[0]
+                for node in self._r.get_nodes():
+                    netloc = f"{auth}@" if auth else ""
+                    netloc += (
+                        f"[{node.host}]:{node.port}"
+                        if ":" in node.host
+                        else (f"{node.host}:{node.port}")
+                    )
+                    url = urlunsplit(parts._replace(netloc=netloc))
+                    if url not in urls:
+                        urls.append(url)
+        return urls
+
     async def _listen(self) -> None:
         backoff = 0.05
         first = True
+        attempt = 0
         while not self._closed:
-            # Pub/sub needs a plain connection; in a cluster PUBLISH reaches every node.
-            conn = aioredis.Redis.from_url(self._url, socket_connect_timeout=self._timeout)
+            # Pub/sub needs a plain connection; in a cluster PUBLISH reaches every node, so
+            # any node will do: after a failure, the next one is tried.
+            urls = self._pubsub_urls()
+            url = urls[attempt % len(urls)]
+            conn = aioredis.Redis.from_url(url, socket_connect_timeout=self._timeout)
             ps = conn.pubsub()
             try:
                 await ps.subscribe(CHANNEL)
@@ -704,6 +729,7 @@ class Store:
                 self.counters["subscribe_reconnects_total"] += 1
                 log.warning("invalidation channel lost (%s); reconnecting", e)
                 first = False
+                attempt += 1
             finally:
                 with contextlib.suppress(Exception):
                     await ps.aclose()

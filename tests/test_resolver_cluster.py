@@ -340,3 +340,36 @@ async def test_an_unreachable_cluster_is_a_store_error_not_a_crash() -> None:
         assert st["redis"] is False and st["logs"] == []
     finally:
         await asyncio.wait_for(store.close(), 5)
+
+
+async def test_invalidations_survive_losing_the_subscribed_node() -> None:
+    """Its own cluster: one master is killed, so the session's cluster stays whole."""
+    import msgpack
+
+    with cluster_harness.ValkeyCluster() as c:
+        reader = await Store.connect(c.url, cluster=True, timeout=1.0)
+        try:
+            got: asyncio.Queue[list[str]] = asyncio.Queue()
+            reader.subscribe(got.put_nowait)
+            seed = redis.Redis(host="127.0.0.1", port=c.ports[0])
+            deadline = time.monotonic() + 5
+            while seed.pubsub_numsub(CHANNEL)[0][1] == 0:
+                assert time.monotonic() < deadline, "the reader never subscribed"
+                await asyncio.sleep(0.01)
+            seed.close()
+            c.procs[0].kill()  # the node the subscription is on
+            c.procs[0].wait(5)
+            # Reconnected elsewhere: everything cached is suspect, then messages flow again.
+            assert await asyncio.wait_for(got.get(), 10) == ["*"]
+            live = [redis.Redis(host="127.0.0.1", port=p) for p in c.ports[1:]]
+            deadline = time.monotonic() + 10
+            while not (on := [r for r in live if r.pubsub_numsub(CHANNEL)[0][1]]):
+                assert time.monotonic() < deadline, "nobody resubscribed on a live node"
+                await asyncio.sleep(0.05)
+            on[0].publish(CHANNEL, msgpack.packb([f"{P}/AFTER"], use_bin_type=True))
+            for r in live:
+                r.close()
+            assert await asyncio.wait_for(got.get(), 5) == [f"{P}/AFTER"]
+            assert reader.counters["subscribe_reconnects_total"] >= 1
+        finally:
+            await reader.close()
