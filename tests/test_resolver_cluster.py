@@ -373,3 +373,34 @@ async def test_invalidations_survive_losing_the_subscribed_node() -> None:
             assert reader.counters["subscribe_reconnects_total"] >= 1
         finally:
             await reader.close()
+
+
+async def test_dns_answers_over_a_cluster(stores: Any) -> None:
+    """The DNS front over a cluster store, with the namespace of tests/test_dns.py."""
+    import dns.asyncquery
+    import dns.message
+    import dns.rcode
+    import test_dns as td
+
+    from resolver.dns.answers import ZoneConfig
+    from resolver.dns.server import DnsServer, start_dns
+
+    store = await stores()
+    await td.populate(store)
+    server = DnsServer(store, ZoneConfig.make(td.APEX, [td.ROOT]))
+    listeners = await start_dns(server, "127.0.0.1", 0)
+    try:
+        port = listeners.port
+        q = dns.message.make_query(td.name(td.W127), "TXT", use_edns=0, payload=1232)
+        r = await dns.asyncquery.udp(q, "127.0.0.1", port=port, timeout=3)
+        txt = b"".join(b"".join(rd.strings) for rrset in r.answer for rd in rrset)
+        assert r.rcode() == dns.rcode.NOERROR and b"things.sjz.example" in txt
+        r = await dns.asyncquery.tcp(dns.message.make_query(td.name(td.BIG), "TXT"),
+                                     "127.0.0.1", port=port, timeout=3)  # fmt: skip
+        assert len(r.answer[0]) == 32
+        gone = await dns.asyncquery.udp(dns.message.make_query(td.name(td.GONE), "TXT"),
+                                        "127.0.0.1", port=port, timeout=3)  # fmt: skip
+        assert gone.rcode() == dns.rcode.NXDOMAIN and gone.authority
+    finally:
+        await listeners.close()
+        await server.close()
