@@ -124,6 +124,7 @@ def add_commands(sub: Subparsers) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cityid.valkey import EmbeddedValkey, redis_url
 
+    from .config import setting
     from .http import ServeOptions
     from .server import WorkerSpec, serve
 
@@ -135,20 +136,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif not args.redis and not redis_url():
         raise CityIdError("give --config FILE or --redis URL", rule="usage")
     url = args.redis or (cfg.effective_redis_url() if cfg else "") or redis_url() or ""
-    listen = args.listen or (cfg.http_listen if cfg else "127.0.0.1:8080")
+    listen = setting(args.listen, cfg, "http_listen", "127.0.0.1:8080")
     host, _, port_s = listen.rpartition(":")
     try:
         port = int(port_s)
     except ValueError as e:
         raise CityIdError(f"--listen {listen!r} is not HOST:PORT", rule="usage") from e
-    workers = args.workers or (cfg.processes if cfg else 1)
+    workers = setting(args.workers, cfg, "processes", 1)
     if not 1 <= workers <= 256:
         raise CityIdError("--workers must be 1..256", rule="usage")
     options = ServeOptions(
-        public_url=args.public_url or (cfg.public_url if cfg else ""),
-        cache_size=args.cache_size
-        if args.cache_size is not None
-        else (cfg.cache_size if cfg else 100_000),
+        public_url=setting(args.public_url, cfg, "public_url", ""),
+        cache_size=setting(args.cache_size, cfg, "cache_size", 100_000),
         cache_ttl=args.cache_ttl,
         fast_path=not args.no_fast_path,
     )

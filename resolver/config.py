@@ -63,6 +63,14 @@ def _listen(text: str, what: str) -> tuple[str, int]:
         raise ConfigError(f"{what} {text!r} is not HOST:PORT", rule="bad-config") from e
 
 
+def setting(flag: Any, cfg: ResolverConfig | None, key: str, default: Any) -> Any:
+    """A command-line flag if given, else the config file's ``key``, else ``default``:
+    the one rule every ``cityid resolver`` command applies to each setting."""
+    if flag is not None:
+        return flag
+    return getattr(cfg, key) if cfg is not None else default
+
+
 def parse_public_key(text: str) -> bytes:
     """A prefix key: a verifier key (``name+hash+base64``) or 32 bytes in base64 or hex."""
     text = text.strip()

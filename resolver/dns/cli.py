@@ -75,6 +75,7 @@ def add_commands(sub: Subparsers) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cityid.valkey import redis_url
 
+    from ..config import setting
     from .server import DEFAULT_PORT, DnsOptions, DnsSpec, serve
 
     cfg = None
@@ -92,10 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
 
     def pick(flag: object, key: str, default: object) -> Any:
-        # The flag, else the config file's key, else the default (one rule for every setting).
-        if flag is not None:
-            return flag
-        return getattr(cfg, key) if cfg is not None else default
+        return setting(flag, cfg, key, default)
 
     roots = tuple(args.root or ([cfg.root_prefix] if cfg else []))
     if not roots:
