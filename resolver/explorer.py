@@ -24,7 +24,7 @@ from ledger.cosignature import cosignature_timestamp
 from ledger.note import parse_note
 
 from . import pages
-from .store import Batch, StoreError
+from .store import StoreError
 
 if TYPE_CHECKING:
     from .http import Resolver
@@ -145,4 +145,4 @@ def add_routes(router: web.UrlDispatcher, resolver: Resolver) -> None:
     router.add_get("/explorer", explorer, name="explorer")
 
 
-__all__ = ["Batch", "add_routes", "checkpoint_view", "log_summaries", "search_target"]
+__all__ = ["add_routes", "checkpoint_view", "log_summaries", "search_target"]

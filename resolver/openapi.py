@@ -24,10 +24,6 @@ def reply() -> Reply:
     return assets.file_reply("openapi.json", "application/json")
 
 
-def document() -> bytes:
-    return reply().body
-
-
 def add_routes(router: web.UrlDispatcher) -> None:
     """Register ``GET /openapi.json`` (and HEAD), named ``openapi``."""
     router.add_get("/openapi.json", assets.handler(reply()), name="openapi")
