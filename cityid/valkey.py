@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import CityIdError
+from .lifetime import exec_hook
 
 
 class ValkeyError(CityIdError):
@@ -131,8 +132,11 @@ class EmbeddedValkey:
             if self.maxmemory:
                 args += ["--maxmemory", self.maxmemory]
             try:
+                # Its own session (Ctrl-C reaches us, and we stop it after the registrars
+                # finish), but it dies with us even if we are killed (no orphan server).
                 self.proc = subprocess.Popen(
                     args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    preexec_fn=exec_hook(),
                     stderr=subprocess.PIPE, start_new_session=True,
                 )  # fmt: skip
             except OSError as e:

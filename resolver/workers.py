@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from cityid.lifetime import die_with_parent
+
 log = logging.getLogger("cityid.resolver.workers")
 
 RESTART_WINDOW = 60.0  # seconds over which restarts are counted
@@ -37,17 +39,6 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
         return uvloop.new_event_loop  # type: ignore[no-any-return]
     except ImportError:  # pragma: no cover - uvloop is a dependency
         return asyncio.new_event_loop
-
-
-def die_with_parent() -> None:
-    """Linux: get SIGTERM when the supervisor dies, however it dies (no orphan workers)."""
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the supervisor died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def worker_main(main: Callable[[], Awaitable[None]]) -> None:

@@ -240,3 +240,26 @@ def test_up_names_what_is_corrupt_in_the_data_directory(tmp_path: Path) -> None:
     (data / "keys" / "city-admin.key").write_text("xx")
     err = up()
     assert f"key file {data / 'keys' / 'city-admin.key'}:" in err and "rule: skey-format" in err
+
+
+def test_up_killed_takes_its_valkey_with_it(tmp_path: Path) -> None:
+    """SIGKILL reaches no cleanup code: the kernel must stop the private Valkey (which
+    runs in its own session so that Ctrl-C does not stop it before the registrars)."""
+    data = tmp_path / "data"
+    write_config(data, assets=0)
+    proc, ready = start(data, tmp_path)
+    port = int(ready["redis"].rsplit(":", 1)[1].split("/")[0])
+    proc.kill()
+    proc.wait(10)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            break  # nothing listens any more
+        assert time.monotonic() < deadline, f"the Valkey on port {port} outlived cityid up"
+        time.sleep(0.1)
+    # And the data directory starts again at once, with what it held.
+    proc, again = start(data, tmp_path)
+    stop(proc)
+    assert again["sample"] == ready["sample"]
