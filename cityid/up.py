@@ -28,6 +28,7 @@ from .durable import atomic_write
 from .errors import CityIdError, ListenError
 from .identifiers import Prefix, parse_identifier
 from .keys import ALG_COSIGNATURE_V1, SigningKey
+from .netaddr import host_port
 from .progress import Progress
 from .tomlkeys import unknown_keys_message
 
@@ -67,6 +68,12 @@ assets = 100000             # assets minted under the city's departments on firs
 """
 
 
+DEFAULTS: dict[str, dict[str, Any]] = tomllib.loads(DEFAULT_CONFIG)
+#: The settings that are listen addresses (``witnesses.listen`` is a list of them).
+ADDRESSES = (("root", "listen"), ("city", "listen"), ("witnesses", "listen"),
+             ("resolver", "http"), ("resolver", "dns"))  # fmt: skip
+
+
 class UpError(CityIdError):
     rule = "up"
 
@@ -76,8 +83,24 @@ class UpConfig:
     raw: dict[str, Any]
 
     def get(self, section: str, key: str) -> Any:
-        defaults = tomllib.loads(DEFAULT_CONFIG)
-        return self.raw.get(section, {}).get(key, defaults[section][key])
+        return self.raw.get(section, {}).get(key, DEFAULTS[section][key])
+
+    def address(self, section: str, key: str) -> tuple[str, int]:
+        """The ``(host, port)`` of an address setting (checked by :meth:`load`)."""
+        return host_port(self.get(section, key))
+
+    def _check_addresses(self, path: Path) -> None:
+        for section, key in ADDRESSES:
+            value = self.get(section, key)
+            for text in value if isinstance(value, list) else [value]:
+                try:
+                    host_port(str(text))
+                except ValueError as e:
+                    raise UpError(
+                        f"{path}: [{section}] {key} has {text!r}, which is not HOST:PORT "
+                        f'(e.g. "{DEFAULTS["resolver"]["http"]}")',
+                        rule="bad-config",
+                    ) from e
 
     @classmethod
     def load(cls, path: Path) -> UpConfig:
@@ -92,11 +115,13 @@ class UpConfig:
                 rule="corrupt-data",
             ) from e
         # The template is the schema: every key it shows, and no other, is read.
-        schema = {t: dict.fromkeys(keys) for t, keys in tomllib.loads(DEFAULT_CONFIG).items()}
+        schema = {t: dict.fromkeys(keys) for t, keys in DEFAULTS.items()}
         bad = unknown_keys_message(raw, schema, path)
         if bad:
             raise UpError(bad, rule="bad-config")
-        return cls(raw)
+        cfg = cls(raw)
+        cfg._check_addresses(path)
+        return cfg
 
 
 def add_commands(sub: Subparsers) -> None:
@@ -221,9 +246,9 @@ async def _up(args: argparse.Namespace) -> int:
             stack.callback(witness.close)
             runner = web.AppRunner(witness_app(witness), access_log=None)
             await runner.setup()
-            host, _, port = hp.rpartition(":")
+            host, port = host_port(hp)
             try:
-                await web.TCPSite(runner, host, int(port)).start()
+                await web.TCPSite(runner, host, port).start()
             except OSError as e:
                 await runner.cleanup()
                 raise UpError(
@@ -426,14 +451,14 @@ async def _start_dns(
     from resolver.dns.server import DnsServer, start_dns
 
     listen = cfg.get("resolver", "dns")
-    host, _, port = listen.rpartition(":")
+    host, port = cfg.address("resolver", "dns")
     # Identified as `resolver dns serve` identifies itself (CH TXT id.server).
     identity = f"{socket.gethostname()}/up"
     zone = ZoneConfig.make(
         cfg.get("resolver", "apex"), [cfg.get("root", "prefix")], identity=identity
     )
     try:
-        listeners = await start_dns(DnsServer(store, zone), host, int(port))
+        listeners = await start_dns(DnsServer(store, zone), host, port)
     except ListenError as e:
         raise UpError(
             f"the DNS resolver cannot listen on {listen}: {e.reason}; change [resolver] dns "
@@ -450,11 +475,11 @@ async def _start_http(
     from resolver.server import start_http
 
     listen = cfg.get("resolver", "http")
-    host, _, port = listen.rpartition(":")
+    host, port = cfg.address("resolver", "http")
     resolver = Resolver(store, base_url=f"http://{listen}")
     stack.push_async_callback(resolver.close)
     try:
-        server = await start_http(resolver, host, int(port))
+        server = await start_http(resolver, host, port)
     except ListenError as e:
         raise UpError(
             f"the resolver cannot listen on {listen}: {e.reason}; change [resolver] http in "
@@ -512,7 +537,7 @@ def _sample(city: Any) -> str:
 def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float) -> None:
     root, city = cfg.get("root", "listen"), cfg.get("city", "listen")
     http = cfg.get("resolver", "http")
-    dns_host, _, dns_port = cfg.get("resolver", "dns").rpartition(":")
+    dns_host, dns_port = cfg.address("resolver", "dns")
     dns_name = parse_identifier(sample).dns_name(cfg.get("resolver", "apex"))
     lines = [
         "",

@@ -15,6 +15,7 @@ from typing import Any
 from cityid.errors import CityIdError
 from cityid.identifiers import Prefix
 from cityid.keys import SigningKey, VerifierKey
+from cityid.netaddr import host_port
 from cityid.tomlkeys import VALUE, unknown_keys_message
 
 CONFIG_NAME = "registrar.toml"
@@ -66,9 +67,8 @@ class RegistrarConfig:
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
         try:
-            return host.strip("[]") or "127.0.0.1", int(port)
+            return host_port(self.listen)
         except ValueError as e:
             raise ConfigError(f"listen {self.listen!r} is not HOST:PORT") from e
 

@@ -17,6 +17,7 @@ from cityid.cli import Subparsers, group
 from cityid.errors import CityIdError, NotFoundError, ProofError
 from cityid.identifiers import Identifier, parse_identifier, parse_minted
 from cityid.keys import VerifierKey
+from cityid.netaddr import host_port
 from cityid.ops import (
     Delegate,
     Delete,
@@ -137,9 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise CityIdError("give --config FILE or --redis URL", rule="usage")
     url = args.redis or (cfg.effective_redis_url() if cfg else "") or redis_url() or ""
     listen = setting(args.listen, cfg, "http_listen", "127.0.0.1:8080")
-    host, _, port_s = listen.rpartition(":")
     try:
-        port = int(port_s)
+        host, port = host_port(listen)
     except ValueError as e:
         raise CityIdError(f"--listen {listen!r} is not HOST:PORT", rule="usage") from e
     workers = setting(args.workers, cfg, "processes", 1)
@@ -157,7 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         url = embedded.start()
     spec = WorkerSpec(
         redis_url=url,
-        host=host.strip("[]") or "127.0.0.1",
+        host=host,
         port=port,
         options=options,
         workers=workers,

@@ -17,6 +17,7 @@ from typing import Any
 from cityid.errors import CityIdError, KeyFormatError
 from cityid.identifiers import Prefix
 from cityid.keys import VerifierKey
+from cityid.netaddr import host_port
 from cityid.tomlkeys import ANY_TABLE, VALUE, unknown_keys_message
 from ledger.policy import LogEntry, Policy, PolicyError
 
@@ -56,9 +57,8 @@ class ConfigError(CityIdError):
 
 
 def _listen(text: str, what: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
     try:
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return host_port(text)
     except ValueError as e:
         raise ConfigError(f"{what} {text!r} is not HOST:PORT", rule="bad-config") from e
 

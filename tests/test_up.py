@@ -179,6 +179,12 @@ def test_up_corrupt_config(tmp_path: Path) -> None:
                        timeout=60)  # fmt: skip
     assert r.returncode == 1 and "rule: bad-config" in r.stderr, r.stderr
     assert "resolver.htpp (did you mean 'http'?" in r.stderr and "Traceback" not in r.stderr
+    # A listen address that is not HOST:PORT is named before anything starts.
+    (data / "cityid.toml").write_text('[witnesses]\nlisten = ["127.0.0.1:1", "localhost"]\n')
+    r = subprocess.run([*CLI, "up", "--data", str(data)], capture_output=True, text=True,
+                       timeout=60)  # fmt: skip
+    assert r.returncode == 1 and "rule: bad-config" in r.stderr, r.stderr
+    assert "[witnesses] listen has 'localhost', which is not HOST:PORT" in r.stderr
 
 
 def test_up_refuses_second_instance(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from dns.exception import DNSException
 
 from cityid.cli import Subparsers, group
 from cityid.errors import CityIdError
+from cityid.netaddr import host_port
 
 RAW = argparse.RawDescriptionHelpFormatter
 
@@ -99,9 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not roots:
         raise CityIdError("give --root PREFIX (or --config)", rule="usage")
     listen = pick(args.listen, "dns_listen", f"127.0.0.1:{DEFAULT_PORT}")
-    host, _, port_s = listen.rpartition(":")
     try:
-        port = int(port_s)
+        host, port = host_port(listen)
     except ValueError as e:
         raise CityIdError(f"--listen {listen!r} is not HOST:PORT", rule="usage") from e
     processes = pick(args.processes, "processes", 1)
@@ -122,7 +122,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_url=url,
         apex=pick(args.apex, "apex", "cityid.test"),
         roots=roots,
-        host=host.strip("[]") or "127.0.0.1",
+        host=host,
         port=port,
         nameservers=tuple(pick(args.ns, "nameservers", ())),
         ttl=pick(args.ttl, "dns_ttl_s", 300),
