@@ -467,11 +467,12 @@ class Resolver:
         return NotFoundError(f"{ident} is not registered", rule="not-found")
 
     async def _page(self, entry: Entry) -> Reply:
-        view = await self.log_view(entry)
+        # One event-loop pass: the store sends the prefix lookups in one pipeline.
+        view, area = await asyncio.gather(self.log_view(entry), self.area(entry))
         body = pages.landing_page(
             entry,
             view,
-            area=await self.area(entry),
+            area=area,
             resolver_url=f"{self.base_url}/{entry.ident}".upper(),
             proof_url=f"/api/proofs/{entry.ident}",
             json_url=f"/api/handles/{entry.ident}",
