@@ -18,11 +18,28 @@ It measures, each at least three times and printed as min / median / max:
 
 Logs are written under ``--dir`` (default: the system temp dir) and deleted
 afterwards. fsync dominates appends, so results depend on the disk.
+
+Disk use mode (``--disk``): the disk bytes per leaf after many single-entry
+batches, each sealed by its own checkpoint (the worst case for partial tiles
+and bundles, which every checkpoint rewrites)::
+
+    .venv/bin/python bench/ledger_bench.py --disk --batches 1000000 --grace 1 --no-fsync
+    .venv/bin/python bench/ledger_bench.py --disk --batches 20000 --grace inf  # never delete
+
+It drives ``ledger.storage.Log`` directly (no registrar, no HTTP), one
+``append`` of one ~197-byte leaf per batch, with ``partial_grace`` set to
+``--grace`` seconds (``inf``: superseded partials are never deleted, as before
+issue 17). It samples the log's size as it grows, waits out the grace period
+at the end, audits the log, and prints allocated bytes (``du``: blocks of
+every file and directory) and apparent bytes (file sizes) per leaf, each as a
+multiple of the entry bytes. ``--no-fsync`` skips fsync (it changes how long
+this takes, not what is on disk), so a million batches take minutes, not hours.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import random
@@ -39,6 +56,7 @@ import msgpack
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cityid.keys import SigningKey
+from ledger import storage
 from ledger.audit import verify_log
 from ledger.merkle import verify_inclusion
 from ledger.storage import Log
@@ -88,6 +106,71 @@ def summary(name: str, values: list[float], unit: str, fmt: str = "{:,.0f}") -> 
     )
 
 
+def disk_usage(d: Path) -> tuple[int, int, int]:
+    """(allocated bytes of every file and directory, apparent bytes of the files, partials)."""
+    allocated = os.lstat(d).st_blocks * 512
+    apparent = 0
+    partials = 0
+    for root, dirs, files in os.walk(d):
+        for name in dirs:
+            allocated += os.lstat(os.path.join(root, name)).st_blocks * 512
+        for name in files:
+            st = os.lstat(os.path.join(root, name))
+            allocated += st.st_blocks * 512
+            apparent += st.st_size
+            partials += root.endswith(".p")
+    return allocated, apparent, partials
+
+
+def disk_bench(work: Path, batches: int, grace: float, samples: int = 10) -> int:
+    """Append ``batches`` single-leaf batches; print disk bytes per leaf vs entry bytes."""
+    key = SigningKey.generate("bench.example/log")
+    d = work / "disk"
+    entry_bytes = 0
+    peak = (0.0, 0)
+    every = max(1, batches // samples)
+    t0 = time.perf_counter()
+    print(f"{batches:,} single-leaf batches, partial_grace {grace} s, log in {d}")
+    with Log.create(d, key, partial_grace=grace) as log:
+        for i in range(batches):
+            leaf = make_leaf(i)
+            log.append([leaf])
+            entry_bytes += len(leaf)
+            if (i + 1) % every == 0 or i + 1 == batches:
+                allocated, apparent, partials = disk_usage(d)
+                ratio = allocated / entry_bytes
+                peak = max(peak, (ratio, i + 1))
+                print(
+                    f"  {i + 1:>10,} leaves  {time.perf_counter() - t0:7.0f} s  "
+                    f"allocated {allocated / (i + 1):7.1f} B/leaf = {ratio:5.2f}x entries  "
+                    f"{partials:,} partial files",
+                    flush=True,
+                )
+        if not math.isinf(grace):
+            time.sleep(grace)  # the last partials superseded are due now
+            log.collect_garbage()
+    allocated, apparent, partials = disk_usage(d)
+    t = time.perf_counter()
+    cp = verify_log(d, key.verifier)
+    assert cp.size == batches
+    print(f"audit: {cp.size:,} leaves verified in {time.perf_counter() - t:.1f} s")
+    per_entry = entry_bytes / batches
+    print(f"entry bytes            {entry_bytes:,} ({per_entry:.1f} B/leaf)")
+    print(
+        f"allocated (du) bytes   {allocated:,} ({allocated / batches:.1f} B/leaf) = "
+        f"{allocated / entry_bytes:.3f}x the entry bytes"
+    )
+    print(
+        f"apparent bytes         {apparent:,} ({apparent / batches:.1f} B/leaf) = "
+        f"{apparent / entry_bytes:.3f}x the entry bytes"
+    )
+    print(f"partial files left     {partials}")
+    print(f"peak while appending   {peak[0]:.2f}x (sampled at {peak[1]:,} leaves)")
+    # The floor: a 2-byte length per entry and a 32-byte leaf hash per entry.
+    print(f"format floor           {(per_entry + 2 + 32 * 257 / 256) / per_entry:.3f}x")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--leaves", type=int, default=1_000_000, help="size of the audited log")
@@ -98,7 +181,20 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="repetitions of each measure (>= 3)")
     ap.add_argument("--quick", action="store_true", help="small sizes: 100k log, 20k appends")
     ap.add_argument("--dir", type=Path, default=None, help="where to build the logs")
+    ap.add_argument("--disk", action="store_true", help="disk use mode (see above)")
+    ap.add_argument("--batches", type=int, default=1_000_000, help="--disk: single-leaf batches")
+    ap.add_argument("--grace", type=float, default=1.0, help="--disk: partial_grace seconds")
+    ap.add_argument("--no-fsync", action="store_true", help="--disk: skip fsync (same bytes)")
     args = ap.parse_args()
+    if args.disk:
+        if args.no_fsync:
+            storage._sync_and_close = os.close  # type: ignore[assignment]
+            storage.fsync_dir = lambda path: None  # type: ignore[assignment]
+        work = Path(tempfile.mkdtemp(prefix="ledger-bench-", dir=args.dir))
+        try:
+            return disk_bench(work, args.batches, args.grace)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     if args.quick:
         args.leaves, args.append_leaves, args.proofs = 100_000, 20_000, 2_000
     runs = max(3, args.runs)

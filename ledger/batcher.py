@@ -27,7 +27,7 @@ from types import TracebackType
 
 from cityid.errors import LedgerError
 
-from .storage import Log
+from .storage import GC_STEP, Log
 from .tiles import MAX_ENTRY_SIZE
 
 log = logging.getLogger("cityid.ledger.batcher")
@@ -180,7 +180,7 @@ class Sequencer:
                     if self._closing:
                         return
                     self._wakeup.clear()
-                    await self._wakeup.wait()
+                    await self._idle()
                     continue
                 deadline = self._queue[0].arrived + self.max_delay
                 while self._queued < self.max_batch and not self._closing and not self._flushes:
@@ -197,6 +197,22 @@ class Sequencer:
                 p = self._queue.popleft()
                 if not p.future.done():
                     p.future.set_exception(err)
+
+    async def _idle(self) -> None:
+        """Wait for a submit; meanwhile delete superseded partial tiles as they fall due.
+
+        Publishing deletes them too, but an idle log would otherwise keep the
+        last grace period's leftovers until its next batch.
+        """
+        assert self._wakeup is not None
+        due = self.log.garbage_due_in()
+        if due is None:
+            await self._wakeup.wait()
+            return
+        try:
+            await asyncio.wait_for(self._wakeup.wait(), due)
+        except TimeoutError:
+            await asyncio.to_thread(self.log.collect_garbage, GC_STEP)
 
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []

@@ -9,6 +9,7 @@ by any static file server::
     <dir>/.private/config       origin and verifier key (for read-only opens)
     <dir>/.private/state        the last (size, root) the log committed to sign
     <dir>/.private/lock         flock'd by the one writer
+    <dir>/.private/gc           how far superseded partials are known to be gone
     <dir>/.private/tmp/         temp files, renamed into place
 
 Appending is two steps so witnesses can cosign before anything is public:
@@ -19,6 +20,13 @@ inconsistent checkpoints: a size is signed only after its root is durable, and
 once recorded it is never rolled back, only forward. Files beyond the recorded
 size (a crash mid-stage) are garbage that the next stage overwrites, because
 every stage rewrites every tile it touches.
+
+Each checkpoint needs one partial tile per level and one partial bundle; a
+later publish supersedes them (by wider partials, or full tiles). The writer
+deletes superseded partials ``partial_grace`` seconds after the publish that
+superseded them, so readers of the previous checkpoint can finish, and keeps
+the partials of the published and the signed checkpoint. See
+:class:`_PartialCollector`.
 """
 
 from __future__ import annotations
@@ -26,10 +34,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
+import math
 import os
 import shutil
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -44,22 +56,44 @@ from .merkle import EMPTY_ROOT, subtree_root
 from .note import open_note, sign_note
 from .tiles import (
     MAX_ENTRY_SIZE,
+    MAX_LEVEL,
     TILE_HEIGHT,
     TILE_WIDTH,
     TileHashReader,
+    TilePath,
     decode_bundle,
     edge_root,
     encode_bundle,
     entries_path,
+    full_tile_count,
     iter_entries,
+    partial_dir,
+    partial_tiles,
+    partial_width,
     split_tile,
     tile_path,
 )
 
 CHECKPOINT = "checkpoint"
 PRIVATE = ".private"
+GC_STATE = f"{PRIVATE}/gc"
 _CONFIG_MAGIC = "cityid-ledger v1"
+_GC_MAGIC = "cityid-ledger-gc v1"
 _sha256 = hashlib.sha256
+logger = logging.getLogger("cityid.ledger.storage")
+
+# How long a superseded partial tile or bundle stays served: a reader that
+# fetched the checkpoint needing it has this long to fetch it. Checkpoints are
+# served no-cache and tiles are fetched right after them, so a minute is ample;
+# it also bounds the leftovers to the partials written in the last minute.
+DEFAULT_PARTIAL_GRACE = 60.0
+# The GC watermarks (.private/gc) are persisted at most this often: they only
+# bound the scan on the next open, so a stale one costs a few directory stats.
+_GC_PERSIST_EVERY = 5.0
+# Files deleted per publish at most (a backlog drains over several, or when idle).
+GC_STEP = 1024
+# The width of a doomed entry that stands for a full tile's whole .p directory.
+_WHOLE_DIR = 0
 
 
 def _sync_and_close(fd: int) -> None:
@@ -159,6 +193,10 @@ class _FileWriter:
             dirty.add(m.parent)
         self._known_dirs.add(d)
 
+    def forget_dir(self, d: Path) -> None:
+        """``d`` was removed: create it again if a file is ever written there."""
+        self._known_dirs.discard(d)
+
     def begin(self) -> _Txn:
         return _Txn(self)
 
@@ -173,10 +211,259 @@ class _FileWriter:
             raise
 
 
+# --- superseded partials ----------------------------------------------------------
+
+Column = int | None  # a hash tile level, or None for the entry bundles
+
+
+def encode_gc_marks(marks: dict[Column, int]) -> bytes:
+    """``.private/gc``: per column, how many leading tiles are known to have no partials."""
+    lines = [_GC_MAGIC]
+    for col in sorted(marks, key=lambda c: -1 if c is None else c):
+        lines.append(f"{'entries' if col is None else col} {marks[col]}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def decode_gc_marks(data: bytes) -> dict[Column, int]:
+    """Inverse of :func:`encode_gc_marks`; anything unreadable means "scan everything" ({})."""
+    try:
+        lines = data.decode().split("\n")
+        if lines[0] != _GC_MAGIC or lines[-1] != "":
+            return {}
+        marks: dict[Column, int] = {}
+        for line in lines[1:-1]:
+            name, value = line.split(" ")
+            col = None if name == "entries" else int(name)
+            if (col is not None and not 0 <= col <= MAX_LEVEL) or int(value) < 0:
+                return {}
+            marks[col] = int(value)
+        return marks
+    except (UnicodeDecodeError, ValueError):
+        return {}
+
+
+def _needed(*sizes: int) -> set[TilePath]:
+    return {tp for size in sizes for tp in partial_tiles(size)}
+
+
+class _PartialCollector:
+    """Deletes partial tiles and bundles once superseded, after a grace period.
+
+    A partial is *live* while the published or the signed checkpoint needs it.
+    When a publish leaves it behind (a wider partial or the full tile now
+    stands for it), or a stage does (the unpublished stage before it), it
+    becomes *doomed*, and is deleted ``grace`` seconds later, so a reader that
+    fetched the previous checkpoint can still fetch it.
+    Deadlines live in memory only: after a restart, whatever superseded
+    partial the open finds gets a whole grace period again, counted from the
+    open, so a crash never shortens one. Deleting is never needed for
+    consistency, so a crash anywhere in here leaves at worst a leftover.
+
+    To keep that scan short, ``.private/gc`` records per column (entries,
+    hash level 0, 1, ...) a *mark*: tiles below it have no partials left. It is
+    written only after the deletions it vouches for are durable.
+    """
+
+    def __init__(
+        self, root: Path, writer: _FileWriter, grace: float, clock: Callable[[], float]
+    ) -> None:
+        self.root = root
+        self.writer = writer
+        self.grace = grace
+        self.clock = clock
+        self.live: set[TilePath] = set()
+        # FIFO of (deadline, seq, tile); deadlines never decrease along it.
+        self.doomed: deque[tuple[float, int, TilePath]] = deque()
+        self.valid: dict[TilePath, int] = {}  # tile -> seq of its current doom entry
+        self.per_tile: dict[tuple[Column, int], int] = {}  # valid doomed partials per tile
+        self.seq = 0
+        self.marks: dict[Column, int] = {}
+        self.dirty: set[Path] = set()  # parents of removed .p dirs, to fsync before a mark
+        self.persisted_at = -math.inf
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _doom(self, tp: TilePath, now: float) -> None:
+        if math.isinf(self.grace):
+            return  # never delete (the behaviour before garbage collection)
+        self.seq += 1
+        self.doomed.append((now + self.grace, self.seq, tp))
+        if tp not in self.valid:
+            key = (tp.level, tp.index)
+            self.per_tile[key] = self.per_tile.get(key, 0) + 1
+        self.valid[tp] = self.seq
+
+    def _undoom(self, tp: TilePath) -> bool:
+        if self.valid.pop(tp, None) is None:
+            return False
+        key = (tp.level, tp.index)
+        self.per_tile[key] -= 1
+        if not self.per_tile[key]:
+            del self.per_tile[key]
+        return True
+
+    def scan(self, pub: int, signed: int) -> None:
+        """On open: find the partials left by earlier runs, from the marks onwards."""
+        try:
+            self.marks = decode_gc_marks((self.root / GC_STATE).read_bytes())
+        except FileNotFoundError:
+            self.marks = {}  # a new log, or one from before garbage collection
+        needed = _needed(pub, signed)
+        self.live = set(needed)
+        now = self.clock()
+        cols: list[Column] = [None]
+        cols += [lv for lv in range(MAX_LEVEL + 1) if (self.root / "tile" / str(lv)).is_dir()]
+        for col in cols:
+            full = full_tile_count(pub, col)
+            edge = full_tile_count(signed, col)
+            t = min(self.marks.get(col, 0), full)
+            while True:
+                pdir = self.root / partial_dir(col, t)
+                if t < full:
+                    # A full tile needs none of its partials: one entry for the
+                    # whole directory (a log from before GC has 255 in each).
+                    if pdir.is_dir():
+                        self._doom(TilePath(col, t, _WHOLE_DIR), now)
+                    t += 1
+                    continue
+                try:
+                    names = os.listdir(pdir)
+                except (FileNotFoundError, NotADirectoryError):
+                    names = None
+                # Past the right edge only a crashed stage's garbage can exist,
+                # and it is contiguous: stop at the first tile with nothing.
+                if t > edge and names is None and not pdir.with_suffix("").exists():
+                    break
+                for name in names or ():
+                    w = partial_width(name)
+                    tp = TilePath(col, t, w) if w is not None else None
+                    if tp is not None and tp not in needed:
+                        self._doom(tp, now)
+                t += 1
+
+    def written(self, tiles: Iterable[TilePath]) -> None:
+        """After a stage: these partials are (re)written and live."""
+        for tp in tiles:
+            self._undoom(tp)  # a crash's garbage rewritten for real: keep it
+            self.live.add(tp)
+
+    def superseded(self, pub: int, signed: int) -> None:
+        """After a publish or stage: doom every live partial neither checkpoint needs."""
+        needed = _needed(pub, signed)
+        gone = sorted(self.live - needed, key=lambda tp: (tp.index, tp.width))
+        now = self.clock()
+        for tp in gone:
+            self.live.discard(tp)
+            self._doom(tp, now)
+
+    def discard(self, tiles: Iterable[TilePath], pub: int, signed: int) -> None:
+        """After a failed stage: its partials were never signed, so no reader needs them."""
+        needed = _needed(pub, signed)
+        for tp in tiles:
+            if tp not in needed and tp not in self.live and tp not in self.valid:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.root / tp.path())
+
+    # -- deleting --------------------------------------------------------------------------
+
+    def due_in(self) -> float | None:
+        if not self.doomed:
+            return None
+        return max(0.0, self.doomed[0][0] - self.clock())
+
+    def collect(self, pub: int, limit: int | None = None) -> int:
+        """Delete the doomed partials whose grace has run out; return how many files.
+
+        Stops once ``limit`` files are gone (it may overshoot by one directory),
+        so a backlog (a log from before GC) never holds up one publish for long.
+        """
+        now = self.clock()
+        removed = 0
+        while self.doomed and self.doomed[0][0] <= now:
+            if limit is not None and removed >= limit:
+                break
+            _, seq, tp = self.doomed.popleft()
+            if self.valid.get(tp) != seq:
+                continue  # rewritten since, or doomed again later
+            self._undoom(tp)
+            if tp.width != _WHOLE_DIR:
+                try:
+                    os.unlink(self.root / tp.path())
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+            key = (tp.level, tp.index)
+            if key not in self.per_tile and full_tile_count(pub, tp.level) > tp.index:
+                removed += self._drop_dir(tp.level, tp.index)
+        return removed
+
+    def _drop_dir(self, col: Column, index: int) -> int:
+        """The last doomed partial of a full tile is gone: remove its ``.p`` directory.
+
+        Any other partial in it goes too: all of a log's from before GC (one
+        entry stands for them), or a stage's that failed mid-way (never
+        signed). Empty directories cost a block each, as much as the hash
+        tiles of 128 leaves.
+        """
+        pdir = self.root / partial_dir(col, index)
+        removed = 0
+        try:
+            names = os.listdir(pdir)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            w = partial_width(name)
+            if w is not None and TilePath(col, index, w) not in self.live:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(pdir / name)
+                    removed += 1
+        try:
+            pdir.rmdir()
+        except OSError:
+            return removed  # something we did not write is in there: leave it
+        self.writer.forget_dir(pdir)
+        self.dirty.add(pdir.parent)
+        return removed
+
+    def persist(self, pub: int, *, force: bool = False) -> None:
+        """Record the marks, if they moved, once the deletions below them are durable."""
+        if math.isinf(self.grace):
+            return  # nothing is deleted, so no mark may claim otherwise
+        now = self.clock()
+        if not force and now - self.persisted_at < _GC_PERSIST_EVERY:
+            return
+        marks = {col: full_tile_count(pub, col) for col in [None, *range(MAX_LEVEL + 1)]}
+        marks = {col: m for col, m in marks.items() if m}
+        for level, index in self.per_tile:
+            if level in marks:
+                marks[level] = min(marks[level], index)
+        # Never lower a mark: what it vouched for still holds.
+        marks = {col: max(m, self.marks.get(col, 0)) for col, m in marks.items()}
+        self.persisted_at = now
+        if marks == self.marks:
+            return
+        dirs = list(self.dirty)
+        for f in [self.writer.pool.submit(fsync_dir, d) for d in dirs]:
+            f.result()
+        self.dirty.clear()
+        self.writer.write_all({GC_STATE: encode_gc_marks(marks)})
+        self.marks = marks
+
+
 class Log:
     """One transparency log in one directory. Open with :meth:`create` or :meth:`open`."""
 
-    def __init__(self, directory: Path, origin: str, verifier: VerifierKey) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        origin: str,
+        verifier: VerifierKey,
+        partial_grace: float = DEFAULT_PARTIAL_GRACE,
+    ) -> None:
+        if not partial_grace >= 0:
+            raise LedgerError(
+                f"partial_grace must be >= 0 seconds, not {partial_grace}", rule="bad-config"
+            )
         self.directory = directory
         self.origin = origin
         self.verifier = verifier
@@ -193,12 +480,19 @@ class Log:
         self._broken: str | None = None
         self._reader: TileHashReader | None = None
         self._reader_lock = threading.Lock()
+        self.partial_grace = partial_grace
+        self._gc: _PartialCollector | None = None  # the writer's, once recovered
 
     # --- opening ------------------------------------------------------------------
 
     @classmethod
     def create(
-        cls, directory: str | os.PathLike[str], signer: SigningKey, origin: str | None = None
+        cls,
+        directory: str | os.PathLike[str],
+        signer: SigningKey,
+        origin: str | None = None,
+        *,
+        partial_grace: float = DEFAULT_PARTIAL_GRACE,
     ) -> Log:
         """Create an empty log signed by ``signer`` (origin defaults to the key name).
 
@@ -231,7 +525,7 @@ class Log:
         fsync_dir(tmp)
         os.rename(tmp, d)  # replaces an empty directory atomically, too
         fsync_dir(d.parent)
-        return cls.open(d, signer)
+        return cls.open(d, signer, partial_grace=partial_grace)
 
     @classmethod
     def open(
@@ -240,6 +534,8 @@ class Log:
         signer: SigningKey | None = None,
         *,
         publish_pending: bool = True,
+        partial_grace: float = DEFAULT_PARTIAL_GRACE,
+        clock: Callable[[], float] = time.monotonic,
     ) -> Log:
         """Open a log; read-only without ``signer``, else the one exclusive writer.
 
@@ -248,6 +544,11 @@ class Log:
         signed checkpoint is published at once, or, with ``publish_pending=False``
         (a log whose checkpoints need cosignatures first), left as
         :attr:`pending_note` for the caller to cosign and :meth:`publish`.
+
+        A writer deletes each partial tile or bundle ``partial_grace`` seconds
+        after a published checkpoint supersedes it (``math.inf``: never), timed
+        by ``clock``; superseded partials it finds on opening get the whole
+        grace period from now.
         """
         d = Path(directory)
         try:
@@ -262,7 +563,7 @@ class Log:
             raise LedgerError(
                 f"{d / PRIVATE / 'config'}: unrecognised format ({e})", rule="no-log"
             ) from e
-        log = cls(d, lines[1], verifier)
+        log = cls(d, lines[1], verifier, partial_grace)
         if signer is None:
             log.refresh()
             return log
@@ -275,6 +576,10 @@ class Log:
         log._take_lock(signer)
         try:
             log._recover(publish_pending)
+            assert log._writer is not None
+            gc = _PartialCollector(d, log._writer, partial_grace, clock)
+            gc.scan(log._pub_cp.size, log._signed_cp.size)
+            log._gc = gc
         except BaseException:
             log.close()
             raise
@@ -298,6 +603,12 @@ class Log:
         (priv / "tmp").mkdir(exist_ok=True)
 
     def close(self) -> None:
+        if self._gc is not None and not self._broken:
+            # Deadlines not reached yet are left to the next open (with a new grace).
+            with contextlib.suppress(OSError):
+                self._gc.collect(self._pub_cp.size, GC_STEP)
+                self._gc.persist(self._pub_cp.size, force=True)
+        self._gc = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -485,9 +796,19 @@ class Log:
             if txn.groups_started > 1:
                 # The state file may or may not have landed: only a reopen can tell.
                 self._broken = f"writing the signed state failed: {e}"
+            elif self._gc is not None:
+                # Partials renamed into place before the failure (a full disk)
+                # belong to no signed tree: drop them rather than leak them.
+                with contextlib.suppress(OSError):
+                    self._gc.discard(partial_tiles(new), self._pub_cp.size, old)
             raise
         self._signed_cp = cp
         self._edge, self._bundle = edge, bundle
+        if self._gc is not None:
+            self._gc.written(partial_tiles(new))
+            # A stage on top of an unpublished one (witnesses away) leaves that
+            # one's partials behind: its checkpoint can no longer be published.
+            self._gc.superseded(self._pub_cp.size, new)
         note = sign_note(cp.text(), signer)
         self._pending = note
         return note
@@ -566,6 +887,33 @@ class Log:
         self._pub_cp, self._pub_note = cp, note
         if cp == self._signed_cp:
             self._pending = None
+        if self._gc is not None:
+            self._gc.superseded(cp.size, self._signed_cp.size)
+            self.collect_garbage(GC_STEP)
+
+    # --- superseded partials --------------------------------------------------------
+
+    def collect_garbage(self, limit: int | None = None) -> int:
+        """Delete the superseded partials whose grace period is over; return how many.
+
+        At most about ``limit`` files (None: all that are due). Publishing does
+        this too; call it when the log is idle so the last leftovers go as well
+        (:meth:`garbage_due_in` says when). Never raises for a failed deletion:
+        a leftover is harmless, and the checkpoint is out.
+        """
+        if self._gc is None or self._broken:
+            return 0
+        try:
+            removed = self._gc.collect(self._pub_cp.size, limit)
+            self._gc.persist(self._pub_cp.size)
+        except OSError as e:
+            logger.warning("%s: deleting superseded partial tiles failed: %s", self.directory, e)
+            return 0
+        return removed
+
+    def garbage_due_in(self) -> float | None:
+        """Seconds until a superseded partial is due for deletion (None: none waits)."""
+        return None if self._gc is None or self._broken else self._gc.due_in()
 
     def append(self, entries: Sequence[bytes]) -> bytes:
         """Stage and publish ``entries``; return the published note."""

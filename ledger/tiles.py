@@ -183,6 +183,45 @@ def bundles_for_size(size: int) -> list[tuple[int, int]]:
     return out
 
 
+def partial_tiles(size: int) -> list[TilePath]:
+    """The partial entry bundle and hash tiles a tree of ``size`` leaves publishes.
+
+    These are the only partial files a checkpoint of ``size`` needs; every
+    other partial is superseded (by a full tile, or by a wider partial of the
+    same tile for a larger tree). O(levels), unlike :func:`tiles_for_size`.
+    """
+    out = []
+    if size % TILE_WIDTH:
+        out.append(TilePath(None, size // TILE_WIDTH, size % TILE_WIDTH))
+    level = 0
+    while (c := size >> (TILE_HEIGHT * level)) > 0:
+        if c % TILE_WIDTH:
+            out.append(TilePath(level, c // TILE_WIDTH, c % TILE_WIDTH))
+        level += 1
+    return out
+
+
+def full_tile_count(size: int, level: int | None) -> int:
+    """How many full tiles at ``level`` (None: entry bundles) a tree of ``size`` has."""
+    return (size >> (TILE_HEIGHT * (level or 0))) // TILE_WIDTH
+
+
+def partial_dir(level: int | None, index: int) -> str:
+    """The directory holding the partials of one tile: ``tile/<L>/<N>.p``."""
+    full = entries_path(index) if level is None else tile_path(level, index)
+    return full + ".p"
+
+
+_WIDTH_RE = re.compile(r"[1-9][0-9]{0,2}")
+
+
+def partial_width(name: str) -> int | None:
+    """The width a file name in a ``.p`` directory stands for, or None if it is not one."""
+    if _WIDTH_RE.fullmatch(name) is None or int(name) >= TILE_WIDTH:
+        return None
+    return int(name)
+
+
 def tile_width(size: int, level: int, index: int) -> int:
     """Width of tile ``(level, index)`` in the tree of ``size`` leaves (0: absent)."""
     c = size >> (TILE_HEIGHT * level)

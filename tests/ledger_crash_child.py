@@ -5,16 +5,19 @@ Run as ``python tests/ledger_crash_child.py DIR KEYFILE GEN SEED``. Prints
 ``ACK <gen> <first> <count> <size> <root-hex>`` per published batch, flushed
 before the next batch starts. The parent SIGKILLs it at random moments.
 Entry contents depend on (gen, index) so the parent can recompute them.
+``LEDGER_PARTIAL_GRACE`` (seconds), if set, is the log's ``partial_grace``, so
+kills also land while superseded partials are being deleted.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
 
 from cityid.keys import SigningKey
-from ledger.storage import Log
+from ledger.storage import DEFAULT_PARTIAL_GRACE, Log
 
 
 def entry(gen: int, index: int) -> bytes:
@@ -26,8 +29,12 @@ def main() -> None:
     directory, keyfile, gen, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     key = SigningKey.read(keyfile)
     rng = random.Random(seed)
+    grace = float(os.environ.get("LEDGER_PARTIAL_GRACE", DEFAULT_PARTIAL_GRACE))
     # create() renames a complete log into place, so "exists" means "whole".
-    log = Log.open(directory, key) if Path(directory).exists() else Log.create(directory, key)
+    if Path(directory).exists():
+        log = Log.open(directory, key, partial_grace=grace)
+    else:
+        log = Log.create(directory, key, partial_grace=grace)
     print(f"READY {log.size}", flush=True)
     while True:
         first = log.signed_size
