@@ -25,6 +25,31 @@ as min / median / max:
     default batching delay and at ``--fast-delay-ms``.
 
 Targets: (a) >= 100,000 ids/s, (b) >= 20,000 rows/s.
+
+``--restart`` measures instead how long a registrar takes to start on a big log (issue
+17, section 8), at 1,000,000 and 10,000,000 identifiers (``--sizes``; ``--quick``:
+100,000 and 1,000,000) of two kinds: *explicit* (Mint leaves of 400 identifiers, half
+named ``K6-N``, half auto-numbered ``C`` + 9 digits, one URL each: what CSV uploads
+write) and *range* (MintRange leaves of 1,000,000). The log is written straight into
+the registrar's directory (``ledger.storage.Log``, no HTTP), then for each round:
+
+* before: the snapshot directory deleted, so the start replays the whole log (what every
+  start did before snapshots); the clean stop after it writes a snapshot;
+* after: a start from that snapshot (no tail).
+
+Restart time is from spawning ``cityid registrar serve`` to ``/healthz`` answering 200
+(interpreter, imports, log open, snapshot load, replay, bind); printed as min / median /
+max over ``--repeat`` rounds, with the child's RSS once started (the namespace's
+footprint plus the process's base, printed for an empty registrar). Then, in this
+process, the event-loop stall of writing a snapshot: a 1 ms timer ticks while
+``Registrar.write_snapshot`` merges and writes (periodic: 250,000 new identifiers on top
+of the loaded snapshot; first: the whole namespace after a full replay, the worst case).
+Every start and stop is bounded (``--start-timeout``); from 5M identifiers the full
+replay runs once (``--before-repeat``) and the in-process first snapshot only with
+``--first-stall``, as each takes minutes. Goal: a restart <= 3 s at 10M.
+
+    .venv/bin/python bench/registrar_bench.py --restart --quick    # ~10 min
+    .venv/bin/python bench/registrar_bench.py --restart            # ~30 min on 2 CPUs
 """
 
 from __future__ import annotations
@@ -44,10 +69,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import msgpack
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -66,9 +93,12 @@ from registrar_harness import (  # noqa: E402
 
 from cityid.authority import Namespace  # noqa: E402
 from cityid.cli import main as cityid_main  # noqa: E402
+from cityid.identifiers import mint_suffix  # noqa: E402
 from cityid.keys import SigningKey  # noqa: E402
-from cityid.ops import Mint, MintItem, MintRange, SignedOperation, now  # noqa: E402
-from cityid.records import Record, Value  # noqa: E402
+from cityid.ops import Mint, MintItem, MintRange, SignedOperation, now, sign_body  # noqa: E402
+from cityid.records import DEFAULT_TTL, Record, Value  # noqa: E402
+from ledger.storage import Log  # noqa: E402
+from registrar.core import Registrar  # noqa: E402
 from registrar.csvmint import CsvMint  # noqa: E402
 from registrar.server import GC_THRESHOLDS  # noqa: E402
 
@@ -317,6 +347,243 @@ def run(args: argparse.Namespace) -> None:
             shutil.rmtree(base, ignore_errors=True)
 
 
+# -- restart time ------------------------------------------------------------------------
+
+RESTART_GOAL_S = 3.0
+IDS_PER_LEAF = 400
+RANGE_SIZE = 1_000_000
+
+
+def explicit_leaves(key: SigningKey, count: int, ts: int) -> Iterator[bytes]:
+    """Mint leaves of IDS_PER_LEAF identifiers, packed as ``encode_body`` packs them (the
+    canonical form the registrar checks), without building a Record per identifier."""
+    packer = msgpack.Packer(use_bin_type=True)
+    pack = packer.pack
+    head = b"\x94" + pack("mint") + pack(str(TRAFFIC))
+    for first in range(0, count, IDS_PER_LEAF):
+        items = []
+        for n in range(first, min(first + IDS_PER_LEAF, count)):
+            suffix = f"K6-{n}" if n % 2 else mint_suffix("C", n // 2, 9)
+            value = [[1, "URL", f"https://assets.example/{n}", DEFAULT_TTL, ts]]
+            items.append(b"\x93" + pack(suffix) + b"\x00" + pack(value))
+        body = head + packer.pack_array_header(len(items)) + b"".join(items) + pack(ts)
+        yield sign_body(body, key)
+
+
+def range_leaves(key: SigningKey, count: int, ts: int) -> Iterator[bytes]:
+    template = Record((Value.make(1, "URL", "https://t.example/r/{suffix}", timestamp=ts),))
+    for start in range(0, count, RANGE_SIZE):
+        n = min(RANGE_SIZE, count - start)
+        yield sign(MintRange(TRAFFIC, "R", start, n, 9, template, ts), key)
+
+
+def build_log(spec: RegistrarSpec, key: SigningKey, kind: str, count: int) -> int:
+    """Write ``count`` identifiers of ``kind`` into the registrar's (new) log; its leaves."""
+    ts = now()
+    make = explicit_leaves if kind == "explicit" else range_leaves
+    leaves = 0
+    with Log.create(spec.log_dir, spec.log_key, spec.origin) as log:
+        batch: list[bytes] = []
+        for leaf in make(key, count, ts):
+            if not leaves:
+                SignedOperation.decode(leaf)  # the registrar will accept what we pack
+            batch.append(leaf)
+            leaves += 1
+            if len(batch) == 256:
+                log.append(batch)
+                batch = []
+        if batch:
+            log.append(batch)
+    return leaves
+
+
+def url_record(url: str, ts: int) -> Record:
+    return Record((Value.make(1, "URL", url, timestamp=ts),))
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def timed_start(proc: RegistrarProcess, timeout: float) -> tuple[float, float, str]:
+    """(seconds from spawn to /healthz 200, RSS MB once ready, what the start logged)."""
+    before = len(proc.output())
+    t0 = time.perf_counter()
+    proc.spawn()
+    proc.wait_ready(timeout=timeout)
+    took = time.perf_counter() - t0
+    rss = rss_mb(proc.pid)
+    lines = [
+        line.split("cityid.registrar ", 1)[1]
+        for line in proc.output()[before:].splitlines()
+        if "replayed" in line and "cityid.registrar " in line
+    ]
+    return took, rss, lines[-1] if lines else "?"
+
+
+def timed_stop(proc: RegistrarProcess, timeout: float) -> float:
+    t0 = time.perf_counter()
+    code = proc.stop(timeout=timeout)
+    if code != 0:
+        raise SystemExit(f"registrar exited with {code}:\n{proc.output()[-3000:]}")
+    return time.perf_counter() - t0
+
+
+async def idle_lag(seconds: float = 3.0) -> tuple[float, float]:
+    """(max, p99 ms) of the 1 ms timer with nothing else running: the machine's own noise,
+    to read the stall figures against."""
+    lags: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        await asyncio.sleep(0.001)
+        lags.append(time.perf_counter() - t - 0.001)
+    lags.sort()
+    return lags[-1] * 1000, lags[int(len(lags) * 0.99)] * 1000
+
+
+async def snapshot_stall(reg: Registrar) -> tuple[float, float, float]:
+    """(seconds, max and p99 event-loop lag in ms) of ``reg.write_snapshot()`` while a
+    1 ms timer ticks on the same loop."""
+    lags: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            await asyncio.sleep(0.001)
+            lags.append(time.perf_counter() - t - 0.001)
+
+    ticker = asyncio.create_task(tick())
+    await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
+    await reg.write_snapshot()
+    took = time.perf_counter() - t0
+    stop.set()
+    await ticker
+    lags.sort()
+    return took, lags[-1] * 1000, lags[int(len(lags) * 0.99)] * 1000
+
+
+async def periodic_stall(spec: RegistrarSpec, key: SigningKey, new_ids: int, rep: int) -> Any:
+    """Load the snapshot, admit ``new_ids`` identifiers, then snapshot: the steady state."""
+    cfg = spec.config()
+    cfg.snapshot_every = 0  # only the one we time
+    reg = Registrar.open(cfg)
+    await reg.start()
+    try:
+        ts = now()
+        leaves = []
+        for first in range(0, new_ids, IDS_PER_LEAF):
+            items = tuple(
+                MintItem(f"P{rep}-{n}", 0, url_record(f"https://p.example/{n}", ts))
+                for n in range(first, min(first + IDS_PER_LEAF, new_ids))
+            )
+            leaves.append(sign(Mint(TRAFFIC, items, ts), key))
+        for i in range(0, len(leaves), 100):
+            await reg.submit(leaves[i : i + 100], flush=True)
+        return await snapshot_stall(reg)
+    finally:
+        await reg.aclose()
+
+
+async def first_stall(spec: RegistrarSpec) -> Any:
+    """A full replay (no snapshot), then the snapshot that folds the whole namespace."""
+    shutil.rmtree(spec.directory / "snapshot", ignore_errors=True)
+    cfg = spec.config()
+    cfg.snapshot_every = 0
+    reg = Registrar.open(cfg)
+    try:
+        return await snapshot_stall(reg)
+    finally:
+        await reg.aclose()
+
+
+def run_restart(args: argparse.Namespace) -> None:
+    sizes = args.sizes or ([100_000, 1_000_000] if args.quick else [1_000_000, 10_000_000])
+    repeat = max(3, args.repeat)
+    base = Path(tempfile.mkdtemp(prefix="registrar-restart-", dir=args.dir))
+    print(
+        f"registrar restart bench: python {platform.python_version()}, {os.cpu_count()} "
+        f"CPUs, logs in {base}, repeat {repeat}, sizes {', '.join(f'{n:,}' for n in sizes)}"
+    )
+    key = new_key("traffic", base)
+    stop_timeout = args.start_timeout * 2
+    gc.set_threshold(*GC_THRESHOLDS)  # the in-process registrars run as `serve` does
+    try:
+        spec = make_registrar(base / "empty", TRAFFIC, ORIGIN, admin=key)
+        with RegistrarProcess(spec) as proc:
+            took, rss, _ = timed_start(proc, args.start_timeout)
+            timed_stop(proc, stop_timeout)
+        print(f"empty registrar: start {took:.2f} s, RSS {rss:.0f} MB (the process's base)")
+        for count in sizes:
+            for kind in ("explicit", "range"):
+                spec = make_registrar(base / f"{kind}-{count}", TRAFFIC, ORIGIN, admin=key)
+                t0 = time.perf_counter()
+                leaves = build_log(spec, key, kind, count)
+                log_mb = sum(f.stat().st_size for f in spec.log_dir.rglob("*") if f.is_file())
+                print(f"\n{count:,} {kind} ids: {leaves:,} leaves, log {log_mb / 1e6:,.0f} MB "
+                      f"(written in {time.perf_counter() - t0:.0f} s)")  # fmt: skip
+                before: list[float] = []
+                after: list[float] = []
+                stops: list[float] = []
+                rss: dict[str, float] = {}
+                said: dict[str, str] = {}
+                # A full replay of 10M explicit ids takes minutes: fewer rounds of it.
+                full_rounds = args.before_repeat or (repeat if count < 5_000_000 else 1)
+                with RegistrarProcess(spec) as proc:
+                    for r in range(max(repeat, full_rounds)):
+                        if r < full_rounds:
+                            shutil.rmtree(spec.directory / "snapshot", ignore_errors=True)
+                            took, rss["before"], said["before"] = timed_start(
+                                proc, args.start_timeout
+                            )
+                            before.append(took)
+                            stops.append(timed_stop(proc, stop_timeout))
+                        if r < repeat:
+                            took, rss["after"], said["after"] = timed_start(
+                                proc, args.start_timeout
+                            )
+                            after.append(took)
+                            timed_stop(proc, stop_timeout)
+                snap = sorted((spec.directory / "snapshot").glob("namespace-*.snap"))
+                snap_mb = snap[-1].stat().st_size / 1e6 if snap else float("nan")
+                label = f"{count:,} {kind}"
+                print(summary(f"  before (full replay), {label}", before, "s", "{:,.2f}"))
+                print(f"    RSS {rss['before']:,.0f} MB; {said['before']}")
+                name = "    stop after it (writes the first snapshot)"
+                print(summary(name, stops, "s", "{:,.2f}"))
+                name = f"  after (snapshot, {snap_mb:,.0f} MB), {label}"
+                print(summary(name, after, "s", "{:,.2f}"))
+                print(f"    RSS {rss['after']:,.0f} MB; {said['after']}")
+                if count >= 10_000_000:
+                    met = "met" if max(after) <= RESTART_GOAL_S else "MISSED"
+                    print(f"    goal <= {RESTART_GOAL_S:g} s at 10M: {met}")
+                if kind == "explicit":
+                    new = min(250_000, count // 4)
+                    res = [asyncio.run(periodic_stall(spec, key, new, r)) for r in range(repeat)]
+                    name = f"  snapshot of {new:,} new ids on top: time"
+                    print(summary(name, [r[0] for r in res], "s", "{:,.2f}"))
+                    print(summary("    event-loop lag, max", [r[1] for r in res], "ms", "{:,.1f}"))
+                    print(summary("    event-loop lag, p99", [r[2] for r in res], "ms", "{:,.1f}"))
+                    worst, p99 = asyncio.run(idle_lag())
+                    print(f"    the same timer idle (this machine's noise): max {worst:,.1f} ms, "
+                          f"p99 {p99:,.1f} ms")  # fmt: skip
+                    if count < 5_000_000 or args.first_stall:
+                        took, worst, p99 = asyncio.run(first_stall(spec))
+                        print(f"  first snapshot after a full replay: {took:,.2f} s, event-loop "
+                              f"lag max {worst:,.1f} ms, p99 {p99:,.1f} ms")  # fmt: skip
+                if not args.keep:
+                    shutil.rmtree(spec.directory, ignore_errors=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller sizes, ~30 s")
@@ -327,7 +594,26 @@ def main() -> None:
     p.add_argument("--fast-delay-ms", type=int, default=10, help="second batch delay for (c)")
     p.add_argument("--dir", help="where to put the logs (default: system temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the logs")
-    run(p.parse_args())
+    p.add_argument("--restart", action="store_true", help="measure restart time instead")
+    p.add_argument("--sizes", type=int, nargs="+", help="identifiers per log for --restart")
+    p.add_argument(
+        "--start-timeout", type=float, default=900.0, help="seconds a start may take (--restart)"
+    )
+    p.add_argument(
+        "--before-repeat",
+        type=int,
+        help="full-replay rounds (--restart; default --repeat, 1 from 5M identifiers)",
+    )
+    p.add_argument(
+        "--first-stall",
+        action="store_true",
+        help="--restart: time the first snapshot after a full replay from 5M ids too (minutes)",
+    )
+    args = p.parse_args()
+    if args.restart:
+        run_restart(args)
+    else:
+        run(args)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,22 @@ while replaying logs.
 from __future__ import annotations
 
 import copy
+import operator
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from .errors import AuthorityError, ConflictError, IdentifierError, NotFoundError
-from .identifiers import Identifier, Prefix, has_valid_check, parse_minted, split_minted
+from .identifiers import (
+    CHECK_ALPHABET,
+    Identifier,
+    Prefix,
+    has_valid_check,
+    parse_minted,
+    split_minted,
+)
+from .idtable import IdTable
 from .ops import (
     Delegate,
     Delete,
@@ -69,15 +78,37 @@ class _Ids:
     A range mint records one interval instead of its million suffixes; an
     identifier of a range that was later updated or deleted gets an explicit
     entry that overrides the range. Versions are stored as ``2*v + alive``.
+
+    Explicit entries live in layers, newest first: ``explicit`` (the live dict
+    every write goes to), ``frozen`` (dicts a snapshot in progress is folding
+    into a table; never changed again) and ``table`` (an immutable
+    :class:`~cityid.idtable.IdTable`: what the last snapshot holds, compact and
+    loaded without building a dict). A suffix's entry is the newest layer's.
     """
 
     explicit: dict[str, int] = field(default_factory=dict)
     ranges: list[MintRange] = field(default_factory=list)
     # (letters, width) -> numbers with explicit entries, to check new ranges fast
     numbered: dict[tuple[str, int], set[int]] = field(default_factory=lambda: defaultdict(set))
+    # Frozen layers, newest first: (explicit, numbered) as they were when frozen.
+    frozen: tuple[Layer, ...] = ()
+    table: IdTable | None = None
+
+    def packed(self, suffix: str) -> int | None:
+        """The explicit entry of ``suffix`` (``2*v + alive``), from the newest layer holding it."""
+        packed = self.explicit.get(suffix)
+        if packed is not None:
+            return packed
+        for layer, _ in self.frozen:
+            packed = layer.get(suffix)
+            if packed is not None:
+                return packed
+        return None if self.table is None else self.table.get(suffix)
 
     def get(self, suffix: str) -> tuple[int, bool]:
         packed = self.explicit.get(suffix)
+        if packed is None and (self.frozen or self.table is not None):
+            packed = self.packed(suffix)
         if packed is not None:
             return packed >> 1, bool(packed & 1)
         if self.ranges:
@@ -97,24 +128,141 @@ class _Ids:
             letters, number, width = parts
             self.numbered[(letters, width)].add(number)
 
+    def forget_number(self, suffix: str) -> None:
+        """Undo what ``set`` added to ``numbered`` for a ``suffix`` no longer in ``explicit``.
+
+        ``numbered`` stays exactly the numbers of ``explicit`` (a snapshot takes them as
+        they are): a number stays while another suffix of the same letters and digits,
+        with another check character, holds it.
+        """
+        parts = split_minted(suffix)
+        if parts is None:
+            return
+        letters, number, width = parts
+        body = suffix[:-1]
+        if not any(body + c in self.explicit for c in CHECK_ALPHABET):
+            self.numbered[(letters, width)].discard(number)
+
     def range_clash(self, r: MintRange) -> str | None:
         for other in self.ranges:
             if (other.letters, other.width) == (r.letters, r.width) and (
                 other.start < r.start + r.count and r.start < other.start + other.count
             ):
                 return f"range {other.suffix(0)}..{other.suffix(other.count - 1)}"
-        taken = self.numbered.get((r.letters, r.width), set())
         lo, hi = r.start, r.start + r.count
-        hits = (
-            (n for n in taken if lo <= n < hi)
-            if len(taken) < r.count
-            else (n for n in range(lo, hi) if n in taken)
-        )
+        for numbered in (self.numbered, *(n for _, n in self.frozen)):
+            taken = numbered.get((r.letters, r.width), set())
+            hits = (
+                (n for n in taken if lo <= n < hi)
+                if len(taken) < r.count
+                else (n for n in range(lo, hi) if n in taken)
+            )
+            if (clash := self._confirm(r, hits)) is not None:
+                return clash
+        if self.table is not None:
+            return self._confirm(r, self.table.numbers_between(r.letters, r.width, lo, hi))
+        return None
+
+    def _confirm(self, r: MintRange, hits: Iterable[int]) -> str | None:
         for n in hits:
             suffix = r.suffix(n - r.start)
-            if suffix in self.explicit:  # `numbered` may hold numbers an undo removed
+            # A number may be held by a suffix with another check character (not
+            # the range's identifier): the range's own identifier must exist.
+            if self.packed(suffix) is not None:
                 return f"identifier {suffix}"
         return None
+
+    def next_number(self, letters: str, width: int) -> int:
+        ends = [r.start + r.count for r in self.ranges if (r.letters, r.width) == (letters, width)]
+        for numbered in (self.numbered, *(n for _, n in self.frozen)):
+            taken = numbered.get((letters, width))
+            if taken:
+                ends.append(max(taken) + 1)
+        if self.table is not None and (top := self.table.max_number(letters, width)) is not None:
+            ends.append(top + 1)
+        return max(ends, default=0)
+
+    def freeze(self) -> IdsImage:
+        """Move the live layer below (it is never changed again) and describe the layers."""
+        if self.explicit:
+            self.frozen = ((self.explicit, self.numbered), *self.frozen)
+            self.explicit, self.numbered = {}, defaultdict(set)
+        return IdsImage(tuple(self.ranges), self.frozen, self.table)
+
+
+Layer = tuple[dict[str, int], dict[tuple[str, int], set[int]]]  # (explicit, numbered)
+
+
+@dataclass(frozen=True, slots=True)
+class IdsImage:
+    """One prefix's identifiers as a snapshot sees them: its ranges, its explicit layers
+    (newest first, each with its ``numbered``; none of them changes any more) and its table."""
+
+    ranges: tuple[MintRange, ...]
+    layers: tuple[Layer, ...]
+    table: IdTable | None
+
+    def merged(self) -> IdTable:
+        """The layers folded into the table (the costly part of a snapshot: run it off the
+        event loop; it reads only what no write changes)."""
+        table = self.table or IdTable.empty()
+        if len(self.layers) == 1:  # the usual case: no copy
+            explicit, numbered = self.layers[0]
+            return table.merged(explicit, numbered)
+        changes: dict[str, int] = {}
+        numbers: dict[tuple[str, int], set[int]] = defaultdict(set)
+        for explicit, numbered in reversed(self.layers):  # oldest first: the newest wins
+            for suffix, packed in explicit.items():  # a loop, not update(): GIL breaks
+                changes[suffix] = packed
+            for lw, nums in numbered.items():
+                numbers[lw] |= nums
+        return table.merged(changes, numbers)
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceImage:
+    """A namespace's state frozen at one moment (:meth:`Namespace.freeze`): copies of the
+    prefixes and child sets, and per prefix an :class:`IdsImage`."""
+
+    prefixes: dict[Prefix, PrefixState]
+    children: dict[Prefix, frozenset[str]]
+    ids: dict[Prefix, IdsImage]
+
+
+@dataclass(slots=True)
+class Dropped:
+    """What :meth:`Namespace.install` replaced: no namespace reads it any more."""
+
+    layers: list[Layer] = field(default_factory=list)
+    tables: list[IdTable] = field(default_factory=list)
+
+
+def release(dropped: Dropped) -> None:
+    """Empty what ``install`` dropped, a little at a time: run it in a worker thread.
+    Dropping a 10-million-entry dict, or a table's 300,000 blocks, at once frees them in
+    one C loop that holds the GIL for up to a second: a stalled event loop."""
+    for explicit, numbered in dropped.layers:
+        pop = explicit.popitem
+        while explicit:
+            pop()
+        for nums in numbered.values():
+            while nums:
+                nums.pop()
+    for table in dropped.tables:
+        table.discard()
+    dropped.layers.clear()
+    dropped.tables.clear()
+
+
+def _holds(ids: _Ids) -> bool:
+    return bool(ids.explicit or ids.frozen or ids.table or ids.ranges)
+
+
+def _copy_prefix(st: PrefixState) -> PrefixState:
+    return PrefixState(
+        st.prefix, st.key, st.version, st.host, st.record, st.key_version, set(st.old_keys),
+        st.revoked,
+    )  # fmt: skip
 
 
 class Namespace:
@@ -177,16 +325,84 @@ class Namespace:
                 for suffix, packed in saved.items():
                     if packed is None:
                         ids.explicit.pop(suffix, None)
+                        ids.forget_number(suffix)
                     else:
                         ids.explicit[suffix] = packed
-                # A number left in `numbered` is harmless: range_clash confirms
-                # every hit against `explicit`.
 
             self._undo.append(undo_ids)
 
     def add_anchor(self, prefix: Prefix, key: bytes, host: str, version: int = 1) -> None:
         """Trust ``key`` for ``prefix`` without an operation (the root, or a city's own node)."""
         self.prefixes[prefix] = PrefixState(prefix, key, version, host)
+
+    # -- snapshots (cityid/snapshot.py encodes these) -------------------------------------
+
+    def freeze(self) -> NamespaceImage:
+        """The state as it is now, for a snapshot, without copying the identifiers.
+
+        Each prefix's live layer of explicit identifiers becomes a frozen layer,
+        never changed again, and a new empty one takes the writes, so the image
+        can be encoded in another thread while this namespace goes on. Costs
+        O(prefixes). Not inside a transaction: its undo writes the live layer.
+        """
+        if self._undo is not None:
+            raise RuntimeError("a namespace cannot be frozen inside a transaction")
+        return self._image({p: i.freeze() for p, i in self._ids.items() if _holds(i)})
+
+    def image(self) -> NamespaceImage:
+        """Like :meth:`freeze` but changing nothing: the image shares the live layers, so it
+        is valid only until the next write (for encoding at once, in the same thread)."""
+        ids = {}
+        for p, i in self._ids.items():
+            if _holds(i):
+                live = ((i.explicit, i.numbered),) if i.explicit else ()
+                ids[p] = IdsImage(tuple(i.ranges), live + i.frozen, i.table)
+        return self._image(ids)
+
+    def _image(self, ids: dict[Prefix, IdsImage]) -> NamespaceImage:
+        return NamespaceImage(
+            {p: _copy_prefix(st) for p, st in self.prefixes.items()},
+            {p: frozenset(c) for p, c in self._children.items() if c},
+            ids,
+        )
+
+    def install(self, image: NamespaceImage, tables: Mapping[Prefix, IdTable]) -> Dropped:
+        """Replace the layers ``image`` froze with ``tables``, their merge (compaction), and
+        return the layers and tables replaced (for :func:`release`, off the event loop).
+
+        Writes made since the freeze stay in the live layer, above the new table.
+        A prefix whose layers are not the ones frozen (another freeze came
+        between) is left as it is: correct, only less compact.
+        """
+        dropped = Dropped()
+        for prefix, table in tables.items():
+            ids, img = self._ids.get(prefix), image.ids.get(prefix)
+            if ids is None or img is None or ids.table is not img.table:
+                continue
+            k = len(img.layers)
+            keep = len(ids.frozen) - k  # the image's layers are the oldest frozen ones
+            if keep < 0 or any(map(operator.is_not, ids.frozen[keep:], img.layers)):
+                continue
+            dropped.layers += ids.frozen[keep:]
+            if ids.table is not None and ids.table is not table:
+                dropped.tables.append(ids.table)
+            ids.frozen = ids.frozen[:keep]
+            ids.table = table
+        return dropped
+
+    @classmethod
+    def from_image(cls, image: NamespaceImage, tables: Mapping[Prefix, IdTable]) -> Namespace:
+        """A namespace holding ``image``, each prefix's identifiers in ``tables`` (the
+        image's layers merged: :meth:`IdsImage.merged`, done here for a prefix that
+        ``tables`` lacks). Takes ownership of both."""
+        ns = cls()
+        ns.prefixes = dict(image.prefixes)
+        for p, c in image.children.items():
+            ns._children[p] = set(c)
+        for p, img in image.ids.items():
+            table = tables[p] if p in tables else img.merged()
+            ns._ids[p] = _Ids(ranges=list(img.ranges), table=table or None)
+        return ns
 
     # -- queries ---------------------------------------------------------------------
 
@@ -212,13 +428,7 @@ class Namespace:
     def next_number(self, prefix: Prefix, letters: str, width: int) -> int:
         """The first number after every minted suffix ``letters`` + ``width`` digits."""
         ids = self._ids.get(prefix)
-        if ids is None:
-            return 0
-        ends = [r.start + r.count for r in ids.ranges if (r.letters, r.width) == (letters, width)]
-        taken = ids.numbered.get((letters, width))
-        if taken:
-            ends.append(max(taken) + 1)
-        return max(ends, default=0)
+        return 0 if ids is None else ids.next_number(letters, width)
 
     def holder_of(self, public_key: bytes) -> list[Prefix]:
         return sorted(p for p, st in self.prefixes.items() if st.key == public_key)
@@ -242,8 +452,15 @@ class Namespace:
         return f"key {key_fingerprint(key)}{owner}"
 
     def _require_key(
-        self, st: PrefixState, signed: SignedOperation, action: str, relation: str = ""
+        self,
+        st: PrefixState,
+        signed: SignedOperation,
+        action: str,
+        relation: str = "",
+        node: Prefix | None = None,
     ) -> None:
+        """Refuse unless ``st``'s key signed; ``node`` is the child of ``st`` acted on,
+        for a delegation or a change of a prefix record (it names the rule broken)."""
         if signed.signer == st.key:
             return
         if signed.signer in st.old_keys:
@@ -254,7 +471,9 @@ class Namespace:
             )
         held = self.holder_of(signed.signer)
         rule = "wrong-key"
-        if any(h != st.prefix and h.is_within(st.prefix) for h in held):
+        if node is not None and any(h != node and h.parent == node.parent for h in held):
+            rule = "sibling-node"  # a node delegating its sibling: only their parent may
+        elif any(h != st.prefix and h.is_within(st.prefix) for h in held):
             rule = "child-key"  # a node below acting on its ancestor
         elif any(h != st.prefix and h.parent == st.prefix.parent for h in held):
             rule = "sibling-key"
@@ -336,7 +555,7 @@ class Namespace:
         pst = self.live_prefix(parent)
         action = f"delegate {op.prefix}"
         self._require_host(pst, log, action)
-        self._require_key(pst, signed, action, relation=", its parent")
+        self._require_key(pst, signed, action, relation=", its parent", node=op.prefix)
         cur = self.prefixes.get(op.prefix)
         current = cur.version if cur else 0
         if op.prev != current:
@@ -416,7 +635,9 @@ class Namespace:
             pst = self.live_prefix(parent)
             # A prefix record belongs to the delegation: the parent changes it.
             self._require_host(pst, log, f"{verb} {op.ident}")
-            self._require_key(pst, signed, f"{verb} {op.ident}", relation=", its parent")
+            self._require_key(
+                pst, signed, f"{verb} {op.ident}", relation=", its parent", node=named
+            )
             if op.prev != st.version:
                 raise self._stale(str(op.ident), st.version, op.prev)
             return

@@ -27,6 +27,7 @@ SCHEMA: dict[str, Any] = {
         ("origin", "log_key", "listen", "public_url", "quorum", "witness_timeout_ms"), VALUE
     ),
     "batch": dict.fromkeys(("max_size", "max_delay_ms"), VALUE),
+    "snapshot": dict.fromkeys(("every",), VALUE),
     "anchor": [dict.fromkeys(("prefix", "key"), VALUE)],
     "witness": [dict.fromkeys(("url", "key"), VALUE)],
 }
@@ -34,6 +35,11 @@ SCHEMA: dict[str, Any] = {
 
 class ConfigError(CityIdError):
     rule = "config"
+
+
+#: Replay work (leaves plus explicitly minted identifiers) between two namespace
+#: snapshots: what a start after a crash replays at most (docs/registrar.md).
+DEFAULT_SNAPSHOT_EVERY = 250_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +63,16 @@ class RegistrarConfig:
     witnesses: list[tuple[str, VerifierKey]] = field(default_factory=list)
     quorum: int = 0
     witness_timeout_ms: int = 5000
+    snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
 
     @property
     def log_dir(self) -> Path:
         return self.directory / "log"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        """Where namespace snapshots live (derived state: deleting it is always safe)."""
+        return self.directory / "snapshot"
 
     def log_key(self) -> SigningKey:
         return SigningKey.read(self.log_key_file)
@@ -95,6 +107,7 @@ class RegistrarConfig:
             ]
             witnesses = [(w["url"], VerifierKey.parse(w["key"])) for w in raw.get("witness", [])]
             batch = raw.get("batch", {})
+            snapshot = raw.get("snapshot", {})
             cfg = cls(
                 directory=d,
                 origin=raw["origin"],
@@ -107,6 +120,7 @@ class RegistrarConfig:
                 witnesses=witnesses,
                 quorum=int(raw.get("quorum", len(witnesses))),
                 witness_timeout_ms=int(raw.get("witness_timeout_ms", 5000)),
+                snapshot_every=int(snapshot.get("every", DEFAULT_SNAPSHOT_EVERY)),
             )
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}", rule="bad-config") from e
@@ -116,6 +130,8 @@ class RegistrarConfig:
             raise ConfigError(f"{path}: no [[anchor]]: a registrar hosts at least one prefix")
         if not 0 <= cfg.quorum <= len(witnesses):
             raise ConfigError(f"{path}: quorum {cfg.quorum} but {len(witnesses)} witnesses")
+        if cfg.snapshot_every < 0:
+            raise ConfigError(f"{path}: snapshot.every must be 0 (only at a clean stop) or more")
         return cfg
 
     def save(self) -> Path:
@@ -136,6 +152,9 @@ class RegistrarConfig:
             "[batch]",
             f"max_size = {self.max_batch}  # operations per checkpoint at most",
             f"max_delay_ms = {self.max_delay_ms}  # how long an operation waits for its batch",
+            "",
+            "[snapshot]  # of the namespace, in snapshot/: derived from the log, safe to delete",
+            f"every = {self.snapshot_every}  # leaves + minted ids between two (0: at stop only)",
         ]
         for a in self.anchors:
             lines += [

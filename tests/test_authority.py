@@ -170,6 +170,23 @@ def test_sibling_key_is_refused(world: World) -> None:
     assert fp(world.dept1) in msg and fp(world.dept2) in msg
 
 
+@pytest.mark.parametrize("what", ["delegate", "update", "delete"])
+def test_a_department_acting_on_a_sibling_node_is_refused_as_sibling_node(
+    world: World, what: str
+) -> None:
+    # Department .01 delegates a new sibling .03, or changes .02's delegation: only
+    # their parent, the city, may. (It was labelled child-key, which is about ancestors.)
+    sibling = parse_identifier("0.NA/MA.156.1301.02")
+    ops: dict[str, Operation] = {
+        "delegate": Delegate(CITY.child("03"), 0, world.dept1.public_key, None, record(), T),
+        "update": Update(sibling, 1, record("https://x.example/"), T),
+        "delete": Delete(sibling, 1, T),
+    }
+    msg = refused(world, ops[what], world.dept1, CITY_LOG, AuthorityError, "sibling-node")
+    assert fp(world.dept1) in msg and "MA.156.1301.01" in msg  # the key and what it holds
+    assert fp(world.city) in msg and "MA.156.1301, its parent" in msg  # the key that may
+
+
 @pytest.mark.parametrize("what", ["delegate", "update", "delete", "mint"])
 def test_child_key_acting_on_its_parent_is_refused(world: World, what: str) -> None:
     ops: dict[str, tuple[Operation, str]] = {

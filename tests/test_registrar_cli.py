@@ -154,11 +154,11 @@ def test_registrar_lifecycle_from_the_command_line(tmp_path: Path) -> None:
         )  # fmt: skip
         refused(
             "prefix", "delegate", "MA.156.1301.03", *tk, "--child-key", k(keys / "urban.vkey"),
-            *C, rule="child-key", key=traffic,
+            *C, rule="sibling-node", key=traffic,
         )  # fmt: skip
         refused(
             "prefix", "delegate", "MA.156.1302", "--key", k(keys / "sjz-admin.key"),
-            "--child-key", k(keys / "urban.vkey"), *R, rule="child-key", key=city_key,
+            "--child-key", k(keys / "urban.vkey"), *R, rule="sibling-node", key=city_key,
         )  # fmt: skip
         refused(
             "id", "update", f"{TRAFFIC}/CSV-1", "--key", k(keys / "traffic-2024.key"),
