@@ -12,7 +12,9 @@ Three layers:
 
 - :class:`Witness`, the synchronous state machine: request bytes in,
   ``(status, body, content type)`` out. No HTTP, so it is tested directly.
-- :func:`witness_app`, the aiohttp shell serving ``POST /add-checkpoint``.
+- :func:`witness_app`, the aiohttp shell serving ``POST /add-checkpoint``, and
+  :func:`start_witness`, which serves it with bounded connections and bodies
+  (:mod:`cityid.httpedge`).
 - :class:`WitnessClient`, :func:`gather_cosignatures` and
   :func:`make_cosigner`, used by a log to collect a policy's quorum of
   cosignatures before publishing a checkpoint (the sequencer's ``cosign``
@@ -41,7 +43,8 @@ import aiohttp
 from aiohttp import web
 
 from cityid.durable import atomic_write
-from cityid.errors import LedgerError, NoteError, ProofError, WitnessError
+from cityid.errors import LedgerError, ListenError, NoteError, ProofError, WitnessError
+from cityid.httpedge import EDGE_KEY, Edge, EdgeLimits, EdgeRefusal, EdgeSite, edge_middleware
 from cityid.keys import SigningKey, VerifierKey
 
 from .checkpoint import Checkpoint
@@ -351,27 +354,81 @@ class Witness:
 WITNESS_KEY: web.AppKey[Witness] = web.AppKey("witness", Witness)
 
 
-def witness_app(witness: Witness, *, prefix: str = "") -> web.Application:
-    """An aiohttp app serving ``POST <prefix>/add-checkpoint`` for ``witness``."""
-    app = web.Application(client_max_size=MAX_REQUEST_SIZE)
+def witness_app(witness: Witness, *, prefix: str = "", edge: Edge | None = None) -> web.Application:
+    """An aiohttp app serving ``POST <prefix>/add-checkpoint`` for ``witness``.
+
+    Also ``GET <prefix>/`` (what it witnesses), ``/healthz`` and ``/metrics``.
+    ``edge`` bounds its bodies and counts its refusals; :func:`start_witness`
+    serves the app through it.
+    """
+    edge = edge or Edge("witness")
+    app = web.Application(client_max_size=MAX_REQUEST_SIZE, middlewares=[edge_middleware])
     app[WITNESS_KEY] = witness
+    app[EDGE_KEY] = edge
+    base = prefix.rstrip("/")
 
     async def add_checkpoint(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            async with edge.body(request, MAX_REQUEST_SIZE) as body:
+                data = await body.read()
+        except EdgeRefusal as e:
+            resp = _reply(_error(e.status, e.message))
+            if e.retry_after is not None:
+                resp.headers["Retry-After"] = str(e.retry_after)
+            if e.close:
+                resp.force_close()
+            return resp
         # The state machine fsyncs; run it off the event loop.
-        resp = await asyncio.to_thread(witness.add_checkpoint, body)
-        return web.Response(
-            status=resp.status, body=resp.body, headers={"Content-Type": resp.content_type}
-        )
+        return _reply(await asyncio.to_thread(witness.add_checkpoint, data))
 
     async def index(request: web.Request) -> web.Response:
         lines = [f"c2sp.org/tlog-witness {witness.name}", f"vkey {witness.vkey}"]
         lines += [f"log {o}" for o in sorted(witness.logs)]
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
-    app.router.add_post(prefix.rstrip("/") + "/add-checkpoint", add_checkpoint)
-    app.router.add_get(prefix.rstrip("/") + "/", index)
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n", content_type="text/plain")
+
+    async def metrics(request: web.Request) -> web.Response:
+        lines = edge.prometheus("cityid_witness")
+        lines += [
+            "# HELP cityid_witness_logs Logs this witness cosigns.",
+            "# TYPE cityid_witness_logs gauge",
+            f"cityid_witness_logs {len(witness.logs)}",
+        ]
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+    app.router.add_post(base + "/add-checkpoint", add_checkpoint)
+    app.router.add_get(base + "/", index)
+    app.router.add_get(base + "/healthz", healthz)
+    app.router.add_get(base + "/metrics", metrics)
     return app
+
+
+def _reply(resp: WitnessResponse) -> web.Response:
+    return web.Response(
+        status=resp.status, body=resp.body, headers={"Content-Type": resp.content_type}
+    )
+
+
+async def start_witness(
+    witness: Witness, host: str, port: int, *, limits: EdgeLimits | None = None
+) -> web.AppRunner:
+    """Serve ``witness`` on ``host:port`` with bounded connections and bodies.
+
+    Raises :class:`~cityid.errors.ListenError` if the address cannot be bound;
+    ``runner.cleanup()`` stops it.
+    """
+    edge = Edge("witness", limits)
+    app = witness_app(witness, edge=edge)
+    runner = web.AppRunner(app, handle_signals=False, **edge.runner_kwargs())
+    await runner.setup()
+    try:
+        await EdgeSite(runner, edge, host, port).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ListenError(f"{host}:{port}", e.strerror or str(e)) from e
+    return runner
 
 
 # --- the client side: a log asking witnesses ---------------------------------------------

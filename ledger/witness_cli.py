@@ -6,6 +6,9 @@ Added to ``cityid ledger`` by :mod:`ledger.cli` through :func:`add_commands`.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -92,21 +95,36 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    # uvloop, as every cityid server: it hands each accepted socket to the edge at once.
+    import uvloop
 
-    from .witness import Witness, witness_app
+    from .witness import Witness, start_witness
 
     host, port = _parse_listen(args.listen)
     key = SigningKey.read(args.key)
     logs = _load_logs(args.log or [], args.logs_file or [])
-    with Witness(key, logs, args.state) as witness:
-        app = witness_app(witness)
+    # Refused requests are logged one line each (rate-limited), at INFO.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+    async def main(witness: Witness) -> None:
+        runner = await start_witness(witness, host, port)
         print(f"witness {witness.name}", file=sys.stderr)
         print(f"vkey {witness.vkey}", file=sys.stderr)
         for origin in sorted(witness.logs):
             print(f"log {origin}", file=sys.stderr)
         print(f"listening on http://{host}:{port}/add-checkpoint", file=sys.stderr, flush=True)
-        web.run_app(app, host=host, port=port, print=None, access_log=None)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    with (
+        Witness(key, logs, args.state) as witness,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
+    ):
+        runner.run(main(witness))
     return 0
 
 

@@ -3,15 +3,20 @@
 Routes:
 
 * ``POST /api/ops``: a msgpack array of signed leaves, or a stream of them
-  (``application/x-cityid-leaves``, decoded while it arrives); all accepted or
-  none. Answers the receipts and the checkpoint once the batch is published.
+  (``application/x-cityid-leaves``); either is decoded while it arrives; all
+  accepted or none. Answers the receipts and the checkpoint once the batch is
+  published.
 * ``PUT /api/handles/{id}``, ``DELETE /api/handles/{id}``: the Handle-style write
   API (JSON values, ``If-Match`` version, signature header: see ``auth``).
 * ``GET /api/version/{id}``: the current version a writer must name.
 * ``GET /log/...``: the ledger as tlog-tiles static files.
-* ``GET /healthz``, ``GET /``: liveness and what this registrar hosts.
+* ``GET /healthz``, ``GET /metrics``, ``GET /``: liveness, counters, what this
+  registrar hosts.
 
-Typed errors are mapped to Handle response codes once, in ``_error``.
+Every body is read through the process's :class:`~cityid.httpedge.Edge`, and only
+once what the headers say has been checked (content type, signature header,
+version, size): a body that could not be accepted is never read. Typed errors are
+mapped to Handle response codes once, in ``_error``.
 """
 
 from __future__ import annotations
@@ -19,19 +24,34 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any
 
-import aiohttp
 import msgpack
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-from cityid.errors import CityIdError, ConflictError, LedgerError, OperationError, RecordError
+from cityid import handle
+from cityid.errors import (
+    CityIdError,
+    ConflictError,
+    LedgerError,
+    OperationError,
+    RecordError,
+    SignatureError,
+)
 from cityid.handle import error_body
+from cityid.httpedge import EDGE_KEY, Edge, EdgeRefusal, edge_middleware
 from cityid.identifiers import Identifier, parse_identifier, parse_prefix
-from cityid.ops import MAX_LEAF, Delete, Mint, MintItem, SignedOperation, Update
-from cityid.records import values_from_json
+from cityid.ops import (
+    MAX_LEAF,
+    Delete,
+    Mint,
+    MintItem,
+    Operation,
+    SignedOperation,
+    Update,
+)
+from cityid.records import Record, values_from_json
 
 from .auth import parse_auth_header, parse_if_match
 from .core import LEAVES, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
@@ -40,9 +60,15 @@ log = logging.getLogger("cityid.registrar")
 
 REGISTRAR_KEY: web.AppKey[Registrar] = web.AppKey("registrar", Registrar)
 MAX_BODY = 64 * 1024 * 1024
+#: A PUT body is one record's values as JSON; a record is at most 8 KiB packed.
+MAX_PUT_BODY = 256 * 1024
 MSGPACK = "application/msgpack"
-STREAM_CHUNK = 64 * 1024
-STREAM_BUFFER = 2 * (MAX_LEAF + STREAM_CHUNK)  # a partial leaf and the chunk after it
+JSON = "application/json"
+FEED_SLICE = 64 * 1024
+STREAM_BUFFER = 2 * (MAX_LEAF + FEED_SLICE)  # a partial leaf and the slice after it
+#: A Handle-style write signed for one of this many versions before the current one
+#: is named a replay (``stale-version``) rather than a forgery.
+REPLAY_WINDOW = 8
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,9 +79,17 @@ def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
     )
 
 
-def _error(exc: CityIdError, handle: str | None = None) -> web.Response:
-    status, body = error_body(exc, handle)
-    return _json(status, body)
+def _error(exc: CityIdError, ident: str | None = None) -> web.Response:
+    status, body = error_body(exc, ident)
+    if not isinstance(exc, EdgeRefusal):
+        return _json(status, body)
+    # Refused at the edge, for the request's form or the server's load: HTTP says which.
+    body["responseCode"] = handle.SERVER_TOO_BUSY if exc.status == 503 else handle.INVALID_REQUEST
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+    resp = _json(exc.status, body, **headers)
+    if exc.close:
+        resp.force_close()
+    return resp
 
 
 @web.middleware
@@ -68,27 +102,19 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def post_ops(request: web.Request) -> web.Response:
     reg = request.app[REGISTRAR_KEY]
-    if request.content_type == LEAVES:
-        if reg.broken is not None:  # before reading a body that could not be written
-            raise LedgerError(reg.broken, rule="registrar-stopped")
-        leaves, decoded = await read_leaf_stream(request)
-        # The upload took its time already: its batch need not wait for others.
-        receipts = await reg.submit(leaves, decoded, flush=True)
-    elif request.content_type == MSGPACK:
-        body = await request.read()
-        try:
-            leaves = msgpack.unpackb(body, raw=False)
-        except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            raise OperationError(f"body is not msgpack: {e}", rule="encoding") from e
-        if not isinstance(leaves, list) or not all(isinstance(x, bytes) for x in leaves):
-            raise OperationError("body must be a msgpack array of binary leaves", rule="encoding")
-        receipts = await reg.submit(leaves)
-    else:
+    streamed = request.content_type == LEAVES
+    if not streamed and request.content_type != MSGPACK:
         raise OperationError(
             f"POST /api/ops takes {MSGPACK} (an array of signed leaves) or {LEAVES} "
             "(a stream of leaves)",
             rule="content-type",
         )
+    if reg.broken is not None:  # before reading a body that could not be written
+        raise LedgerError(reg.broken, rule="registrar-stopped")
+    async with request.app[EDGE_KEY].body(request, MAX_BODY) as body:
+        leaves, decoded = await read_leaves(body, streamed=streamed, first=_checker(reg))
+        # A streamed upload took its time already: its batch need not wait for others.
+        receipts = await reg.submit(leaves, decoded, flush=streamed)
     return _json(
         200,
         {
@@ -99,75 +125,185 @@ async def post_ops(request: web.Request) -> web.Response:
     )
 
 
-async def read_leaf_stream(request: web.Request) -> tuple[list[bytes], list[SignedOperation]]:
-    """Read an ``application/x-cityid-leaves`` body, decoding each leaf as it arrives.
+def _checker(reg: Registrar) -> Callable[[SignedOperation], None]:
+    """A read-only check of a request's first operation against the namespace as it is.
 
-    The body is msgpack bin objects, one per leaf, then nil. Each leaf is
-    decoded and checked (canonical form, values, signature) while the rest is
-    still on its way; nothing touches the namespace here. A body that ends
-    before its nil (an aborted upload), has anything after it, or breaks a
-    limit is refused as a whole.
+    A request is checked and applied in order once its body is in (``admit``), so
+    its first operation depends on nothing else in it: if it fails against the
+    state now, the request would have been refused had it arrived whole now, and
+    the rest of the body need not be read. Passing proves nothing: ``admit``
+    checks everything again.
     """
-    unpacker = msgpack.Unpacker(
-        max_buffer_size=STREAM_BUFFER,
-        max_bin_len=MAX_LEAF,
-        max_str_len=0,
-        max_array_len=0,
-        max_map_len=0,
-        max_ext_len=0,
-    )
-    leaves: list[bytes] = []
-    decoded: list[SignedOperation] = []
-    ended = False
-    received = 0
+
+    def check(signed: SignedOperation) -> None:
+        reg.namespace.check(signed, log=reg.config.origin)
+
+    return check
+
+
+class _LeafReader:
+    """The leaves of a ``POST /api/ops`` body, decoded and verified as each one is whole.
+
+    Two framings: a msgpack array of ``bin`` leaves (``application/msgpack``), or
+    ``bin`` leaves then ``nil`` (``application/x-cityid-leaves``). Stateless: it
+    touches no namespace, so a refused body has changed nothing.
+    """
+
+    def __init__(
+        self, streamed: bool, first: Callable[[SignedOperation], None] | None = None
+    ) -> None:
+        self.streamed = streamed
+        self.first = first
+        self.unpacker = msgpack.Unpacker(
+            max_buffer_size=STREAM_BUFFER,
+            # A stream refuses an oversized leaf as framing (as it always has); an array's
+            # leaf reaches the decoder, which names it leaf-too-large.
+            max_bin_len=MAX_LEAF if streamed else STREAM_BUFFER,
+            max_str_len=0,
+            max_array_len=0,
+            max_map_len=0,
+            max_ext_len=0,
+        )
+        self.fed = 0
+        self.expected: int | None = None  # the array's length, once its header is in
+        self.ended = False
+        self.leaves: list[bytes] = []
+        self.decoded: list[SignedOperation] = []
+
+    @property
+    def framing(self) -> str:
+        return "a stream of leaves" if self.streamed else "a msgpack array of binary leaves"
+
+    def feed(self, chunk: bytes) -> None:
+        # In slices, each taken out before the next goes in: the unpacker's buffer then
+        # holds at most a partial leaf and one slice, whatever size the reads come in.
+        view = memoryview(chunk)
+        for start in range(0, len(view), FEED_SLICE):
+            piece = view[start : start + FEED_SLICE]
+            self.unpacker.feed(piece)
+            self.fed += len(piece)
+            self._drain()
+
+    def _drain(self) -> None:
+        u = self.unpacker
+        if not self.streamed and self.expected is None:
+            try:
+                self.expected = u.read_array_header()
+            except msgpack.OutOfData:
+                return
+            if self.expected > MAX_OPS_PER_REQUEST:
+                raise too_many_ops(self.expected)
+            self.ended = self.expected == 0
+        while True:
+            try:
+                obj = u.unpack()
+            except msgpack.OutOfData:
+                return
+            self._take(obj)
+
+    def _take(self, obj: object) -> None:
+        if self.ended:
+            raise OperationError("data after the end of the leaves", rule="encoding")
+        if obj is None and self.streamed:
+            self.ended = True
+            return
+        if type(obj) is not bytes:
+            raise OperationError(f"the body must be {self.framing}", rule="encoding")
+        if len(self.leaves) == MAX_OPS_PER_REQUEST:
+            raise too_many_ops(MAX_OPS_PER_REQUEST + 1)
+        try:
+            signed = SignedOperation.decode(obj)
+            if not self.leaves and self.first is not None:
+                self.first(signed)
+        except CityIdError as e:
+            if self.streamed or (self.expected or 0) > 1:
+                e.args = (f"operation {len(self.leaves)}: {e.message}",)
+            raise
+        self.decoded.append(signed)
+        self.leaves.append(obj)
+        if len(self.leaves) == self.expected:
+            self.ended = True
+
+    def finish(self) -> tuple[list[bytes], list[SignedOperation]]:
+        if not self.ended:
+            end = "its end marker" if self.streamed else "its last leaf"
+            raise OperationError(
+                f"the body ended before {end} (an aborted upload?): nothing was applied",
+                rule="truncated",
+            )
+        if self.unpacker.tell() != self.fed:
+            raise OperationError("data after the end of the leaves", rule="encoding")
+        return self.leaves, self.decoded
+
+
+async def read_leaves(
+    chunks: AsyncIterable[bytes],
+    *,
+    streamed: bool,
+    first: Callable[[SignedOperation], None] | None = None,
+) -> tuple[list[bytes], list[SignedOperation]]:
+    """Read a ``POST /api/ops`` body, decoding each leaf as it arrives.
+
+    Each leaf is decoded and checked (canonical form, values, signature) while
+    the rest is still on its way, and the first one is also given to ``first``
+    (the registrar's read-only authority check), so a body that is not signed,
+    or signed by a key that may do nothing, is refused at its first leaf, not
+    after 64 MiB. A body that ends early, has anything after its end, or breaks
+    a limit is refused as a whole.
+    """
+    reader = _LeafReader(streamed, first)
     try:
-        async for chunk in request.content.iter_chunked(STREAM_CHUNK):
-            received += len(chunk)
-            if received > MAX_BODY:
-                raise OperationError(
-                    f"the body is over {MAX_BODY:,} bytes: send fewer leaves per request",
-                    rule="too-large",
-                )
-            unpacker.feed(chunk)
-            for obj in unpacker:
-                if ended:
-                    raise OperationError("data after the end of the leaves", rule="encoding")
-                if obj is None:
-                    ended = True
-                    continue
-                if type(obj) is not bytes:
-                    raise OperationError(
-                        "the body must be msgpack binary leaves, then nil", rule="encoding"
-                    )
-                if len(leaves) == MAX_OPS_PER_REQUEST:
-                    raise too_many_ops(MAX_OPS_PER_REQUEST + 1)
-                try:
-                    decoded.append(SignedOperation.decode(obj))
-                except CityIdError as e:
-                    e.args = (f"operation {len(leaves)}: {e.message}",)
-                    raise
-                leaves.append(obj)
+        async for chunk in chunks:
+            reader.feed(chunk)
             await asyncio.sleep(0)  # a leaf's checks take ms: let other requests in
     except CityIdError:
-        raise
+        raise  # a leaf's own fault, already named (some are ValueErrors too)
     except (ValueError, msgpack.FormatError, msgpack.StackError, msgpack.BufferFull) as e:
-        raise OperationError(f"the body is not a stream of leaves: {e}", rule="encoding") from e
-    except (ConnectionError, HttpProcessingError, aiohttp.ClientPayloadError) as e:
-        raise OperationError(
-            f"the upload was cut short ({e}): nothing was applied", rule="truncated"
-        ) from e
-    if not ended:
-        raise OperationError(
-            "the body ended before its end marker (an aborted upload?): nothing was applied",
-            rule="truncated",
-        )
-    if unpacker.tell() != received:
-        raise OperationError("data after the end of the leaves", rule="encoding")
-    return leaves, decoded
+        why = str(e) or type(e).__name__
+        raise OperationError(f"the body is not {reader.framing}: {why}", rule="encoding") from e
+    return reader.finish()
 
 
 def _target(request: web.Request) -> Identifier:
     return parse_identifier(request.match_info["id"])
+
+
+def _signed(
+    key: bytes,
+    sig: bytes,
+    made: Callable[[int], Sequence[Operation]],
+    prev: int,
+    named: bool,
+) -> SignedOperation:
+    """The operation a Handle-style write was signed for, its signature verified.
+
+    ``made(v)`` rebuilds the operations the request could have been signed for
+    at version ``v``, the one the server builds now first; ``prev`` is the
+    version the request names (``If-Match``, then ``named``) or else the
+    current one. A request that names no version and was signed for one of the
+    :data:`REPLAY_WINDOW` versions before the current one is a replay, refused as
+    ``stale-version`` rather than as a forgery. (One that names its version is
+    rebuilt exactly, and the namespace calls a replay stale itself.)
+    """
+    signed = SignedOperation(made(prev)[0], key, sig)
+    try:
+        signed.verify()
+    except SignatureError:
+        if named:
+            raise
+        for old in range(prev - 1, max(-1, prev - 1 - REPLAY_WINDOW), -1):
+            for op in made(old):
+                try:
+                    SignedOperation(op, key, sig).verify()
+                except SignatureError:
+                    continue
+                raise ConflictError(
+                    f"{op.target} is at version {prev} but this request was signed for "
+                    f"version {old}: a replay",
+                    rule="stale-version",
+                ) from None
+        raise
+    return signed
 
 
 async def get_version(request: web.Request) -> web.Response:
@@ -195,15 +331,23 @@ async def get_next(request: web.Request) -> web.Response:
 async def put_handle(request: web.Request) -> web.Response:
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
+    # Everything the headers can refuse is refused before the body is read.
     key, sig, time = parse_auth_header(request.headers.get("Authorization"))
+    if request.content_type != JSON:
+        raise OperationError(
+            f"PUT /api/handles takes {JSON} (the Handle values), not {request.content_type}",
+            rule="content-type",
+        )
+    named = parse_if_match(request.headers.get("If-Match"))
+    overwrite = request.query.get("overwrite", "true").lower() != "false"
+    async with request.app[EDGE_KEY].body(request, MAX_PUT_BODY) as body:
+        raw = await body.read()
     try:
-        payload = await request.json()
+        payload = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RecordError(f"body is not JSON: {e}", rule="json") from e
     record = values_from_json(payload, timestamp=time)
     version, alive = reg.version(ident)
-    prev = parse_if_match(request.headers.get("If-Match"))
-    overwrite = request.query.get("overwrite", "true").lower() != "false"
     if alive and not overwrite:
         raise ConflictError(f"{ident} already exists (version {version})", rule="already-exists")
     if ident.is_prefix_record and not alive:
@@ -211,12 +355,13 @@ async def put_handle(request: web.Request) -> web.Response:
             "a prefix is created by its parent's delegate operation, not by PUT",
             rule="use-delegate",
         )
-    prev = version if prev is None else prev
-    if alive:
-        op: Update | Mint = Update(ident, prev, record, time)
-    else:
-        op = Mint(ident.prefix, (MintItem(ident.suffix, prev, record),), time)
-    receipts = await reg.submit([SignedOperation(op, key, sig).encode()])
+    prev = version if named is None else named
+
+    def made(p: int) -> list[Operation]:
+        return _put_ops(ident, p, record, time, alive=alive)
+
+    signed = _signed(key, sig, made, prev, named is not None)
+    receipts = await reg.submit([signed.encode()], [signed])
     created = not alive
     return _json(
         201 if created else 200,
@@ -230,6 +375,16 @@ async def put_handle(request: web.Request) -> web.Response:
     )
 
 
+def _put_ops(
+    ident: Identifier, prev: int, record: Record, time: int, *, alive: bool
+) -> list[Operation]:
+    """The operations a PUT signed for version ``prev`` may have been, the one the server
+    builds now first: an update of a live identifier, a mint of a new or deleted one."""
+    update = Update(ident, prev, record, time)
+    mint = Mint(ident.prefix, (MintItem(ident.suffix, prev, record),), time)
+    return [update, mint] if alive else [mint, update]
+
+
 async def delete_handle(request: web.Request) -> web.Response:
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
@@ -237,9 +392,10 @@ async def delete_handle(request: web.Request) -> web.Response:
     version, alive = reg.version(ident)
     if not alive:
         raise not_found(ident, version, key)
-    prev = parse_if_match(request.headers.get("If-Match"))
-    op = Delete(ident, version if prev is None else prev, time)
-    receipts = await reg.submit([SignedOperation(op, key, sig).encode()])
+    named = parse_if_match(request.headers.get("If-Match"))
+    prev = version if named is None else named
+    signed = _signed(key, sig, lambda p: [Delete(ident, p, time)], prev, named is not None)
+    receipts = await reg.submit([signed.encode()], [signed])
     return _json(200, {"responseCode": 1, "handle": str(ident), "index": receipts[0].index})
 
 
@@ -248,6 +404,20 @@ async def healthz(request: web.Request) -> web.Response:
     if reg.broken:
         return _json(503, {"status": "failed", "reason": reg.broken})
     return _json(200, {"status": "ok", "size": reg.log.size})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRAR_KEY]
+    lines = request.app[EDGE_KEY].prometheus("cityid_registrar")
+    lines += [
+        "# HELP cityid_registrar_log_size Entries in this registrar's log (signed size).",
+        "# TYPE cityid_registrar_log_size gauge",
+        f"cityid_registrar_log_size {reg.log.size}",
+        "# HELP cityid_registrar_up 1 while the registrar accepts writes, 0 once a batch failed.",
+        "# TYPE cityid_registrar_up gauge",
+        f"cityid_registrar_up {int(reg.broken is None)}",
+    ]
+    return web.Response(text="\n".join(lines) + "\n", content_type="text/plain", charset="utf-8")
 
 
 async def info(request: web.Request) -> web.Response:
@@ -264,15 +434,20 @@ async def info(request: web.Request) -> web.Response:
     )
 
 
-def make_app(reg: Registrar) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_middleware])
+def make_app(reg: Registrar, edge: Edge | None = None) -> web.Application:
+    """The registrar's application; ``edge`` bounds its bodies and counts its refusals."""
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[edge_middleware, errors_middleware]
+    )
     app[REGISTRAR_KEY] = reg
+    app[EDGE_KEY] = edge or Edge("registrar")
     app.router.add_post("/api/ops", post_ops)
     app.router.add_get("/api/version/{id:.+}", get_version)
     app.router.add_get("/api/next/{prefix}", get_next)
     app.router.add_put("/api/handles/{id:.+}", put_handle)
     app.router.add_delete("/api/handles/{id:.+}", delete_handle)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", info)
     try:
         from ledger.http import add_tile_routes

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from cityid.errors import ListenError
+from cityid.httpedge import Edge, EdgeLimits, EdgeSite
 from ledger.batcher import Cosign
 from ledger.policy import Policy
 from ledger.storage import Log
@@ -35,10 +36,17 @@ def _cosigner(cfg: RegistrarConfig, reg_log: Log, session: aiohttp.ClientSession
     return make_cosigner(reg_log, clients, policy, cfg.witness_timeout_ms / 1000)
 
 
-async def start_registrar(cfg: RegistrarConfig) -> tuple[Registrar, web.AppRunner]:
-    """Open and start serving on the configured address; for ``cityid up`` and tests."""
+async def start_registrar(
+    cfg: RegistrarConfig, *, limits: EdgeLimits | None = None
+) -> tuple[Registrar, web.AppRunner]:
+    """Open and start serving on the configured address; for ``cityid up`` and tests.
+
+    Connections and bodies are bounded by ``limits`` (:mod:`cityid.httpedge`);
+    ``runner.cleanup()`` stops it all.
+    """
     reg = Registrar.open(cfg)
-    app = make_app(reg)
+    edge = Edge("registrar", limits)
+    app = make_app(reg, edge)
     if cfg.witnesses:
         session = aiohttp.ClientSession()
         reg.sequencer.cosign = _cosigner(cfg, reg.log, session)
@@ -47,12 +55,11 @@ async def start_registrar(cfg: RegistrarConfig) -> tuple[Registrar, web.AppRunne
             await session.close()
 
         app.on_cleanup.append(close_session)  # after the sequencer's last batch
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, handle_signals=False, **edge.runner_kwargs())
     await runner.setup()
     host, port = cfg.host_port
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        await EdgeSite(runner, edge, host, port, reuse_address=True).start()
     except OSError as e:
         await runner.cleanup()
         raise ListenError(f"{host}:{port}", e.strerror or str(e)) from e

@@ -28,6 +28,13 @@ def test_every_component_has_a_unit() -> None:
     assert all(u.name in readme for u in UNITS)
 
 
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_every_unit_raises_its_file_descriptor_limit(unit: Path) -> None:
+    """Every client connection is a descriptor; systemd's default soft limit is 1024."""
+    limits = [ln for ln in unit.read_text().splitlines() if ln.startswith("LimitNOFILE=")]
+    assert len(limits) == 1 and int(limits[0].split("=", 1)[1]) >= 65536, limits
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
 def test_unit_verifies_without_warnings(unit: Path, tmp_path: Path) -> None:

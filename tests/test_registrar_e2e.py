@@ -244,20 +244,21 @@ async def test_refusals_leave_the_ledger_unchanged(tmp_path: Path) -> None:
         dlg = sign(Delegate(TRAFFIC, 0, w.traffic.public_key, None, Record(()), ts), w.city_key)
         await assert_refused(s, url, [dlg], rule="stale-version", exc=ConflictError)
 
-        # A child acting for its parent: traffic delegates a sibling of its own...
+        # A node delegating a sibling of its own, which only their parent may: traffic
+        # delegates .03...
         child = sign(
             Delegate(CITY.child("03"), 0, w.urban.public_key, None, Record(()), ts), w.traffic
         )
         await assert_refused(
-            s, url, [child], rule="child-key", exc=AuthorityError, signer=w.traffic
+            s, url, [child], rule="sibling-node", exc=AuthorityError, signer=w.traffic
         )
         # ... and the city delegates another city on the root's registrar.
         other = Prefix.parse("MA.156.1302")
         child2 = sign(Delegate(other, 0, w.city_key.public_key, None, Record(()), ts), w.city_key)
         await assert_refused(
-            s, w.root.url, [child2], rule="child-key", exc=AuthorityError, signer=w.city_key
+            s, w.root.url, [child2], rule="sibling-node", exc=AuthorityError, signer=w.city_key
         )
-        # ... or rotates its parent's key.
+        # A child acting for its parent: traffic rotates its parent's key.
         rot = sign(RotateKey(CITY, 1, w.traffic.public_key, ts), w.traffic)
         await assert_refused(s, url, [rot], rule="child-key", exc=AuthorityError, signer=w.traffic)
 

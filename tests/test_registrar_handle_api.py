@@ -312,3 +312,45 @@ async def test_identifier_case_and_echo(tmp_path: Path) -> None:
         status, body, _ = await a.put(lower, new)
         assert status == 201 and body["handle"] == ID  # stored and answered in upper case
         assert await version(a.session, a.url, Identifier(TRAFFIC, "BUS-STOP-17")) == (1, True)
+
+
+async def test_a_replayed_write_is_refused_as_stale_not_forged(tmp_path: Path) -> None:
+    """The same request bytes sent again, after the identifier moved on: without If-Match
+    the server rebuilds the operation at the current version, so the old signature did not
+    verify and the refusal said forged-signature. It is a replay: stale-version, 409."""
+    async with api(tmp_path) as a:
+        new = [{"index": 1, "type": "URL", "data": "https://bus.example/r"}]
+        t = now()
+        create = a.signed_header("PUT", ID, VALUES, 0, False, a.traffic, t)
+        status, body, _ = await a.put(ID, VALUES, auth=create)
+        assert status == 201, body
+        update = a.signed_header("PUT", ID, new, 1, True, a.traffic, t + 1)
+        status, body, _ = await a.put(ID, new, auth=update)
+        assert (status, body["version"]) == (200, 2), body
+        cp = await checkpoint_bytes(a.session, a.url)
+
+        for header, values, signed_for in ((update, new, 1), (create, VALUES, 0)):
+            status, body, _ = await a.put(ID, values, auth=header)
+            codes(status, body, handle.HANDLE_ALREADY_EXISTS)
+            assert body["rule"] == "stale-version", body
+            assert f"signed for version {signed_for}: a replay" in body["message"]
+        assert await checkpoint_bytes(a.session, a.url) == cp  # nothing logged
+
+        # A DELETE replayed after the identifier was made again.
+        delete = a.signed_header("DELETE", ID, None, 2, True, a.traffic, t + 2)
+        status, body = await a.delete(ID, auth=delete)
+        assert status == 200, body
+        status, body, _ = await a.put(ID, new, t=t + 3)
+        assert (status, body["version"]) == (201, 4), body
+        cp = await checkpoint_bytes(a.session, a.url)
+        status, body = await a.delete(ID, auth=delete)
+        codes(status, body, handle.HANDLE_ALREADY_EXISTS)
+        assert body["rule"] == "stale-version", body
+
+        # Not a replay, still a forgery: the signature is over other values.
+        other = a.signed_header("PUT", ID, VALUES, 3, True, a.traffic, t + 4)
+        status, body, _ = await a.put(ID, new, auth=other)
+        codes(status, body, handle.AUTHENTICATION_FAILED)
+        assert body["rule"] == "forged-signature"
+        assert await checkpoint_bytes(a.session, a.url) == cp
+        assert await version(a.session, a.url, ID) == (4, True)
