@@ -3,7 +3,9 @@
 # skip with a stated reason when it is missing and cannot be installed (no root,
 # no apt); CI runs as root, so there they all run.
 set -eu
-PACKAGES="golang-go golang-golang-x-mod-dev zbar-tools poppler-utils bind9-dnsutils curl chromium fonts-dejavu-core fonts-wqy-microhei"
+# redis-tools: a Redis built with TLS (as redis-check-rdb; no service comes with it), for
+# the TLS recipe of docs/deployment.md (tests/test_valkey.py).
+PACKAGES="golang-go golang-golang-x-mod-dev zbar-tools poppler-utils bind9-dnsutils curl chromium fonts-dejavu-core fonts-wqy-microhei redis-tools"
 missing=""
 for p in $PACKAGES; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
