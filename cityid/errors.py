@@ -31,9 +31,10 @@ class ListenError(CityIdError):
 
     rule = "listen"
 
-    def __init__(self, address: str, reason: str) -> None:
+    def __init__(self, address: str, reason: str, *, which: str = "") -> None:
         super().__init__(f"cannot listen on {address}: {reason}; choose another with --listen")
         self.address, self.reason = address, reason
+        self.which = which  # which of several listeners, where one process has several
 
 
 class IdentifierError(CityIdError, ValueError):

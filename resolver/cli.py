@@ -165,18 +165,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_timeout=cfg.redis_timeout_s if cfg else 2.0,
         meta_ttl=cfg.meta_ttl_s if cfg else 1.0,
     )
-    background = None
+    starters = []
+    if embedded is not None:
+        starters.append(_valkey_supervisor(embedded))  # a dead one comes back on its port
     if cfg is not None and cfg.sync and not args.no_sync:
-        background = _sync_starter(cfg, url)
+        starters.append(_sync_starter(cfg, url))
     try:
-        serve(spec, background=background)
+        serve(spec, background=_all(starters) if starters else None)
     finally:
         if embedded is not None:
             embedded.stop()
     return 0
 
 
-def _sync_starter(cfg: Any, url: str) -> Callable[[], Awaitable[Callable[[], Awaitable[None]]]]:
+Starter = Callable[[], Awaitable[Callable[[], Awaitable[None]]]]
+
+
+def _all(starters: list[Starter]) -> Starter:
+    """Start each in turn; what it returns stops them all, the last started first."""
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        stops = [await s() for s in starters]
+
+        async def stop() -> None:
+            for s in reversed(stops):
+                await s()
+
+        return stop
+
+    return start
+
+
+def _valkey_supervisor(server: Any) -> Starter:
+    """Supervise the embedded server from the supervisor's loop (the thread that started it)."""
+
+    async def start() -> Callable[[], Awaitable[None]]:
+        watching = server.supervising()
+        await watching.__aenter__()
+
+        async def stop() -> None:
+            await watching.__aexit__(None, None, None)
+
+        return stop
+
+    return start
+
+
+def _sync_starter(cfg: Any, url: str) -> Starter:
     """Start sync in the supervisor process: one follower per server, leader-locked."""
 
     async def start() -> Callable[[], Awaitable[None]]:

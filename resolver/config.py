@@ -110,7 +110,7 @@ class ResolverConfig:
     poll_interval_ms: int = 200
     witness_policy: str = ""  # c2sp tlog-policy file: its witnesses and quorum apply to every log
     lock_ttl_ms: int = 10_000
-    chunk: int = 2048
+    chunk: int = 1024
     resize_grace_s: float = 10.0
     log_urls: dict[str, str] = field(default_factory=dict)  # origin -> tiles URL overrides
     # [http] / [dns]
@@ -215,7 +215,7 @@ class ResolverConfig:
                 poll_interval_ms=int(sync.get("poll_interval_ms", 200)),
                 witness_policy=str(sync.get("witness_policy", "")),
                 lock_ttl_ms=int(sync.get("lock_ttl_ms", 10_000)),
-                chunk=int(sync.get("chunk", 2048)),
+                chunk=int(sync.get("chunk", 1024)),
                 resize_grace_s=float(sync.get("resize_grace_s", 10.0)),
                 log_urls={str(k): str(v) for k, v in raw.get("log_urls", {}).items()},
                 http_listen=str(http.get("listen", "127.0.0.1:8080")),

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -24,10 +25,11 @@ from ledger.cosignature import cosignature_timestamp
 from ledger.note import parse_note
 
 from . import pages
-from .store import StoreError
+from .layout import StoreError
+from .store import Store
 
-if TYPE_CHECKING:
-    from .http import Resolver
+#: What the explorer reads besides the store: the resolver's (briefly reused) status.
+Status = Callable[[], Awaitable[dict[str, Any]]]
 
 MAX_LOGS = 200  # logs listed on one page; the JSON status at / has them all
 MAX_QUERY = 1024
@@ -74,12 +76,10 @@ def checkpoint_view(note: bytes | None) -> pages.CheckpointView | None:
     )
 
 
-async def _log_summary(resolver: Resolver, lg: dict[str, object]) -> pages.LogSummary:
+async def _log_summary(store: Store, lg: dict[str, object]) -> pages.LogSummary:
     origin = str(lg["origin"])
     try:
-        note, batches = await asyncio.gather(
-            resolver.store.checkpoint(origin), resolver.store.recent_batches(origin)
-        )
+        note, batches = await asyncio.gather(store.checkpoint(origin), store.recent_batches(origin))
     except StoreError:
         note, batches = None, []
     return pages.LogSummary(
@@ -93,15 +93,15 @@ async def _log_summary(resolver: Resolver, lg: dict[str, object]) -> pages.LogSu
     )
 
 
-async def log_summaries(resolver: Resolver) -> tuple[list[pages.LogSummary], bool]:
+async def log_summaries(store: Store, status: Status) -> tuple[list[pages.LogSummary], bool]:
     """Every followed log (up to :data:`MAX_LOGS`), and whether Redis answered."""
-    st = await resolver.status()
+    st = await status()
     logs = list(st.get("logs", []))[:MAX_LOGS]
-    summaries = await asyncio.gather(*(_log_summary(resolver, lg) for lg in logs))
+    summaries = await asyncio.gather(*(_log_summary(store, lg) for lg in logs))
     return list(summaries), bool(st.get("redis"))
 
 
-def add_routes(router: web.UrlDispatcher, resolver: Resolver) -> None:
+def add_routes(router: web.UrlDispatcher, store: Store, status: Status) -> None:
     # Reused for a second: reloads and crawlers cost Redis two reads per log at most
     # once a second, however many arrive.
     memo: list[tuple[float, tuple[list[pages.LogSummary], bool]]] = []
@@ -109,7 +109,7 @@ def add_routes(router: web.UrlDispatcher, resolver: Resolver) -> None:
     async def summaries() -> tuple[list[pages.LogSummary], bool]:
         now = time.monotonic()
         if not memo or now - memo[0][0] > SUMMARY_TTL:
-            memo[:] = [(now, await log_summaries(resolver))]
+            memo[:] = [(now, await log_summaries(store, status))]
         return memo[0][1]
 
     async def explorer(request: web.Request) -> web.Response:

@@ -1,65 +1,17 @@
-"""The resolver's Redis layout: dense, Valkey-Cluster-safe, rebuilt from the logs at will.
+"""Read identifiers from Redis, as :mod:`resolver.layout` lays them out.
 
-Redis is a cache of what the logs say (DESIGN.md §6). Every command on the hot
-path touches one key, so the layout works unchanged on Valkey/Redis Cluster;
-lookups issued in one event-loop pass go out as one pipeline.
-
-Keys (``P`` a canonical prefix, ``S`` a suffix; no ``{...}`` hash tags on
-purpose, so one big prefix spreads over every slot of a cluster):
-
-``i:P:<bits>:<bucket>``  hash: field ``S`` -> ``[version, deleted, origin_id, leaf_index,
-                         record]`` (msgpack; ``record`` is the canonical record bytes, nil
-                         when deleted). ``bucket`` is the top ``bits`` bits of
-                         BLAKE2b-64(``S``), so each bucket stays a small listpack.
-``r:P:<letters>:<width>`` sorted set of range mints, all score 0, ordered by member:
-                         ``<start zero-padded to width> ":" msgpack([count, origin_id,
-                         leaf_index, template])``. A minted suffix finds its range with
-                         one ``ZREVRANGEBYLEX``; an explicit ``i:`` entry overrides it.
-``m:P``                  msgpack ``[bits, count, [[letters, width]...], revoked]``: how
-                         ``P``'s identifiers are laid out. Readers cache it for
-                         ``meta_ttl`` seconds and re-check it in the same pipeline.
-``p:P``                  the prefix record ``0.NA/P``: msgpack ``[version, deleted,
-                         origin_id, leaf_index, record, key, host_id]``.
-``l:<origin>``           hash, one per followed log: the sync cursor (``size``, ``root``,
-                         ``note``, ``applied``) and status (``url``, ``key``, ``state``,
-                         ``reason``, ``updated_at``).
-``b:<origin>``           list, newest first, of the last :data:`RECENT_BATCHES` checkpoints
-                         sync applied from that log (msgpack :class:`Batch`): the
-                         explorer's history, since a log serves only its latest.
-``meta:origins``         hash ``o:<origin>`` -> id and ``i:<id>`` -> origin: values name
-                         their log by a small integer.
-``meta:epoch``           set when sync starts filling an empty Redis; its absence means
-                         Redis lost its data and must be rebuilt.
-``meta:leader``          the sync leader lock (``SET NX PX``, renewed by a one-key script).
-``meta:gc``              bucket levels left behind by a resize, deleted after a grace time.
-``meta:stats``           hash ``<kind>/<host:pid>`` -> msgpack ``[time, {counter: value}]``:
-                         what sync and DNS processes publish for /metrics (``stats.py``).
-
-Bucket sizing: a prefix starts with one bucket; when its explicit count passes
-``fill << bits`` the writer copies it to a level with more bits, flips ``m:P``,
-writes both levels for a grace period (readers cache ``m:P`` for at most
-``meta_ttl``), then deletes the old level. ``fill`` is half of
-``hash-max-listpack-entries``, which :meth:`Writer.prepare` raises to 512 (and
-``hash-max-listpack-value`` to 1024) with ``CONFIG SET`` where the server allows
-it; where it does not, buckets are sized to the server's limit. A bucket that
-outgrows its listpack still works, it only takes more memory.
-
-A prefix whose delegation (or an ancestor's) is revoked keeps its entries, but
-``m:P`` says ``revoked`` and lookups answer a tombstone.
-
-Invalidation: after each write, sync publishes on ``cityid:inv`` a msgpack list
-of the canonical identifiers changed; ``P/*`` means "anything under ``P``" (a
-range mint, a revocation) and ``*`` means "everything" (a rebuild, or a
-subscriber that reconnected and may have missed messages).
+Lookups issued in one event-loop pass go out as one pipeline; each answer is
+what sync verified and stored (:func:`cityid.records.decode_trusted`). A miss is
+final once sync has caught up with the log that would hold the name; before,
+it is :class:`~resolver.layout.NotReadyError` (see the layout's notes on
+readiness). Sync's invalidations arrive through :meth:`Store.subscribe`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -72,133 +24,56 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from cityid.errors import CityIdError, IdentifierError, RecordError
-from cityid.identifiers import Identifier, Prefix, parse_minted
-from cityid.records import Record, render_template
+from cityid.errors import RecordError
+from cityid.identifiers import Identifier, Prefix, has_valid_check, split_minted
+from cityid.records import Record, decode_trusted, render_template
+
+from . import membership
+from .layout import (
+    ALL,
+    ANCHORS,
+    CHANNEL,
+    EPOCH,
+    LEADER,
+    LISTPACK_ENTRIES,
+    LISTPACK_VALUE,
+    MAX_BATCH,
+    MAX_FILTER_BYTES,
+    ORIGINS,
+    READY,
+    RECENT_BATCHES,
+    REDIS_ERRORS,
+    RELOAD_INTERVAL,
+    Batch,
+    Change,
+    Cursor,
+    IdChange,
+    MintChange,
+    NotReadyError,
+    PrefixChange,
+    PrefixMeta,
+    RangeChange,
+    RevokeChange,
+    StoreError,
+    batches_key,
+    bits_for,
+    bucket_of,
+    children_key,
+    filter_key,
+    id_key,
+    log_key,
+    meta_key,
+    prefix_key,
+    range_bound,
+    range_key,
+    unpack,
+)
+from .resp import Command, RespPipe, supports
+from .writer import Writer
 
 log = logging.getLogger("cityid.resolver.store")
-
-CHANNEL = "cityid:inv"
-ORIGINS = "meta:origins"
-EPOCH = "meta:epoch"
-LEADER = "meta:leader"
-GC = "meta:gc"
-ALL = "*"
-
-MAX_BITS = 24  # 16M buckets per prefix: ~1.6 billion identifiers at a fill of 100
-LISTPACK_ENTRIES = 512
-LISTPACK_VALUE = 1024
-MAX_FILL = 128
-MAX_BATCH = 10_000  # lookups per pipeline
-RECENT_BATCHES = 20  # checkpoints remembered per log for the explorer
-BATCH_SAMPLE = 5  # identifiers named per remembered checkpoint
-PUBLISH_CHUNK = 1000  # identifiers per invalidation message
-COPY_CHUNK = 256  # buckets read per round trip while resizing
-
-# What an unreachable Redis raises. A cluster client's RedisClusterException (no
-# reachable node, a slot no node serves) is not a RedisError.
-REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
-
-_RENEW = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-)
-_RELEASE = (
-    "if redis.call('get', KEYS[1]) == ARGV[1] then "
-    "return redis.call('del', KEYS[1]) else return 0 end"
-)
-
-
-class StoreError(CityIdError):
-    """Redis is unreachable or holds something this layout did not write."""
-
-    rule = "store"
-
-
-# -- the layout: pure functions -------------------------------------------------------
-
-
-def bucket_of(suffix: str, bits: int) -> int:
-    """The bucket of ``suffix`` among ``2**bits``: stable across processes and versions."""
-    if bits == 0:
-        return 0
-    h = int.from_bytes(hashlib.blake2b(suffix.encode(), digest_size=8).digest(), "big")
-    return h >> (64 - bits)
-
-
-def bits_for(count: int, fill: int) -> int:
-    """The fewest bucket bits that keep ``count`` entries at ``fill`` or fewer per bucket."""
-    bits = 0
-    while count > fill << bits and bits < MAX_BITS:
-        bits += 1
-    return bits
-
-
-def id_key(prefix: str, bits: int, bucket: int) -> str:
-    return f"i:{prefix}:{bits}:{bucket}"
-
-
-def range_key(prefix: str, letters: str, width: int) -> str:
-    return f"r:{prefix}:{letters}:{width}"
-
-
-def meta_key(prefix: str) -> str:
-    return f"m:{prefix}"
-
-
-def prefix_key(prefix: str) -> str:
-    return f"p:{prefix}"
-
-
-def log_key(origin: str) -> str:
-    return f"l:{origin}"
-
-
-def batches_key(origin: str) -> str:
-    return f"b:{origin}"
-
-
-def _pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def _unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=True)
-
-
-def _range_bound(number: int, width: int) -> bytes:
-    # Members start with the zero-padded start and ':' (0x3a); ';' (0x3b) sorts
-    # right after, so "(<n>;" bounds every range starting at or below n.
-    return b"(" + f"{number:0{width}d}".encode() + b";"
-
-
-@dataclass(slots=True)
-class PrefixMeta:
-    """How one prefix's identifiers are laid out (``m:P``)."""
-
-    bits: int = 0
-    count: int = 0
-    ranges: frozenset[tuple[str, int]] = frozenset()
-    revoked: bool = False
-
-    def encode(self) -> bytes:
-        return _pack([self.bits, self.count, [list(r) for r in sorted(self.ranges)], self.revoked])
-
-    @classmethod
-    def decode(cls, data: bytes | None) -> PrefixMeta:
-        if data is None:
-            return cls()
-        try:
-            bits, count, ranges, revoked = _unpack(data)
-            return cls(int(bits), int(count), frozenset((r[0], int(r[1])) for r in ranges), revoked)
-        except (ValueError, TypeError, msgpack.ExtraData) as e:
-            raise StoreError(f"m: entry is not a prefix layout: {e}", rule="store-format") from e
-
-    def layout(self) -> tuple[int, frozenset[tuple[str, int]]]:
-        return self.bits, self.ranges
 
 
 # -- what readers get -----------------------------------------------------------------
@@ -225,105 +100,95 @@ class PrefixInfo:
     revoked: bool
 
 
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    """Where sync stands in one log: its last trusted checkpoint and entries applied."""
-
-    origin: str
-    size: int
-    root: bytes
-    note: bytes
-    applied: int
-    url: str = ""
-    key: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """A checkpoint sync verified and applied: entries ``start..end-1`` of its log.
-
-    One checkpoint may seal several of the registrar's batches when sync catches up;
-    the explorer shows what this resolver verified, not the registrar's bookkeeping.
-    """
-
-    start: int
-    end: int
-    root: bytes
-    applied_at: float  # Unix seconds
-    identifiers: int  # identifier records written (created, changed or deleted)
-    prefixes: int  # prefix records written
-    ranges: int  # range mints
-    sample: tuple[str, ...]  # the first few identifiers written
-
-    def encode(self) -> bytes:
-        return _pack([self.start, self.end, self.root, self.applied_at, self.identifiers,
-                      self.prefixes, self.ranges, list(self.sample)])  # fmt: skip
-
-    @classmethod
-    def decode(cls, data: bytes) -> Batch:
-        start, end, root, at, ids, pfx, rng, sample = _unpack(data)
-        return cls(start, end, root, at, ids, pfx, rng, tuple(sample))
-
-
-# -- what writers send ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class IdChange:
-    prefix: str
-    suffix: str
-    version: int
-    deleted: bool
-    origin: str
-    leaf_index: int
-    record: bytes | None  # canonical record bytes; None when deleted
-
-
-@dataclass(frozen=True, slots=True)
-class RangeChange:
-    prefix: str
-    letters: str
-    width: int
-    start: int
-    count: int
-    template: bytes
-    origin: str
-    leaf_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixChange:
-    prefix: str
-    version: int
-    deleted: bool
-    origin: str
-    leaf_index: int
-    record: bytes | None
-    key: bytes
-    host: str
-
-
-@dataclass(frozen=True, slots=True)
-class RevokeChange:
-    """Mark every identifier under ``prefix`` revoked (or no longer)."""
-
-    prefix: str
-    revoked: bool
-
-
-Change = IdChange | RangeChange | PrefixChange | RevokeChange
-
-
 # -- the store (readers) --------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class _Ask:
+class Ask:
+    """One lookup, as :meth:`Store.fetch` takes it (:func:`ask_id`, :func:`ask_prefix`)."""
+
     prefix: str  # the prefix whose layout governs the answer
     ident: str
     suffix: str | None  # None: a prefix record lookup
     minted: tuple[str, int, int] | None  # letters, number, width
-    future: asyncio.Future[Entry | None]
+
+
+def ask_prefix(prefix: Prefix) -> Ask:
+    """The lookup of the prefix record ``0.NA/P``."""
+    p = str(prefix)
+    return Ask(p, f"0.NA/{p}", None, None)
+
+
+def ask_id(ident: Identifier) -> Ask:
+    """The lookup of ``ident`` (``0.NA/P`` too)."""
+    named = ident.named_prefix
+    if named is not None:
+        return ask_prefix(named)
+    # Its shape only: the check character is verified if the prefix has ranges at all.
+    return Ask(str(ident.prefix), str(ident), ident.suffix, split_minted(ident.suffix))
+
+
+#: What :meth:`Store.fetch` answers for each lookup: the entry, None (not registered,
+#: and sync says that is final), or the error of that lookup alone.
+Answer = Entry | None | StoreError
+
+
+class _Members:
+    """What this process knows of the suffixes and child nodes of one prefix.
+
+    ``bloom`` is the prefix's filter as read (``f:P``) plus every suffix since
+    announced; ``children`` its child nodes. Until it is loaded, while a reload is
+    due (``stale``: a bulk mint, whose suffixes were not named one by one) or when
+    its size does not match the layout in use, it is not consulted. Messages that
+    arrive while a read is in flight are kept in ``pending`` and applied to what
+    the read returns: nothing announced is ever missing from a filter in use.
+    """
+
+    __slots__ = ("bits", "bloom", "children", "loaded_at", "loading", "pending", "stale",
+                 "unnamed")  # fmt: skip
+
+    def __init__(self) -> None:
+        self.bits = -1
+        self.bloom: bytearray | None = None
+        self.children: set[str] = set()
+        self.loading = False
+        self.stale = True
+        self.loaded_at = 0.0
+        self.pending: list[str] = []  # "S" (a suffix) or "/N" (a child node)
+        self.unnamed = 0  # bulk writes and new layouts announced: a read older is stale
+
+    def outdated(self) -> None:
+        """Suffixes were written unnamed (a bulk mint) or the layout changed: read again."""
+        self.stale = True
+        self.unnamed += 1
+
+    def note(self, item: str) -> None:
+        """A suffix (or ``/N``, a child node) sync has just written."""
+        if self.loading:
+            self.pending.append(item)
+        elif self.bloom is not None:
+            self._apply(item)
+
+    def _apply(self, item: str) -> None:
+        if item.startswith("/"):
+            self.children.add(item[1:])
+        elif self.bloom is not None:
+            membership.add(self.bloom, item, self.bits)
+
+    def install(
+        self, bits: int, raw: bytes | None, children: Iterable[bytes], unnamed: int
+    ) -> None:
+        """What a read returned, begun when :attr:`unnamed` was ``unnamed``."""
+        bloom = bytearray(raw or b"")
+        # Redis grows a string only as far as its highest bit set: the rest are zeros.
+        bloom += bytes(membership.size(bits) - len(bloom))
+        self.bits, self.bloom = bits, bloom
+        self.children = {c.decode() for c in children}
+        for item in self.pending:
+            self._apply(item)
+        self.pending.clear()
+        # A bulk write announced while this was read may be missing from it: not usable.
+        self.stale = unnamed != self.unnamed
 
 
 def _client(url: str, cluster: bool, timeout: float) -> Any:
@@ -352,8 +217,16 @@ class Store:
         self._timeout = timeout
         self.meta_ttl = meta_ttl
         self._meta: dict[str, tuple[float, PrefixMeta]] = {}
+        self._ready = (-1.0, False)  # (when read, meta:ready): re-read after meta_ttl
+        # While not ready, per prefix: (when read, None if a miss is final, else why not).
+        self._settled: dict[str, tuple[float, StoreError | None]] = {}
+        self._members: dict[str, _Members] = {}  # per prefix: see _Members
+        self.reload_interval = RELOAD_INTERVAL  # between two reads of one prefix's filter
+        self._member_bytes = 0
         self._origins: dict[int, str] = {}
-        self._queue: list[_Ask] = []
+        self._queue: list[tuple[Ask, asyncio.Future[Entry | None]]] = []
+        # Lookups go out packed by hiredis where the server allows (resolver.resp).
+        self._raw = RespPipe(url, timeout=timeout) if supports(url, cluster) else None
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._callbacks: list[Callable[[list[str]], None]] = []
@@ -393,6 +266,8 @@ class Store:
                 await t
         with contextlib.suppress(*REDIS_ERRORS):
             await self._r.aclose()
+        if self._raw is not None:
+            await self._raw.close()
 
     def writer(self, *, resize_grace: float = 10.0) -> Writer:
         return Writer(self, resize_grace=resize_grace)
@@ -403,22 +278,15 @@ class Store:
     # -- lookups, coalesced ---------------------------------------------------------
 
     async def lookup(self, ident: Identifier) -> Entry | None:
-        """The entry of ``ident`` (``0.NA/P`` too), or None if Redis has none."""
-        named = ident.named_prefix
-        if named is not None:
-            return await self.lookup_prefix(named)
-        minted: tuple[str, int, int] | None = None
-        try:
-            m = parse_minted(ident.suffix)
-            minted = (m.letters, m.number, m.width)
-        except IdentifierError:
-            pass
-        return await self._ask(str(ident.prefix), str(ident), ident.suffix, minted)
+        """The entry of ``ident`` (``0.NA/P`` too), or None if Redis has none.
+
+        Lookups made in one event-loop pass share one round trip (:meth:`fetch`).
+        """
+        return await self._ask(ask_id(ident))
 
     async def lookup_prefix(self, prefix: Prefix) -> Entry | None:
         """The prefix record ``0.NA/P`` of ``prefix``."""
-        p = str(prefix)
-        return await self._ask(p, f"0.NA/{p}", None, None)
+        return await self._ask(ask_prefix(prefix))
 
     async def prefix_info(self, prefix: Prefix) -> PrefixInfo | None:
         """The delegation of ``prefix``: its key, hosting log and HS_SITE urls."""
@@ -432,7 +300,7 @@ class Store:
             raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
         if raw is None:
             return None
-        version, deleted, oid, leaf, rec, key, host_id = _unpack(raw)
+        version, deleted, oid, leaf, rec, key, host_id = unpack(raw)
         await self._ensure_origins({oid, host_id})
         revoked = PrefixMeta.decode(meta_raw).revoked
         record = None if rec is None else Record.decode(rec)
@@ -443,13 +311,10 @@ class Store:
                       self._origins[oid], leaf)  # fmt: skip
         return PrefixInfo(entry, key, self._origins[host_id], sites, gone)
 
-    def _ask(
-        self, prefix: str, ident: str, suffix: str | None, minted: tuple[str, int, int] | None
-    ) -> asyncio.Future[Entry | None]:
+    def _ask(self, ask: Ask) -> asyncio.Future[Entry | None]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Entry | None] = loop.create_future()
-        self._queue.append(_Ask(prefix, ident, suffix, minted, fut))
-        self.counters["lookups_total"] += 1
+        self._queue.append((ask, fut))
         if not self._scheduled:
             # Run after every task already runnable in this pass has queued its lookup.
             self._scheduled = True
@@ -464,18 +329,21 @@ class Store:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _flush(self, batch: list[_Ask]) -> None:
+    async def _flush(self, batch: list[tuple[Ask, asyncio.Future[Entry | None]]]) -> None:
         try:
-            await self._run(batch)
-        except REDIS_ERRORS as e:
-            err = StoreError(f"redis: {e}", rule="redis-unavailable")
-            for a in batch:
-                if not a.future.done():
-                    a.future.set_exception(err)
-        except Exception as e:  # a corrupt value must not strand the other lookups
-            for a in batch:
-                if not a.future.done():
-                    a.future.set_exception(e)
+            answers: list[Answer] = await self.fetch([a for a, _ in batch])
+        except Exception as e:  # redis away (StoreError), or a bug: no lookup is stranded
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            return
+        for (_, fut), answer in zip(batch, answers, strict=True):
+            if fut.done():
+                continue
+            if isinstance(answer, StoreError):
+                fut.set_exception(answer)
+            else:
+                fut.set_result(answer)
 
     def _stale(self, prefix: str, now: float) -> bool:
         cached = self._meta.get(prefix)
@@ -485,89 +353,278 @@ class Store:
         cached = self._meta.get(prefix)
         return cached[1] if cached is not None else PrefixMeta()
 
-    async def _run(self, asks: list[_Ask]) -> None:
+    async def _execute(self, commands: list[Command]) -> list[Any]:
+        """One pipeline (not a transaction), through hiredis where the server allows."""
+        if self._raw is not None:
+            return await self._raw.execute(commands)
+        pipe = self._r.pipeline(transaction=False)
+        for c in commands:
+            pipe.execute_command(*c)
+        return list(await pipe.execute())
+
+    async def fetch(self, asks: Sequence[Ask]) -> list[Answer]:
+        """Every lookup of ``asks`` in one round trip (two if a layout moved): answers in order.
+
+        Raises :class:`StoreError` when Redis does not answer at all; an error that
+        concerns one answer (a name whose log is still loading, a corrupt value) is
+        that answer.
+        """
+        self.counters["lookups_total"] += len(asks)
+        try:
+            return await self._fetch(asks)
+        except REDIS_ERRORS as e:
+            raise StoreError(f"redis: {e}", rule="redis-unavailable") from e
+
+    async def _fetch(self, asks: Sequence[Ask]) -> list[Answer]:
         # Two passes at most: the first uses the cached layout (or the default one
         # bucket) and re-reads stale layouts in the same round trip; asks whose
         # layout turned out different are asked again with the fresh one.
+        out: list[Answer] = [None] * len(asks)
+        now = time.monotonic()
+        if self._ready[1] and now - self._ready[0] <= self.meta_ttl:
+            # Names nobody minted, under prefixes this process knows: no round trip.
+            todo = [i for i, a in enumerate(asks) if not self._absent(a, now)]
+            self.counters["filtered_total"] += len(asks) - len(todo)
+            if not todo:
+                return out
+        else:
+            todo = list(range(len(asks)))
         for attempt in range(2):
             now = time.monotonic()
-            stale = sorted({a.prefix for a in asks if attempt == 0 and self._stale(a.prefix, now)})
-            pipe = self._r.pipeline(transaction=False)
-            for p in stale:
-                pipe.get(meta_key(p))
+            stale = sorted({asks[i].prefix for i in todo} if attempt == 0 else ())
+            stale = [p for p in stale if self._stale(p, now)]
+            cmds: list[Command] = [("GET", meta_key(p)) for p in stale]
+            check_ready = now - self._ready[0] > self.meta_ttl
+            if check_ready:
+                cmds.append(("GET", READY))
             used: list[PrefixMeta] = []
             sizes: list[int] = []
-            for a in asks:
+            for i in todo:
+                a = asks[i]
                 meta = self._layout(a.prefix)
                 used.append(meta)
                 if a.suffix is None:
-                    pipe.get(prefix_key(a.prefix))
+                    cmds.append(("GET", prefix_key(a.prefix)))
                     sizes.append(1)
                     continue
-                pipe.hget(id_key(a.prefix, meta.bits, bucket_of(a.suffix, meta.bits)), a.suffix)
-                if a.minted is not None and (a.minted[0], a.minted[2]) in meta.ranges:
+                bits = meta.bits
+                cmds.append(("HGET", id_key(a.prefix, bits, bucket_of(a.suffix, bits)), a.suffix))
+                if (
+                    a.minted is not None
+                    and (a.minted[0], a.minted[2]) in meta.ranges
+                    and has_valid_check(a.suffix)
+                ):
                     letters, number, width = a.minted
-                    pipe.zrevrangebylex(
-                        range_key(a.prefix, letters, width),
-                        _range_bound(number, width), b"-", start=0, num=1,
-                    )  # fmt: skip
+                    cmds.append(("ZREVRANGEBYLEX", range_key(a.prefix, letters, width),
+                                 range_bound(number, width), b"-", "LIMIT", 0, 1))  # fmt: skip
                     sizes.append(2)
                 else:
                     sizes.append(1)
-            res = await pipe.execute()
+            res = await self._execute(cmds)
             self.counters["round_trips_total"] += 1
             for p, raw in zip(stale, res, strict=False):
                 self._meta[p] = (now, PrefixMeta.decode(raw))
             pos = len(stale)
-            answers: list[tuple[_Ask, PrefixMeta, list[Any]]] = []
-            redo: list[_Ask] = []
-            for a, meta, n in zip(asks, used, sizes, strict=True):
+            if check_ready:
+                self._ready = (now, res[pos] is not None)
+                if self._ready[1]:
+                    self._settled.clear()
+                pos += 1
+            redo: list[int] = []
+            got_all: list[tuple[int, PrefixMeta, list[Any]]] = []
+            for i, meta, n in zip(todo, used, sizes, strict=True):
                 got, pos = res[pos : pos + n], pos + n
-                fresh = self._layout(a.prefix)
-                if a.suffix is not None and fresh.layout() != meta.layout():
-                    redo.append(a)
+                fresh = self._layout(asks[i].prefix)
+                if asks[i].suffix is not None and fresh.layout() != meta.layout():
+                    redo.append(i)
                 else:
-                    answers.append((a, fresh, got))
-            await self._ensure_origins(_origin_ids(answers))
-            for a, meta, got in answers:
-                if not a.future.done():
-                    a.future.set_result(self._answer(a, meta, got))
-            asks = redo
-            if not asks:
-                return
-        for a in asks:  # the layout changed twice within one lookup: rare, answer "retry"
-            if not a.future.done():
-                a.future.set_exception(StoreError("layout changed; retry", rule="retry"))
+                    got_all.append((i, fresh, got))
+            await self._ensure_origins(_origin_ids(got_all))
+            for i, meta, got in got_all:
+                try:
+                    out[i] = self._answer(asks[i], meta, got)
+                except StoreError as e:  # this answer's own fault: the others stand
+                    out[i] = e
+            todo = redo
+            if not todo:
+                break
+        for i in todo:  # the layout changed twice within one lookup: rare, answer "retry"
+            out[i] = StoreError("layout changed; retry", rule="retry")
+        if not self._ready[1]:
+            await self._settle(asks, out)
+        return out
 
-    def _answer(self, a: _Ask, meta: PrefixMeta, got: list[Any]) -> Entry | None:
+    def _answer(self, a: Ask, meta: PrefixMeta, got: list[Any]) -> Entry | None:
         raw = got[0]
         if a.suffix is None:
             if raw is None:
                 return None
-            version, deleted, oid, leaf, rec, _key, _host = _unpack(raw)
+            version, deleted, oid, leaf, rec, _key, _host = unpack(raw)
             return _entry(a.ident, version, bool(deleted) or meta.revoked, rec,
                           self._origins[oid], leaf)  # fmt: skip
         if raw is not None:
-            version, deleted, oid, leaf, rec = _unpack(raw)
+            version, deleted, oid, leaf, rec = unpack(raw)
             return _entry(a.ident, version, bool(deleted) or meta.revoked, rec,
                           self._origins[oid], leaf)  # fmt: skip
         if len(got) < 2 or not got[1] or a.minted is None:
             return None
         member: bytes = got[1][0]
         start_s, _, payload = member.partition(b":")
-        count, oid, leaf, template = _unpack(payload)
+        count, oid, leaf, template = unpack(payload)
         number = a.minted[1]
         if not int(start_s) <= number < int(start_s) + count:
             return None
         if meta.revoked:
             return Entry(a.ident, 1, True, None, self._origins[oid], leaf)
-        tpl = Record.decode(template)
+        tpl = _stored_record(a.ident, template, self._origins[oid], leaf)
         try:
             record = render_template(tpl, suffix=a.suffix, id=a.ident)
         except RecordError:
             # The registrar checks templates; an unrenderable one is served as written.
             record = tpl
         return Entry(a.ident, 1, False, record, self._origins[oid], leaf)
+
+    # -- membership: the misses answered without a round trip ----------------------------
+
+    def _absent(self, a: Ask, now: float) -> bool:
+        """True only if ``a`` is surely not in Redis: its prefix's filter (or its parent's
+        children) says so, and the layout it was read for is the one in use."""
+        if a.suffix is None:  # a prefix record: is it a child of its parent?
+            parent, _, node = a.prefix.rpartition(".")
+            m = self._members_of(parent, now)
+            return m is not None and node not in m.children
+        m = self._members_of(a.prefix, now)
+        if m is None:
+            return False
+        cached = self._meta.get(a.prefix)
+        if cached is None or now - cached[0] > self.meta_ttl:
+            return False  # the layout is re-read with the lookup: ask Redis
+        meta = cached[1]
+        if meta.bits != m.bits:
+            m.outdated()
+            return False
+        if a.minted is not None and (a.minted[0], a.minted[2]) in meta.ranges:
+            return False  # perhaps in a range: those are not in the filter
+        assert m.bloom is not None
+        return not membership.may_contain(m.bloom, a.suffix, m.bits)
+
+    def _members_of(self, prefix: str, now: float) -> _Members | None:
+        """The usable membership of ``prefix``, or None (and a read of it started)."""
+        m = self._members.get(prefix)
+        if m is not None and not m.stale and not m.loading:
+            return m
+        if m is None:
+            if self._member_bytes >= MAX_FILTER_BYTES or not prefix:
+                return None
+            m = self._members[prefix] = _Members()
+        if not m.loading and now - m.loaded_at >= self.reload_interval and not self._closed:
+            m.loading = True
+            task = asyncio.get_running_loop().create_task(self._load_members(prefix, m))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return None
+
+    async def _load_members(self, prefix: str, m: _Members) -> None:
+        unnamed = m.unnamed
+        try:
+            reads: list[Command] = [("GET", meta_key(prefix)), ("GET", filter_key(prefix))]
+            reads.append(("SMEMBERS", children_key(prefix)))
+            raw_meta, raw, children = await self._execute(reads)
+            bits = PrefixMeta.decode(raw_meta).bits
+            if raw is not None and len(raw) > membership.size(bits):
+                raise StoreError("the filter was resized while read", rule="retry")
+            if m is not self._members.get(prefix):
+                return  # dropped meanwhile ("*")
+            before = len(m.bloom) if m.bloom is not None else 0
+            m.install(bits, raw, children, unnamed)
+            self._member_bytes += len(m.bloom or b"") - before
+        except (*REDIS_ERRORS, StoreError, ValueError):
+            m.stale = True  # read again later; lookups ask Redis meanwhile
+        finally:
+            m.loading = False
+            m.loaded_at = time.monotonic()
+
+    def _note_written(self, item: str) -> None:
+        """Keep the filters in step with one invalidation message."""
+        if item == ALL:
+            self._members.clear()
+            self._member_bytes = 0
+            return
+        if item.startswith("0.NA/"):
+            parent, _, node = item[5:].rpartition(".")
+            m = self._members.get(parent)
+            if m is not None:
+                m.note("/" + node)
+            return
+        prefix, _, suffix = item.partition("/")
+        m = self._members.get(prefix)
+        if m is None:
+            return
+        if suffix in ("+", "#"):  # suffixes not named, or a new layout: read it again
+            m.outdated()
+        elif suffix != "*":
+            m.note(suffix)
+
+    async def _settle(self, asks: Sequence[Ask], out: list[Answer]) -> None:
+        """Turn the misses that may not be final into :class:`NotReadyError` (see the notes)."""
+        now = time.monotonic()
+        misses = [(i, _holder(asks[i])) for i, e in enumerate(out) if e is None]
+        need = sorted({h for _, h in misses if not self._settled_at(h, now)})
+        if need:
+            await self._read_settled(need, now)
+        for i, holder in misses:
+            why = self._settled[holder][1]
+            if why is not None:
+                out[i] = type(why)(f"{asks[i].ident}: {why.message}", rule=why.rule)
+
+    def _settled_at(self, holder: str, now: float) -> bool:
+        got = self._settled.get(holder)
+        return got is not None and now - got[0] <= min(self.meta_ttl, 0.25)
+
+    async def _read_settled(self, holders: list[str], now: float) -> None:
+        # Every prefix at or above each holder, its record's host, and the anchors.
+        chains = {h: _chain(h) for h in holders}
+        prefixes = sorted({p for c in chains.values() for p in c})
+        pipe = self._r.pipeline(transaction=False)
+        for p in prefixes:
+            pipe.get(prefix_key(p))
+        pipe.hgetall(ANCHORS)
+        res = await pipe.execute()
+        hosts: dict[str, int] = {}
+        for p, raw in zip(prefixes, res, strict=False):
+            if raw is not None:
+                hosts[p] = int(unpack(raw)[6])
+        await self._ensure_origins(hosts.values())
+        anchors = {k.decode(): v.decode() for k, v in res[-1].items()}
+        log_of: dict[str, str | None] = {}
+        for h, chain in chains.items():
+            held = next((self._origins[hosts[p]] for p in chain if p in hosts), None)
+            if held is None:
+                held = next((anchors[p] for p in chain if p in anchors), None)
+            log_of[h] = held  # None: under no root this resolver follows
+        origins = sorted({o for o in log_of.values() if o is not None})
+        pipe = self._r.pipeline(transaction=False)
+        for o in origins:
+            pipe.hmget(log_key(o), ["ready", "state", "reason"])
+        why: dict[str | None, StoreError | None] = {None: None}
+        for o, (ready, state, reason) in zip(origins, await pipe.execute(), strict=True):
+            if ready == b"1":
+                why[o] = None
+            elif state == b"alarm":
+                # Stopped before catching up: what its later entries hold is unknown.
+                why[o] = StoreError(
+                    f"the log {o} that holds it is in alarm and no longer followed "
+                    f"({(reason or b'').decode(errors='replace')[:200]})",
+                    rule="log-alarm",
+                )
+            else:
+                why[o] = NotReadyError(
+                    f"this resolver is still loading the log {o} that holds it; ask again soon"
+                )
+        if len(self._settled) > 10_000:
+            self._settled.clear()
+        for h, o in log_of.items():
+            self._settled[h] = (now, why[o])
 
     async def _load_origins(self) -> None:
         raw = await self._r.hgetall(ORIGINS)
@@ -613,7 +670,8 @@ class Store:
         return url.decode() if url else None
 
     async def status(self) -> dict[str, Any]:
-        """Per followed log: origin, size, root, state, reason, updated_at; and Redis health."""
+        """Per followed log: origin, size, root, state, reason, updated_at, ready; and Redis
+        health, and whether sync has caught up with every log (``ready``)."""
         try:
             origins = await self._r.hgetall(ORIGINS)
             names = sorted(
@@ -624,9 +682,11 @@ class Store:
                 pipe.hgetall(log_key(origin))
             pipe.get(EPOCH)
             pipe.get(LEADER)
+            pipe.get(READY)
             res = await pipe.execute()
         except REDIS_ERRORS as e:
-            return {"redis": False, "error": str(e), "logs": [], "epoch": None, "leader": None}
+            return {"redis": False, "error": str(e), "logs": [], "epoch": None, "leader": None,
+                    "ready": False}  # fmt: skip
         logs = []
         for (_, origin), h in zip(names, res, strict=False):
             g = {k.decode(): v for k, v in h.items()}
@@ -640,13 +700,15 @@ class Store:
                     "state": g.get("state", b"pending").decode(),
                     "reason": g.get("reason", b"").decode(),
                     "updated_at": float(g.get("updated_at", b"0")),
+                    "ready": g.get("ready") == b"1",
                 }
             )
-        epoch, leader = res[-2], res[-1]
+        epoch, leader, ready = res[-3:]
         return {
             "redis": True,
             "epoch": epoch.decode() if epoch else None,
             "leader": leader.decode() if leader else None,
+            "ready": ready is not None,  # sync has caught up with every log it follows
             "logs": logs,
         }
 
@@ -664,12 +726,16 @@ class Store:
 
     def _deliver(self, idents: list[str]) -> None:
         for item in idents:
+            self._note_written(item)
             if item == ALL:
                 # A rebuild may number the origins differently: forget them too.
                 self._meta.clear()
                 self._origins.clear()
-            elif item.endswith("/*"):
+            elif item.endswith("/*") or item.endswith("/#"):
                 self._meta.pop(item[:-2], None)
+        idents = [i for i in idents if not i.endswith("/#")]  # a layout, not an answer
+        if not idents:
+            return
         for cb in self._callbacks:
             try:
                 cb(idents)
@@ -700,6 +766,8 @@ class Store:
         backoff = 0.05
         first = True
         attempt = 0
+        lost = 0  # reconnections since the channel was last live (one log line per outage)
+        said = 0.0
         while not self._closed:
             # Pub/sub needs a plain connection; in a cluster PUBLISH reaches every node, so
             # any node will do: after a failure, the next one is tried.
@@ -711,14 +779,17 @@ class Store:
                 await ps.subscribe(CHANNEL)
                 if not first:
                     self._deliver([ALL])
+                if lost:
+                    log.warning("invalidation channel back after %d reconnection attempts", lost)
                 first = False
                 backoff = 0.05
+                lost = 0
                 while not self._closed:
                     msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is None or msg.get("type") != "message":
                         continue
                     try:
-                        idents = [str(x) for x in _unpack(msg["data"])]
+                        idents = [str(x) for x in unpack(msg["data"])]
                     except (ValueError, TypeError, msgpack.ExtraData):
                         log.warning("ignoring a malformed invalidation message")
                         continue
@@ -727,7 +798,12 @@ class Store:
                 raise
             except REDIS_ERRORS as e:
                 self.counters["subscribe_reconnects_total"] += 1
-                log.warning("invalidation channel lost (%s); reconnecting", e)
+                now = time.monotonic()
+                if lost == 0 or now - said > 60:  # once per outage, then once a minute
+                    said = now
+                    more = f" (attempt {lost + 1})" if lost else ""
+                    log.warning("invalidation channel lost (%s); reconnecting%s", e, more)
+                lost += 1
                 first = False
                 attempt += 1
             finally:
@@ -740,364 +816,68 @@ class Store:
                 backoff = min(backoff * 2, 1.0)
 
 
-def _origin_ids(answers: list[tuple[_Ask, PrefixMeta, list[Any]]]) -> set[int]:
+def _holder(a: Ask) -> str:
+    """The prefix whose host log decides whether ``a`` exists: the prefix of an identifier,
+    the parent of a prefix record (the delegation is written in the parent's log)."""
+    if a.suffix is not None:
+        return a.prefix
+    return a.prefix.rpartition(".")[0] or a.prefix
+
+
+def _chain(prefix: str) -> list[str]:
+    """``prefix`` and every prefix above it, nearest first: ``A.B.C``, ``A.B``, ``A``."""
+    nodes = prefix.split(".")
+    return [".".join(nodes[:n]) for n in range(len(nodes), 0, -1)]
+
+
+def _origin_ids(answers: list[tuple[int, PrefixMeta, list[Any]]]) -> set[int]:
     ids: set[int] = set()
     for _, _, got in answers:
         if got[0] is not None:
-            ids.add(_unpack(got[0])[2])
+            ids.add(unpack(got[0])[2])
         elif len(got) > 1 and got[1]:
-            ids.add(_unpack(got[1][0].partition(b":")[2])[1])
+            ids.add(unpack(got[1][0].partition(b":")[2])[1])
     return ids
 
 
 def _entry(
     ident: str, version: int, deleted: bool, rec: bytes | None, origin: str, leaf: int
 ) -> Entry:
-    record = None if deleted or rec is None else Record.decode(rec)
+    record = None if deleted or rec is None else _stored_record(ident, rec, origin, leaf)
     return Entry(ident, version, deleted, record, origin, leaf)
+
+
+def _stored_record(ident: str, data: bytes, origin: str, leaf: int) -> Record:
+    """A record as sync stored it: checked then (every value, canonical form), not again."""
+    try:
+        return decode_trusted(data)
+    except (ValueError, TypeError, msgpack.UnpackException) as e:
+        raise StoreError(
+            f"{ident}: the record stored for {origin} entry {leaf} does not decode ({e}); "
+            "Redis holds something sync did not write",
+            rule="store-format",
+        ) from e
 
 
 # -- the writer (sync) ----------------------------------------------------------------
 
 
-def _id_value(c: IdChange, oid: int) -> bytes:
-    return _pack([c.version, c.deleted, oid, c.leaf_index, None if c.deleted else c.record])
-
-
-def _range_member(c: RangeChange, oid: int) -> bytes:
-    return f"{c.start:0{c.width}d}:".encode() + _pack([c.count, oid, c.leaf_index, c.template])
-
-
-def _prefix_value(c: PrefixChange, oid: int, host: int) -> bytes:
-    rec = None if c.deleted else c.record
-    return _pack([c.version, c.deleted, oid, c.leaf_index, rec, c.key, host])
-
-
-class Writer:
-    """The write half, for the one sync leader: idempotent pipelined writes.
-
-    A batch is written in two round trips: the data (idempotent overwrites of
-    whole values), then the layout updates, the log cursor and the
-    invalidations. The cursor never gets ahead of the data, so after a crash
-    sync replays from the cursor and rewrites the same bytes.
-    """
-
-    def __init__(self, store: Store, *, resize_grace: float = 10.0) -> None:
-        self.store = store
-        self._r = store._r
-        self.resize_grace = resize_grace
-        self.fill = 64
-        self._oid: dict[str, int] = {}
-        self._meta: dict[str, PrefixMeta] = {}
-        self._old: dict[str, list[tuple[int, float]]] = defaultdict(list)
-
-    async def prepare(self) -> None:
-        """Tune listpack limits where allowed; load origin ids and pending clean-ups."""
-        entries = await self._tune()
-        # Mean fill stays between fill/2 and fill; a quarter of the limit leaves
-        # room for the unlucky buckets above the mean.
-        self.fill = max(8, min(MAX_FILL, entries // 4))
-        raw = await self._r.hgetall(ORIGINS)
-        self._oid = {k[2:].decode(): int(v) for k, v in raw.items() if k.startswith(b"o:")}
-        self._old.clear()
-        for f, deadline in (await self._r.hgetall(GC)).items():
-            p, _, bits = f.decode().rpartition(" ")
-            self._old[p].append((int(bits), float(deadline)))
-
-    async def _tune(self) -> int:
-        # A cluster client sends CONFIG to one node unless told: tune every primary.
-        nodes: list[Any] = [None]
-        if self.store._cluster:
-            await self._r.initialize()
-            nodes = self._r.get_primaries() or [None]
-        try:
-            return min([await self._tune_node(n) for n in nodes])
-        except ResponseError as e:
-            # Managed services often disable CONFIG: size buckets for their default.
-            log.warning("cannot tune listpack limits (%s); buckets sized for 128 entries", e)
-            return 128
-
-    async def _tune_node(self, node: Any) -> int:
-        kw: dict[str, Any] = {} if node is None else {"target_nodes": node}
-        cur = await self._r.config_get("hash-max-listpack-*", **kw)
-        have = {k if isinstance(k, str) else k.decode(): int(v) for k, v in cur.items()}
-        if have.get("hash-max-listpack-entries", 128) < LISTPACK_ENTRIES:
-            await self._r.config_set("hash-max-listpack-entries", LISTPACK_ENTRIES, **kw)
-        if have.get("hash-max-listpack-value", 64) < LISTPACK_VALUE:
-            await self._r.config_set("hash-max-listpack-value", LISTPACK_VALUE, **kw)
-        cur = await self._r.config_get("hash-max-listpack-entries", **kw)
-        return int(next(iter(cur.values())))
-
-    # -- epoch and leadership -----------------------------------------------------------
-
-    async def epoch(self) -> str | None:
-        raw = await self._r.get(EPOCH)
-        return raw.decode() if raw else None
-
-    async def new_epoch(self) -> str:
-        value = os.urandom(8).hex()
-        await self._r.set(EPOCH, value)
-        await self.publish([ALL])
-        return value
-
-    async def acquire(self, owner: str, ttl_ms: int) -> bool:
-        if await self._r.set(LEADER, owner, nx=True, px=ttl_ms):
-            return True
-        return await self.renew(owner, ttl_ms)
-
-    async def renew(self, owner: str, ttl_ms: int) -> bool:
-        return bool(await self._r.eval(_RENEW, 1, LEADER, owner, ttl_ms))
-
-    async def release(self, owner: str) -> None:
-        await self._r.eval(_RELEASE, 1, LEADER, owner)
-
-    # -- cursors and status -------------------------------------------------------------
-
-    async def read_cursor(self, origin: str) -> Cursor | None:
-        h = await self._r.hgetall(log_key(origin))
-        if not h or b"note" not in h:
-            return None
-        g = {k.decode(): v for k, v in h.items()}
-        return Cursor(origin, int(g["size"]), g["root"], g["note"], int(g["applied"]),
-                      g.get("url", b"").decode(), g.get("key", b"").decode())  # fmt: skip
-
-    async def set_status(self, origin: str, state: str, reason: str = "", url: str = "") -> None:
-        fields: dict[str, Any] = {"state": state, "reason": reason, "updated_at": time.time()}
-        if url:
-            fields["url"] = url
-        pipe = self._r.pipeline(transaction=False)
-        self._register(pipe, [origin])
-        pipe.hset(log_key(origin), mapping=fields)
-        await pipe.execute()
-
-    async def publish(self, idents: Sequence[str]) -> None:
-        pipe = self._r.pipeline(transaction=False)
-        later = self._queue_publish(pipe, idents)
-        if len(pipe) > 0:
-            await pipe.execute()
-        await self._publish_now(later)
-
-    def _queue_publish(self, pipe: Any, idents: Sequence[str]) -> list[bytes]:
-        """Queue the invalidations of ``idents`` on ``pipe``; return those to send after it.
-
-        A cluster pipeline refuses PUBLISH (it has no key), so there they are sent
-        one by one once the pipeline has run; any node relays them to the others.
-        """
-        msgs = [_pack(list(idents[i : i + PUBLISH_CHUNK]))
-                for i in range(0, len(idents), PUBLISH_CHUNK)]  # fmt: skip
-        if self.store._cluster:
-            return msgs
-        for m in msgs:
-            pipe.publish(CHANNEL, m)
-        return []
-
-    async def _publish_now(self, msgs: list[bytes]) -> None:
-        for m in msgs:
-            await self._r.publish(CHANNEL, m)
-
-    def _register(self, pipe: Any, origins: Iterable[str]) -> None:
-        for o in origins:
-            if o not in self._oid:
-                n = self._oid[o] = len(self._oid)
-                pipe.hset(ORIGINS, mapping={f"o:{o}": n, f"i:{n}": o})
-
-    # -- writing ------------------------------------------------------------------------
-
-    async def _metas(self, prefixes: Iterable[str]) -> None:
-        need = sorted(p for p in set(prefixes) if p not in self._meta)
-        if not need:
-            return
-        pipe = self._r.pipeline(transaction=False)
-        for p in need:
-            pipe.get(meta_key(p))
-        for p, raw in zip(need, await pipe.execute(), strict=True):
-            self._meta[p] = PrefixMeta.decode(raw)
-
-    async def apply(
-        self, changes: Sequence[Change], cursor: Cursor | None = None, *, state: str = "ok",
-        reason: str = "", start: int | None = None,
-    ) -> None:  # fmt: skip
-        """Write ``changes`` (later ones win), then the cursor, then the invalidations.
-
-        With ``start`` (the size of the cursor this one replaces), the checkpoint is also
-        remembered in the log's recent batches.
-        """
-        origins: list[str] = []
-        for c in changes:
-            if not isinstance(c, RevokeChange):
-                origins.append(c.origin)
-            if isinstance(c, PrefixChange):
-                origins.append(c.host)
-        if cursor is not None:
-            origins.append(cursor.origin)
-        await self._metas(c.prefix for c in changes if not isinstance(c, PrefixChange))
-        ids: dict[tuple[str, str], IdChange] = {}
-        ranges: dict[tuple[str, str, int, int], RangeChange] = {}
-        pfx: dict[str, PrefixChange] = {}
-        revoke: dict[str, bool] = {}
-        inval: dict[str, None] = {}
-        for c in changes:
-            if isinstance(c, IdChange):
-                ids[(c.prefix, c.suffix)] = c
-                inval[f"{c.prefix}/{c.suffix}"] = None
-            elif isinstance(c, RangeChange):
-                ranges[(c.prefix, c.letters, c.width, c.start)] = c
-                inval[f"{c.prefix}/*"] = None
-            elif isinstance(c, PrefixChange):
-                pfx[c.prefix] = c
-                inval[f"0.NA/{c.prefix}"] = None
-            else:
-                revoke[c.prefix] = c.revoked
-                inval[f"{c.prefix}/*"] = None
-
-        pipe = self._r.pipeline(transaction=False)
-        self._register(pipe, origins)
-        base = len(pipe)
-        buckets: dict[str, dict[str, bytes]] = defaultdict(dict)
-        owner: dict[str, str] = {}
-        shadow: dict[str, dict[str, bytes]] = defaultdict(dict)
-        now = time.time()
-        for (p, s), c in ids.items():
-            value = _id_value(c, self._oid[c.origin])
-            bits = self._meta[p].bits
-            key = id_key(p, bits, bucket_of(s, bits))
-            buckets[key][s] = value
-            owner[key] = p
-            # Readers may still use a level a resize left behind: keep it current.
-            for old_bits, deadline in self._old.get(p, ()):
-                if deadline > now:
-                    shadow[id_key(p, old_bits, bucket_of(s, old_bits))][s] = value
-        counted = []
-        for key, mapping in buckets.items():
-            pipe.hset(key, mapping=mapping)
-            counted.append(owner[key])
-        for key, mapping in shadow.items():
-            pipe.hset(key, mapping=mapping)
-        for (p, letters, width, _), rc in ranges.items():
-            member = _range_member(rc, self._oid[rc.origin])
-            pipe.zadd(range_key(p, letters, width), {member: 0})
-        for p, pc in pfx.items():
-            pipe.set(prefix_key(p), _prefix_value(pc, self._oid[pc.origin], self._oid[pc.host]))
-        if len(pipe) > 0:
-            res = await pipe.execute()
-        else:
-            res = []
-
-        changed: set[str] = set()
-        for p, added in zip(counted, res[base:], strict=False):
-            if added:
-                self._meta[p].count += int(added)
-                changed.add(p)
-        for (p, letters, width, _), _rc in ranges.items():
-            meta = self._meta[p]
-            if (letters, width) not in meta.ranges:
-                meta.ranges = meta.ranges | {(letters, width)}
-                changed.add(p)
-        for p, flag in revoke.items():
-            if self._meta[p].revoked != flag:
-                self._meta[p].revoked = flag
-                changed.add(p)
-        pipe = self._r.pipeline(transaction=False)
-        for p in sorted(changed):
-            pipe.set(meta_key(p), self._meta[p].encode())
-        if cursor is not None:
-            pipe.hset(log_key(cursor.origin), mapping=_cursor_fields(cursor, state, reason))
-            if start is not None and cursor.size > start:
-                sample = [k for k in inval if not k.endswith("/*")][:BATCH_SAMPLE]
-                batch = Batch(start, cursor.size, cursor.root, time.time(), len(ids), len(pfx),
-                              len(ranges), tuple(sample))  # fmt: skip
-                pipe.lpush(batches_key(cursor.origin), batch.encode())
-                pipe.ltrim(batches_key(cursor.origin), 0, RECENT_BATCHES - 1)
-        later = self._queue_publish(pipe, list(inval))
-        if len(pipe) > 0:
-            await pipe.execute()
-        await self._publish_now(later)
-        for p in sorted(changed):
-            meta = self._meta[p]
-            if bits_for(meta.count, self.fill) > meta.bits:
-                await self._resize(p, meta)
-
-    async def _resize(self, p: str, meta: PrefixMeta) -> None:
-        """Copy ``p``'s buckets to a level with more bits, flip ``m:P``, retire the old level."""
-        old = meta.bits
-        new = bits_for(meta.count, self.fill)
-        keys = [id_key(p, old, b) for b in range(1 << old)]
-        count = 0
-        for i in range(0, len(keys), COPY_CHUNK):
-            pipe = self._r.pipeline(transaction=False)
-            for k in keys[i : i + COPY_CHUNK]:
-                pipe.hgetall(k)
-            out: dict[str, dict[bytes, bytes]] = defaultdict(dict)
-            for mapping in await pipe.execute():
-                for f, v in mapping.items():
-                    out[id_key(p, new, bucket_of(f.decode(), new))][f] = v
-                    count += 1
-            pipe = self._r.pipeline(transaction=False)
-            for k, mapping in out.items():
-                pipe.hset(k, mapping=mapping)
-            if out:
-                await pipe.execute()
-        meta.bits, meta.count = new, count
-        # Flip first, then record the old level for deletion: a crash in between
-        # leaks a level until the next rebuild, never deletes the live one.
-        await self._r.set(meta_key(p), meta.encode())
-        deadline = time.time() + self.resize_grace
-        if self.resize_grace > 0:
-            await self._r.hset(GC, f"{p} {old}", deadline)
-            self._old[p].append((old, deadline))
-        else:
-            await self._unlink(keys)
-        self.store.counters["resizes_total"] += 1
-        log.info("prefix %s: %d identifiers, buckets 2^%d -> 2^%d", p, count, old, new)
-
-    async def _unlink(self, keys: Sequence[str]) -> None:
-        for i in range(0, len(keys), 1000):
-            pipe = self._r.pipeline(transaction=False)
-            for k in keys[i : i + 1000]:
-                # One key per command: cluster-safe. Not pipe.unlink(): a cluster
-                # pipeline's is a coroutine that splits keys by slot, never queued.
-                pipe.execute_command("UNLINK", k)
-            await pipe.execute()
-
-    async def gc(self, now: float | None = None) -> int:
-        """Delete bucket levels whose grace time has passed; return how many."""
-        now = time.time() if now is None else now
-        done = 0
-        for p, levels in list(self._old.items()):
-            for bits, deadline in list(levels):
-                if deadline <= now:
-                    await self._unlink([id_key(p, bits, b) for b in range(1 << bits)])
-                    await self._r.hdel(GC, f"{p} {bits}")
-                    levels.remove((bits, deadline))
-                    done += 1
-            if not levels:
-                del self._old[p]
-        return done
-
-
-def _cursor_fields(c: Cursor, state: str, reason: str) -> dict[str, Any]:
-    return {
-        "size": c.size,
-        "root": c.root,
-        "note": c.note,
-        "applied": c.applied,
-        "url": c.url,
-        "key": c.key,
-        "state": state,
-        "reason": reason,
-        "updated_at": time.time(),
-    }
-
-
+# The store's public face: the layout's types and the writer, for those who use both.
 __all__ = [
     "ALL",
     "CHANNEL",
+    "LISTPACK_ENTRIES",
+    "LISTPACK_VALUE",
     "REDIS_ERRORS",
+    "Answer",
+    "Ask",
     "Batch",
     "Change",
     "Cursor",
     "Entry",
     "IdChange",
+    "MintChange",
+    "NotReadyError",
     "PrefixChange",
     "PrefixInfo",
     "PrefixMeta",
@@ -1106,6 +886,8 @@ __all__ = [
     "Store",
     "StoreError",
     "Writer",
+    "ask_id",
+    "ask_prefix",
     "bits_for",
     "bucket_of",
 ]

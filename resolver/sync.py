@@ -28,13 +28,32 @@ restarts. Nothing from the bad part is written (entries are applied a chunk at
 a time, and only entries before the bad one are). Other logs keep syncing.
 Unreachable logs are retried every poll (state ``unreachable``).
 
+Work comes in *slices*: the entries read are verified, applied and written to
+Redis together with the log's cursor, a slice at a time, each about
+:data:`SLICE_BYTES` of leaves (a few thousand identifiers, some tens of ms of
+work) and at most ``chunk`` entries. So a million-identifier CSV never holds the
+event loop for long, a failed write is retried from the last slice written (the
+cursor), never from the start of the batch, and progress is monotonic.
+
+Every entry is checked as the registrar checked it (signature, canonical form,
+every value of every record, authority), once: a mint's records are checked
+without building objects and stored as the bytes that were signed
+(:func:`cityid.ops.decode_for_replay`), and the store's readers trust what sync
+wrote (:func:`cityid.records.decode_trusted`).
+
 Restarts: the namespace lives in memory, so sync replays every log into it on
 start. Entries below the Redis cursor were verified when they were written, and
 the new checkpoint is proven consistent with the cursor's, so they are decoded
 without re-checking signatures and not rewritten: a restart costs one read of
 the logs. An empty Redis (no ``meta:epoch``: a flush, or a restart without
 persistence) is refilled from the logs alone. One sync per Redis writes: the
-leader holds ``meta:leader`` (``SET NX PX``, renewed every poll).
+leader holds ``meta:leader`` (``SET NX PX``), renewed by a task of its own every
+quarter of its lifetime, whatever the work in progress.
+
+Readiness: a log is *ready* once sync has caught up with a checkpoint of it in
+this epoch (``ready`` in its ``l:`` hash), and ``meta:ready`` is set while every
+followed log is ready. Until then the store answers "not ready" rather than "does
+not exist" for names the pending logs may hold (:mod:`resolver.store`).
 
 Ordering across logs: there is none in the logs themselves, so sync applies a
 parent log's entries before its children's in each poll, and on replay applies
@@ -59,7 +78,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-import msgpack
 
 from cityid.authority import Namespace
 from cityid.errors import (
@@ -70,7 +88,6 @@ from cityid.errors import (
     KeyFormatError,
     NoteError,
     NotFoundError,
-    OperationError,
     ProofError,
     SignatureError,
     TileError,
@@ -79,16 +96,14 @@ from cityid.errors import (
 from cityid.identifiers import Prefix
 from cityid.keys import VerifierKey
 from cityid.ops import (
-    KINDS,
-    VERSION,
     Delegate,
     Delete,
     Mint,
     MintRange,
     Operation,
     RotateKey,
-    SignedOperation,
     Update,
+    decode_for_replay,
 )
 from cityid.records import Record
 from ledger.checkpoint import Checkpoint
@@ -98,22 +113,27 @@ from ledger.policy import LogEntry, Policy, as_policy
 
 from . import stats
 from .config import ResolverConfig
-from .store import (
+from .layout import (
+    LAYOUT_VERSION,
     REDIS_ERRORS,
+    Batch,
     Change,
     Cursor,
     IdChange,
+    MintChange,
     PrefixChange,
     RangeChange,
     RevokeChange,
-    Store,
     StoreError,
-    Writer,
 )
+from .store import Store
+from .writer import Writer
 
 log = logging.getLogger("cityid.resolver.sync")
 
-CHUNK = 2048  # entries verified, applied and written together (a multiple of 256)
+CHUNK = 1024  # at most this many entries verified, applied and written together
+SLICE_BYTES = 128 * 1024  # leaf bytes per slice: ~2,500 CSV-minted identifiers, tens of ms
+BATCH_SAMPLE = 5  # identifiers named per remembered checkpoint (the explorer's history)
 # Failures that say nothing about the log's honesty: retry on the next poll.
 TRANSIENT = {"tile-fetch", "tile-missing", "bundle-missing", "checkpoint-fetch"}
 
@@ -148,21 +168,11 @@ class LogState:
     written: int = 0  # entries whose effects are in Redis
     saved: tuple[int, bytes] | None = None  # (size, root) of the cursor in Redis
     loaded: bool = False
+    ready: bool = False  # caught up with a checkpoint in this epoch (marked in Redis)
+    batch: Batch | None = None  # what the slices written so far of ``trusted`` held
     state: str = "pending"
     reason: str = ""
     updated_at: float = 0.0
-
-
-def _decode_known(leaf: bytes) -> SignedOperation:
-    """Decode a leaf already verified in an earlier run: no signature or canonical check."""
-    try:
-        version, body, signer, sig = msgpack.unpackb(leaf, raw=False, strict_map_key=True)
-        if version != VERSION:
-            raise ValueError(f"not {VERSION}")
-        op = KINDS[body[0]].from_body(body)
-    except (ValueError, TypeError, KeyError, IndexError, msgpack.ExtraData) as e:
-        raise OperationError(f"leaf does not decode: {e}", rule="encoding") from e
-    return SignedOperation(op, signer, sig)
 
 
 def _site_url(record: Record) -> str | None:
@@ -230,7 +240,7 @@ class Sync:
         self.child_policy = child_policy or self.root_policy
         self.log_urls = {k: v.rstrip("/") for k, v in (log_urls or {}).items()}
         self.lock_ttl = lock_ttl
-        self.chunk = max(256, chunk // 256 * 256)
+        self.chunk = max(1, chunk)
         self.resize_grace = resize_grace
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
         root_vkey = next(
@@ -248,6 +258,9 @@ class Sync:
         self._renewed = 0.0
         self._task: asyncio.Task[None] | None = None
         self._stats: asyncio.Task[None] | None = None
+        self._keeper: asyncio.Task[None] | None = None
+        self._lease_lost = False
+        self._all_ready = False
         self._stop = asyncio.Event()
         self.counters: dict[str, int] = defaultdict(int)
         self.last_poll = 0.0
@@ -307,18 +320,22 @@ class Sync:
         self._stats = loop.create_task(
             stats.publish(self.store.redis, "sync", self.process_metrics)
         )
+        self._keeper = loop.create_task(self._keep_lease())
 
     async def stop(self) -> None:
         self._stop.set()
-        for task in (self._task, self._stats):
+        for task in (self._task, self._stats, self._keeper):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        self._task = self._stats = None
+        self._task = self._stats = self._keeper = None
         if self._writer is not None and self._leader:
             with contextlib.suppress(*REDIS_ERRORS):
                 await self._writer.release(self.instance)
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
         self._leader = self._active = False
         if self._http is not None:
             await self._http.close()
@@ -348,6 +365,7 @@ class Sync:
                 backoff = min(backoff * 2, 2.0)
             except _LostLead as e:
                 self._active = self._leader = False
+                self.counters["sync_sessions_lost_total"] += 1
                 log.warning("sync session ended: %s", e)
             except Exception:
                 self._active = False
@@ -380,12 +398,19 @@ class Sync:
             self._leader = False
             return False
         self._renewed = time.monotonic()
+        self._lease_lost = False
         first = not self._leader
         self._leader = True
         self._redis_up = True
         epoch = await writer.epoch()
+        if epoch is not None and await writer.layout() != LAYOUT_VERSION:
+            log.warning("redis holds data in another layout than this resolver's: deleting "
+                        "it to rebuild from the logs")  # fmt: skip
+            log.warning("deleted %d keys of the old layout", await writer.purge())
+            epoch = None
         if epoch is None or epoch != self._epoch or not await self._in_step(writer):
             # Fresh writer: its layout cache describes the Redis it was made for.
+            await writer.close()
             writer = self.store.writer(resize_grace=self.resize_grace)
             await writer.prepare()
             if epoch is None:
@@ -395,7 +420,13 @@ class Sync:
             elif not first:
                 log.warning("redis state differs from this sync's: replaying the logs")
             self._epoch = epoch
+            self._all_ready = False
             self._reset()
+        else:
+            # A server restarted with its data (AOF) keeps the epoch but forgets the
+            # listpack limits: buckets written without them would leave their listpacks.
+            await writer.tune()
+        await writer.set_anchors({str(self.root_anchor[0]): self.root_origin})
         self._writer = writer
         self._active = True
         return True
@@ -409,13 +440,38 @@ class Sync:
                 return False
         return True
 
+    async def _keep_lease(self) -> None:
+        """Renew the leader lock every quarter of its lifetime, apart from the work.
+
+        The work itself only checks the outcome (:meth:`_lease`): however long a
+        replay, the lock is renewed on time as long as the loop turns, and every
+        slice of work yields to it.
+        """
+        while not self._stop.is_set():
+            await self._sleep(self.lock_ttl / 4)
+            writer = self._writer
+            if not self._leader or writer is None or self._lease_lost:
+                continue
+            try:
+                await self._renew(writer)
+            except REDIS_ERRORS as e:
+                # Not lost yet: the lock lives until its lifetime ends; retried next time.
+                log.debug("sync lock renewal failed: %s", e)
+
+    async def _renew(self, writer: Writer) -> None:
+        if await writer.renew(self.instance, int(self.lock_ttl * 1000)):
+            self._renewed = time.monotonic()
+        else:
+            self._lease_lost = True
+
     async def _lease(self) -> Writer:
+        """The writer, while this sync still holds the leader lock (else :class:`_LostLead`)."""
         writer = self._writer
         assert writer is not None
-        if time.monotonic() - self._renewed > self.lock_ttl / 5:
-            if not await writer.renew(self.instance, int(self.lock_ttl * 1000)):
-                raise _LostLead("the sync lock expired or was taken over")
-            self._renewed = time.monotonic()
+        if not self._lease_lost and time.monotonic() - self._renewed > self.lock_ttl / 2:
+            await self._renew(writer)  # the keeper is late: the loop was held somewhere
+        if self._lease_lost:
+            raise _LostLead("the sync lock expired or was taken over")
         return writer
 
     # -- one poll -------------------------------------------------------------------------
@@ -438,6 +494,11 @@ class Sync:
             for state in todo:
                 done.add(state.origin)
                 await self._follow(state, fetched.get(state.origin))
+        await writer.gc()  # bucket levels a resize left behind, once their grace is over
+        if not self._all_ready and all(s.ready for s in self.logs.values()):
+            await (await self._lease()).set_ready()
+            self._all_ready = True
+            log.info("every log has caught up (%d logs)", len(self.logs))
         self.last_poll = time.time()
 
     async def _fetch(self, state: LogState) -> tuple[Checkpoint, bytes]:
@@ -485,6 +546,7 @@ class Sync:
             cp = Checkpoint.parse(text)
             state.trusted, state.note = cp, cur.note
             state.written, state.saved = cur.applied, (cp.size, cp.root)
+            state.ready = cur.ready
         state.loaded = True
 
     async def _advance(self, state: LogState, cp: Checkpoint, note: bytes) -> None:
@@ -495,14 +557,27 @@ class Sync:
         if state.trusted is None or cp.size > state.trusted.size:
             state.trusted, state.note = cp, note
         trusted, note = state.trusted, state.note
-        while state.applied < trusted.size:
-            await self._lease()  # a long replay must not let the lock lapse
-            start = state.applied
-            stop = min(trusted.size, (start // self.chunk + 1) * self.chunk)
-            leaves = [entry async for _, entry in client.entries(start, stop, trusted)]
-            await self._apply(state, start, leaves, trusted, note)
+        if state.applied < trusted.size:
+            # One read of the new entries (bundles fetched ahead of use), applied and
+            # written a slice at a time: the cursor moves with every slice.
+            first, leaves, size = state.applied, [], 0
+            async for _, leaf in client.entries(state.applied, trusted.size, trusted):
+                leaves.append(leaf)
+                size += len(leaf)
+                if size >= SLICE_BYTES or len(leaves) >= self.chunk:
+                    await self._apply(state, first, leaves, trusted, note)
+                    first, leaves, size = state.applied, [], 0
+                    await asyncio.sleep(0)  # whatever else shares the loop runs now
+            if leaves:
+                await self._apply(state, first, leaves, trusted, note)
         if state.saved != (trusted.size, trusted.root) and state.applied >= state.written:
             await self._write(state, [], trusted, note, state.written)
+        if not state.ready and state.applied >= trusted.size:
+            await self._lease()
+            assert self._writer is not None
+            await self._writer.mark_ready(state.origin)
+            state.ready = True
+            log.info("log %s caught up at %d entries", state.origin, trusted.size)
 
     async def _apply(
         self, state: LogState, start: int, leaves: list[bytes], cp: Checkpoint, note: bytes
@@ -517,11 +592,7 @@ class Sync:
             for k, leaf in enumerate(leaves):
                 index = start + k
                 try:
-                    signed = (
-                        _decode_known(leaf)
-                        if index < state.written
-                        else SignedOperation.decode(leaf)
-                    )
+                    signed = decode_for_replay(leaf, verified=index < state.written)
                     op = signed.op
                     revoked_before = self._was_revoked(op)
                     ns.apply(signed, log=state.origin)
@@ -544,7 +615,8 @@ class Sync:
             end = start + n
             self.counters["sync_entries_applied_total"] += n
             if end > state.written:
-                await self._write(state, changes, cp, note, end)
+                # A log learnt here starts pending: not "ready" before its prefix shows.
+                await self._write(state, changes, cp, note, end, unready=bool(found))
         state.applied = end
         for op in found:
             self._discover(op)
@@ -552,15 +624,59 @@ class Sync:
             raise bad
 
     async def _write(
-        self, state: LogState, changes: list[Change], cp: Checkpoint, note: bytes, applied: int
+        self,
+        state: LogState,
+        changes: list[Change],
+        cp: Checkpoint,
+        note: bytes,
+        applied: int,
+        *,
+        unready: bool = False,
     ) -> None:
         writer = await self._lease()
         cursor = Cursor(state.origin, cp.size, cp.root, note, applied, state.url or "",
                         str(state.vkey))  # fmt: skip
-        await writer.apply(changes, cursor, start=state.saved[0] if state.saved else 0)
+        batch = self._tally(state, changes, cp, applied)
+        if unready:
+            self._all_ready = False
+        await writer.apply(changes, cursor, batch=batch, unready=unready)
         self.counters["sync_writes_total"] += 1
         state.written, state.saved = applied, (cp.size, cp.root)
         state.state, state.reason, state.updated_at = "ok", "", time.time()
+
+    def _tally(
+        self, state: LogState, changes: list[Change], cp: Checkpoint, applied: int
+    ) -> Batch | None:
+        """Add a slice to what its checkpoint held; the whole of it once its last slice is in."""
+        start = state.saved[0] if state.saved else 0
+        if cp.size <= start:
+            return None
+        b = state.batch
+        if b is None or b.end != cp.size:
+            b = Batch(start, cp.size, cp.root, 0.0, 0, 0, 0, ())
+        sample = list(b.sample)
+        ids = pfx = rng = 0
+        for c in changes:
+            if isinstance(c, MintChange):
+                ids += len(c.items)
+                sample += (f"{c.prefix}/{it[0]}" for it in c.items[: BATCH_SAMPLE - len(sample)])
+            elif isinstance(c, IdChange):
+                ids += 1
+                if len(sample) < BATCH_SAMPLE:
+                    sample.append(f"{c.prefix}/{c.suffix}")
+            elif isinstance(c, PrefixChange):
+                pfx += 1
+                if len(sample) < BATCH_SAMPLE:
+                    sample.append(f"0.NA/{c.prefix}")
+            elif isinstance(c, RangeChange):
+                rng += 1
+        b = dataclasses.replace(b, identifiers=b.identifiers + ids, prefixes=b.prefixes + pfx,
+                                ranges=b.ranges + rng, sample=tuple(sample))  # fmt: skip
+        if applied < cp.size:
+            state.batch = b
+            return None
+        state.batch = None
+        return dataclasses.replace(b, applied_at=time.time())
 
     # -- effects ----------------------------------------------------------------------------
 
@@ -573,11 +689,8 @@ class Sync:
     def _effects(self, op: Operation, origin: str, index: int, was_revoked: bool) -> list[Change]:
         ns = self.namespace
         if isinstance(op, Mint):
-            p = str(op.prefix)
-            return [
-                IdChange(p, it.suffix, it.prev + 1, False, origin, index, it.record.encode())
-                for it in op.items
-            ]
+            items = [(it.suffix, it.prev + 1, it.record.encode()) for it in op.items]
+            return [MintChange(str(op.prefix), origin, index, items)]
         if isinstance(op, MintRange):
             return [
                 RangeChange(str(op.prefix), op.letters, op.width, op.start, op.count,
@@ -670,6 +783,7 @@ class Sync:
                     "root": s.trusted.root.hex() if s.trusted else "",
                     "applied": s.applied,
                     "written": s.written,
+                    "ready": s.ready,
                     "state": s.state,
                     "reason": s.reason,
                     "updated_at": s.updated_at,
@@ -690,7 +804,8 @@ class Sync:
     def metrics(self) -> dict[str, int | float]:
         """Counters and gauges for /metrics; keys may carry Prometheus labels."""
         out: dict[str, int | float] = dict(self.counters)
-        for name in ("sync_alarms_total", "sync_redis_errors_total", "sync_rebuilds_total"):
+        for name in ("sync_alarms_total", "sync_redis_errors_total", "sync_rebuilds_total",
+                     "sync_sessions_lost_total"):  # fmt: skip
             out.setdefault(name, 0)
         out["sync_leader"] = int(self._leader)
         out["sync_redis_up"] = int(self._redis_up)

@@ -78,6 +78,23 @@ def stop_workers(procs: list[BaseProcess], grace: float) -> None:
             p.join(5)
 
 
+def stop_resource_tracker() -> None:
+    """Stop and reap the helper process that every ``spawn`` start leaves behind.
+
+    multiprocessing starts it with the first spawned child and lets it exit only
+    when this process does, so it would outlive us for a moment, reparented, in
+    our process group: a caller that waits for the group to empty (a terminal, a
+    service manager, the tour test) would see a straggler. Call once every spawned
+    child has been stopped.
+    """
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        with contextlib.suppress(OSError):
+            stop()
+
+
 def run(
     label: str,
     count: int,
@@ -138,3 +155,73 @@ def run(
         print(f"{label}: interrupted while starting; stopping", file=sys.stderr, flush=True)
     finally:
         stop_workers(procs, grace)
+
+
+RESTART_DELAYS = (0.5, 1.0, 2.0, 5.0, 10.0)  # seconds before each restart, then the last
+
+
+class Child:
+    """One spawned process kept alive from an event loop: for a host that runs the
+    resolver's parts beside other work (``cityid up``).
+
+    ``target(*args)`` runs in a fresh interpreter (nothing inherited but ``args``)
+    that dies with its parent. When it exits it is started again, after a delay
+    that grows while it keeps dying (:data:`RESTART_DELAYS`) and starts over once it
+    has stayed up a minute.
+    """
+
+    def __init__(self, name: str, target: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self.name = name
+        self._target = target
+        self._args = args
+        self._proc: BaseProcess | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._since = 0.0
+        self.restarts = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def spawn(self) -> BaseProcess:
+        """Start the process (without supervising it yet)."""
+        ctx = multiprocessing.get_context("spawn")
+        self._proc = ctx.Process(target=self._target, args=self._args, name=self.name)
+        self._proc.start()
+        self._since = time.monotonic()
+        return self._proc
+
+    def supervise(self) -> None:
+        """Restart the process whenever it exits, until :meth:`stop`."""
+        self._watch = asyncio.get_running_loop().create_task(self._supervise())
+
+    def start(self) -> None:
+        self.spawn()
+        self.supervise()
+
+    async def _supervise(self) -> None:
+        failures = 0
+        while True:
+            await asyncio.sleep(0.5)
+            proc = self._proc
+            if proc is None or proc.is_alive():
+                if time.monotonic() - self._since > 60:
+                    failures = 0  # up a minute: the next death starts the delays over
+                continue
+            delay = RESTART_DELAYS[min(failures, len(RESTART_DELAYS) - 1)]
+            log.warning("%s exited (%s); restarting in %.1f s", self.name, proc.exitcode, delay)
+            await asyncio.sleep(delay)
+            failures += 1
+            self.restarts += 1
+            self.spawn()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM (the process finishes what is in flight), then SIGKILL after ``grace``."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            await asyncio.to_thread(stop_workers, [proc], grace)
