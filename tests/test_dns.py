@@ -96,6 +96,7 @@ async def populate(store: Store) -> None:
     """The namespace every DNS test uses, written as sync writes it."""
     w = store.writer()
     await w.prepare()
+    await w.set_ready()  # as sync says once caught up: a miss is final
     await w.apply(
         [
             prefix_change(CITY, record(("DESC", "Shijiazhuang"), ("URL", CITY_URL)), 1),
@@ -320,6 +321,42 @@ def test_nxdomain_with_soa(dnssrv: DnsHarness) -> None:
         assert soa.ttl == 60  # min(SOA TTL, SOA minimum), RFC 2308 §3
 
 
+def test_nxdomain_for_every_first_label_length(dnssrv: DnsHarness) -> None:
+    # Negative answers are encoded once per zone and name length: the SOA owner is a
+    # pointer into the question, whose place the first label's length decides.
+    zone = dns.name.from_text(name(f"0.NA/{DEPT}"))
+    for n in (1, 2, 7, 9, 30, 62, 63):
+        for label in ("q" * n, "Q-" + "x" * (n - 2) if n > 2 else "-" * n):
+            r = dnssrv.udp(f"{label}.{zone}", "TXT")
+            assert r.rcode() == dns.rcode.NXDOMAIN, label
+            assert r.question[0].name.labels[0] == label.encode()  # the client's case
+            soa = r.authority[0]
+            assert soa.name == zone and soa.rdtype == dns.rdatatype.SOA, label
+
+
+def test_negatives_cached_only_when_they_cost_a_round_trip(dnssrv: DnsHarness) -> None:
+    srv = dnssrv.server
+    assert srv is not None
+
+    def cached(text: str) -> bool:
+        key = dns.name.from_text(text).to_wire().lower() + b"\x00\x10"  # TXT
+
+        async def probe() -> bool:
+            return srv.cache.get(key) is not None
+
+        return bool(dnssrv.call(probe()))
+
+    nowhere = f"zz-nowhere.{APEX}"  # under no root: answered without the store
+    assert dnssrv.udp(nowhere).rcode() == dns.rcode.NXDOMAIN
+    assert dnssrv.udp(nowhere).rcode() == dns.rcode.NXDOMAIN and not cached(nowhere)
+    assert dnssrv.udp(name(W127)).rcode() == dns.rcode.NOERROR and cached(name(W127))
+    trips = srv.store.counters["round_trips_total"]
+    never = name(f"{DEPT}/NEVER-2")
+    assert dnssrv.udp(never).rcode() == dns.rcode.NXDOMAIN
+    # Kept if the store had to ask Redis; not if it knew without (its membership filter).
+    assert cached(never) == (srv.store.counters["round_trips_total"] != trips)
+
+
 def test_nodata(dnssrv: DnsHarness) -> None:
     for qname, qtype in (
         (name(W127), "A"),
@@ -536,6 +573,7 @@ def test_changed_record_answered_within_one_second(dnssrv: DnsHarness) -> None:
         try:
             w = store.writer()
             await w.prepare()
+            await w.set_ready()  # as sync says once caught up: a miss is final
             await w.apply(
                 [
                     id_change(CHANGING, record(("URL", "https://new.example/")), 2, 11),
@@ -566,6 +604,7 @@ def test_new_delegation_becomes_a_referral(dnssrv: DnsHarness) -> None:
         try:
             w = store.writer()
             await w.prepare()
+            await w.set_ready()  # as sync says once caught up: a miss is final
             await w.apply([prefix_change(child, record(("NS", "ns.dept77.example")), 20)])
         finally:
             await store.close()
@@ -707,7 +746,7 @@ def test_identifier_dns_names_round_trip() -> None:
         i = parse_identifier(ident)
         qname = dns.name.from_text(i.dns_name(APEX)).to_wire()
         step = plan(qname, dns.rdatatype.TXT, cfg, 1)
-        assert isinstance(step, Lookup) and step.ident == i
+        assert isinstance(step, Lookup) and step.ident == str(i)
         assert Identifier.from_dns(i.dns_name(APEX), APEX) == i
 
 

@@ -60,11 +60,12 @@ import struct
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 from xml.etree import ElementTree
 
 import dns.name
 
-from cityid.identifiers import MAX_NODES, Identifier, Prefix
+from cityid.identifiers import MAX_NODES, Prefix
 from cityid.records import Record, Value
 
 from ..store import Entry
@@ -158,12 +159,21 @@ class ZoneConfig:
     apex_wire: bytes = field(default=b"", init=False)
     own_hosts: frozenset[bytes] = field(default=frozenset(), init=False)
     root_labels: tuple[tuple[Prefix, tuple[bytes, ...]], ...] = field(default=(), init=False)
+    root_wires: frozenset[bytes] = field(default=frozenset(), init=False)
+    # Memos of pure functions of this configuration, bounded, never part of equality:
+    # what every name below one parent name shares (plan), the NS set of a prefix
+    # record (decide), the negative answers of this second and the referrals.
+    memo: dict[bytes, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    servers: dict[int, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
+    shared: dict[Any, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "apex_wire", wire_name(self.apex))
         object.__setattr__(self, "own_hosts", frozenset(ns.host for ns in self.nameservers))
         roots = tuple((r, tuple(n.lower().encode() for n in reversed(r.nodes))) for r in self.roots)
         object.__setattr__(self, "root_labels", roots)
+        object.__setattr__(self, "root_wires", frozenset(wire_name((*rl, *self.apex))
+                                                         for _, rl in roots))  # fmt: skip
 
     @classmethod
     def make(
@@ -195,23 +205,18 @@ class ZoneConfig:
             identity=identity,
         )
 
-    def zone_wire(self, prefix: Prefix | None) -> bytes:
-        if prefix is None:
-            return self.apex_wire
-        return wire_name((*(n.lower().encode() for n in reversed(prefix.nodes)), *self.apex))
-
 
 # -- what a query becomes ------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """A response before encoding: rcode, AA and the three sections.
 
     ``zone`` names what the answer depends on, for invalidation: the prefix
     (canonical text) of the zone or referral it came from; ``""`` for answers
     that only a full reload changes (the apex, names under no root).
-    ``cache`` is False for answers not worth keeping (errors).
+    ``cache`` is False for answers not worth keeping (errors). (A named tuple:
+    one is made per cache miss, and a tuple is the cheapest immutable object.)
     """
 
     rcode: int
@@ -224,13 +229,14 @@ class Answer:
     negative: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """What :func:`decide` needs from the store for one name."""
+class Lookup(NamedTuple):
+    """What :func:`decide` needs from the store for one name (prefixes as canonical text)."""
 
-    root: Prefix
-    prefixes: tuple[Prefix, ...]  # root + 1 node, root + 2 nodes, ...: fetch every one
-    ident: Identifier | None  # the identifier the first label would be, if well-formed
+    root: str
+    prefixes: tuple[str, ...]  # root + 1 node, root + 2 nodes, ...: fetch every one
+    parent: str  # the prefix an identifier named by the first label would be under
+    suffix: str | None  # that identifier's suffix, if the first label is a well-formed one
+    ident: str | None  # PARENT/SUFFIX, if the first label is a well-formed suffix
     depth: int  # labels between the name and the root
     qname: bytes  # wire form, lower case
 
@@ -239,11 +245,100 @@ def error(rcode: int) -> Answer:
     return Answer(rcode, False, cache=False)
 
 
+class _Under(NamedTuple):
+    """A name at or below a root, as every name directly below it sees it."""
+
+    root: str
+    prefixes: tuple[str, ...]  # its own prefix chain from the root down (as plan lists them)
+    text: str  # the name as a prefix, if every label below the root is a node; else ""
+    depth: int  # labels between it and the root
+    extendable: bool  # a child's label may be one more node (MAX_NODES)
+
+
+_NOT_UNDER = _Under("", (), "", -1, False)
+_MEMO_MAX = 100_000
+
+
 def plan(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer | Lookup:
-    """Read a lower-case owner name (uncompressed wire form)."""
+    """Read a lower-case owner name (uncompressed wire form).
+
+    The common case, a name whose parent is at or below a root, reads only its
+    first label: what its parent contributes (:class:`_Under`) is worked out once
+    per parent name and kept in ``cfg.memo``.
+    """
     special = _special_qtype(qtype)
     if special is not None:
         return special
+    n = qname[0]
+    if n and qname not in cfg.own_hosts and qname not in cfg.root_wires:
+        memo = cfg.memo
+        parent = qname[1 + n :]
+        under = memo.get(parent)
+        if under is None:
+            if len(memo) >= _MEMO_MAX:
+                memo.clear()
+            under = memo[parent] = _under(parent, cfg)
+        if under.depth >= 0:
+            label = qname[1 : 1 + n]
+            prefixes = under.prefixes
+            text = under.text
+            if not text or not _SUFFIX_LABEL.fullmatch(label):
+                # No identifier: a label between the root and the parent is not a node,
+                # or this one is not a suffix (nor a node).
+                return Lookup(under.root, prefixes, "", None, None, under.depth + 1, qname)
+            suffix = label.decode().upper()
+            if under.extendable and _NODE_LABEL.fullmatch(label):
+                prefixes = (*prefixes, f"{text}.{suffix}")
+            return Lookup(under.root, prefixes, text, suffix, f"{text}/{suffix}",
+                          under.depth + 1, qname)  # fmt: skip
+    return _plan_name(qname, qtype, cfg, serial)
+
+
+def _under(wire: bytes, cfg: ZoneConfig) -> _Under:
+    """What a name at or below a root gives the names directly below it (else _NOT_UNDER)."""
+    labels = labels_of(wire)
+    apex = cfg.apex
+    n = len(apex)
+    if len(labels) < n or (n and labels[-n:] != apex):
+        return _NOT_UNDER
+    below = labels[: len(labels) - n] if n else labels
+    best, best_len = _best_root(below, cfg)
+    if best is None:
+        return _NOT_UNDER
+    extra = below[: len(below) - best_len]
+    root = str(best)
+    chain = _chain(root, best_len, extra)
+    complete = len(chain) == len(extra)
+    text = (chain[-1] if chain else root) if complete else ""
+    extendable = complete and best_len + len(extra) + 1 <= MAX_NODES
+    return _Under(root, chain, text, len(extra), extendable)
+
+
+def _best_root(below: tuple[bytes, ...], cfg: ZoneConfig) -> tuple[Prefix | None, int]:
+    """The deepest root at or above ``below`` (labels under the apex, leftmost first)."""
+    best: Prefix | None = None
+    best_len = 0
+    for root, rl in cfg.root_labels:
+        if len(below) >= len(rl) and below[len(below) - len(rl) :] == rl and len(rl) > best_len:
+            best, best_len = root, len(rl)
+    return best, best_len
+
+
+def _chain(root: str, root_len: int, extra: tuple[bytes, ...]) -> tuple[str, ...]:
+    """The prefixes below ``root`` that ``extra`` (labels, leftmost first) names, down to
+    the first label that cannot be a node (nothing can exist at or below it)."""
+    out: list[str] = []
+    text = root
+    for i, label in enumerate(reversed(extra)):
+        if not _NODE_LABEL.fullmatch(label) or root_len + i + 1 > MAX_NODES:
+            break
+        text = f"{text}.{label.decode().upper()}"
+        out.append(text)
+    return tuple(out)
+
+
+def _plan_name(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer | Lookup:
+    """:func:`plan` for any name: outside the apex, the apex, above or under no root..."""
     labels = labels_of(qname)
     apex = cfg.apex
     n = len(apex)
@@ -254,47 +349,34 @@ def plan(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer | Loo
         return _own_host(qname, qtype, cfg, serial)
     if not below:
         return _apex_answer(qname, cfg.apex_wire, None, qtype, cfg, serial, "", cfg.nameservers)
-    best: Prefix | None = None
-    best_len = 0
-    above_root = False  # an empty non-terminal between the apex and a root
-    for root, rl in cfg.root_labels:
-        if len(below) < len(rl) and rl[len(rl) - len(below) :] == below:
-            above_root = True
-        elif below[len(below) - len(rl) :] == rl and len(rl) > best_len:
-            best, best_len = root, len(rl)
+    best, best_len = _best_root(below, cfg)
     if best is None:
+        # An empty non-terminal between the apex and a root, or nothing at all.
+        above_root = any(
+            len(below) < len(rl) and rl[len(rl) - len(below) :] == below
+            for _, rl in cfg.root_labels
+        )
         rcode = NOERROR if above_root else NXDOMAIN
         return _negative(rcode, cfg.apex_wire, cfg, serial, "", cfg.nameservers)
+    root = str(best)
     extra = below[: len(below) - best_len]  # leftmost first
     if not extra:
-        return _apex_answer(qname, qname, None, qtype, cfg, serial, str(best), cfg.nameservers)
-    nodes = extra[::-1]
-    prefixes: list[Prefix] = []
-    for i, label in enumerate(nodes):
-        if not _NODE_LABEL.fullmatch(label) or best_len + i + 1 > MAX_NODES:
-            break  # no prefix can have this node, nor anything below it
-        prefixes.append(_prefix(best, nodes[: i + 1]))
-    ident = None
-    first = extra[0]
-    if len(prefixes) >= len(nodes) - 1 and _SUFFIX_LABEL.fullmatch(first):
-        parent = best if len(nodes) == 1 else prefixes[len(nodes) - 2]
-        ident = Identifier(parent, first.decode().upper())
-    return Lookup(best, tuple(prefixes), ident, len(extra), qname)
+        return _apex_answer(qname, qname, None, qtype, cfg, serial, root, cfg.nameservers)
+    prefixes = _chain(root, best_len, extra)
+    parent, suffix, ident = "", None, None
+    if len(prefixes) >= len(extra) - 1 and _SUFFIX_LABEL.fullmatch(extra[0]):
+        parent = root if len(extra) == 1 else prefixes[len(extra) - 2]
+        suffix = extra[0].decode().upper()
+        ident = f"{parent}/{suffix}"
+    return Lookup(root, prefixes, parent, suffix, ident, len(extra), qname)
 
 
-_PREFIXES: dict[tuple[Prefix, tuple[bytes, ...]], Prefix] = {}
-
-
-def _prefix(root: Prefix, nodes: tuple[bytes, ...]) -> Prefix:
-    # Memoised: a busy prefix is read for every query under it, and building
-    # one validates every node again.
-    key = (root, nodes)
-    p = _PREFIXES.get(key)
-    if p is None:
-        if len(_PREFIXES) >= 100_000:
-            _PREFIXES.clear()
-        p = _PREFIXES[key] = Prefix((*root.nodes, *(x.decode().upper() for x in nodes)))
-    return p
+def ancestor(wire: bytes, count: int) -> bytes:
+    """``wire`` without its first ``count`` labels."""
+    i = 0
+    for _ in range(count):
+        i += 1 + wire[i]
+    return wire[i:]
 
 
 def decide(
@@ -310,29 +392,49 @@ def decide(
     record: Record | None = None
     ns: tuple[NameServer, ...] = cfg.nameservers
     found = 0
+    qname = lookup.qname
     for depth, (prefix, entry) in enumerate(zip(lookup.prefixes, prefixes, strict=True), 1):
         if entry is None or entry.deleted or entry.record is None:
             break  # not delegated (or revoked): nothing at or below it
-        servers = nameservers(entry.record)
-        if servers and not any(s.host in cfg.own_hosts for s in servers):
+        servers, elsewhere = _servers(entry.record, cfg)
+        if elsewhere:
             if depth == lookup.depth and qtype == DS:
                 # DS lives on the parent's side of a cut (RFC 4035 §3.1.4.1); we have none.
-                return _negative(NOERROR, cfg.zone_wire(zone), cfg, serial, str(zone), ns)
-            return _referral(cfg.zone_wire(prefix), entry.record, servers, cfg, str(prefix))
+                zname = ancestor(qname, lookup.depth - found)
+                return _negative(NOERROR, zname, cfg, serial, zone, ns)
+            cut = ancestor(qname, lookup.depth - depth)
+            return _referral(cut, entry.record, servers, cfg, prefix)
         zone, record, found = prefix, entry.record, depth
         ns = servers or cfg.nameservers
-    zname = cfg.zone_wire(zone)
     if found == lookup.depth:
-        return _apex_answer(lookup.qname, zname, record, qtype, cfg, serial, str(zone), ns)
+        return _apex_answer(qname, qname, record, qtype, cfg, serial, zone, ns)
     if (
         found == lookup.depth - 1
-        and lookup.ident is not None
+        and lookup.suffix is not None
         and ident is not None
         and not ident.deleted
         and ident.record is not None
     ):
-        return _data_answer(lookup.qname, ident.record, qtype, cfg, serial, str(zone), zname, ns)
-    return _negative(NXDOMAIN, zname, cfg, serial, str(zone), ns)
+        return _data_answer(qname, ident.record, qtype, cfg, serial, zone, None, ns)
+    return _negative(NXDOMAIN, ancestor(qname, lookup.depth - found), cfg, serial, zone, ns)
+
+
+def _servers(record: Record, cfg: ZoneConfig) -> tuple[tuple[NameServer, ...], bool]:
+    """A prefix record's NS set, and whether it names only other servers (a delegation).
+
+    Memoised by record: a prefix record is read for every miss below it, and the
+    same object stays in the server's prefix cache while it is current.
+    """
+    memo = cfg.servers
+    got = memo.get(id(record))
+    if got is not None and got[0] is record:
+        return got[1], got[2]
+    servers = nameservers(record)
+    elsewhere = bool(servers) and not any(s.host in cfg.own_hosts for s in servers)
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[id(record)] = (record, servers, elsewhere)
+    return servers, elsewhere
 
 
 _ID_NAMES = (wire_name((b"id", b"server")), wire_name((b"hostname", b"bind")))
@@ -372,9 +474,18 @@ def ns_rrs(owner: bytes, ns: Sequence[NameServer], ttl: int) -> tuple[RR, ...]:
 def _negative(
     rcode: int, zname: bytes, cfg: ZoneConfig, serial: int, zone: str, ns: Sequence[NameServer]
 ) -> Answer:
-    ttl = min(cfg.ttl, cfg.negative_ttl)
-    soa = soa_rr(zname, cfg, serial, ns[0].host, ttl)
-    return Answer(rcode, True, authority=(soa,), zone=zone, negative=True)
+    # One object per zone, rcode and second (the SOA serial is the time): a flood of
+    # names that do not exist shares it, and :func:`encode` its wire form.
+    key = (rcode, zname, serial, ns[0].host, zone)
+    memo = cfg.shared
+    got: Answer | None = memo.get(key)
+    if got is None:
+        ttl = min(cfg.ttl, cfg.negative_ttl)
+        soa = soa_rr(zname, cfg, serial, ns[0].host, ttl)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        got = memo[key] = Answer(rcode, True, authority=(soa,), zone=zone, negative=True)
+    return got
 
 
 def _apex_answer(
@@ -403,7 +514,7 @@ def _data_answer(
     cfg: ZoneConfig,
     serial: int,
     zone: str,
-    zname: bytes,
+    zname: bytes | None,  # the zone's name (None: the owner's parent)
     ns: Sequence[NameServer],
 ) -> Answer:
     rrs: tuple[RR, ...] = ()
@@ -414,8 +525,9 @@ def _data_answer(
     elif qtype == NAPTR:
         rrs = naptr_rrs(owner, record, cfg.ttl)
     if not rrs:
+        zname = owner[1 + owner[0] :] if zname is None else zname
         return _negative(NOERROR, zname, cfg, serial, zone, ns)
-    return Answer(NOERROR, True, rrs, zone=zone)
+    return Answer(NOERROR, True, rrs, (), (), zone)
 
 
 def _own_host(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer:
@@ -451,6 +563,23 @@ def nameservers(record: Record) -> tuple[NameServer, ...]:
 def _referral(
     cut: bytes, record: Record, ns: Sequence[NameServer], cfg: ZoneConfig, zone: str
 ) -> Answer:
+    # One object per delegation record (glue costs address parsing): every name below
+    # the cut gets the same referral.
+    key = (cut, id(record))
+    memo = cfg.shared
+    got = memo.get(key)
+    if got is not None and got[0] is record:
+        return got[1]  # type: ignore[no-any-return]
+    answer = _make_referral(cut, record, ns, cfg, zone)
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = (record, answer)
+    return answer
+
+
+def _make_referral(
+    cut: bytes, record: Record, ns: Sequence[NameServer], cfg: ZoneConfig, zone: str
+) -> Answer:
     ttl = min([cfg.ttl, *(v.ttl for v in record.values if v.type == "NS")])
     glue: list[RR] = []
     apex = cfg.apex_wire
@@ -475,10 +604,11 @@ def _is_subdomain(name: bytes, parent: bytes) -> bool:
 
 def value_text(v: Value) -> str:
     """``TYPE=data``, structured data as compact JSON with sorted keys."""
-    data = v.data if isinstance(v.data, str) else json.dumps(
-        dict(v.data), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )  # fmt: skip
-    return f"{v.type}={data}"
+    data = v.data
+    if type(data) is str:
+        return f"{v.type}={data}"
+    text = json.dumps(dict(data), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"{v.type}={text}"
 
 
 def chunks(data: bytes, size: int = MAX_STRING) -> list[bytes]:
@@ -501,13 +631,24 @@ def _strings(*parts: bytes) -> bytes:
     return b"".join(bytes((len(p),)) + p for p in parts)
 
 
+_LENGTH = [bytes((i,)) for i in range(MAX_STRING + 1)]  # a character-string's length octet
+
+
 def txt_rrs(owner: bytes, record: Record, cap: int) -> tuple[RR, ...]:
-    if not record.values:
+    values = record.values
+    if not values:
         return ()
-    ttl = min([cap, *(v.ttl for v in record.values)])
-    return tuple(
-        (owner, TXT, ttl, _strings(*chunks(value_text(v).encode()))) for v in record.values
-    )
+    ttl = cap
+    for v in values:
+        if v.ttl < ttl:
+            ttl = v.ttl
+    out = []
+    for v in values:
+        data = value_text(v).encode()
+        # Most values fit one character-string: no splitting to do.
+        rdata = _LENGTH[len(data)] + data if len(data) <= MAX_STRING else _strings(*chunks(data))
+        out.append((owner, TXT, ttl, rdata))
+    return tuple(out)
 
 
 def uri_rrs(owner: bytes, record: Record, cap: int) -> tuple[RR, ...]:
@@ -558,8 +699,7 @@ def locations(xml: str) -> list[str]:
 # -- encoding ----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Encoded:
+class Encoded(NamedTuple):
     """A response minus its ID, question and OPT: ready to patch.
 
     ``rest`` is everything after the question, with compression pointers that
@@ -568,15 +708,13 @@ class Encoded:
     header bytes after the ID (flags and counts) for each combination of the
     query's RD and CD bits, with or without our OPT, whole or truncated (see
     :func:`head_index`): shared between every answer with the same rcode, AA
-    and counts, so a million cached answers hold a few dozen of them. ``size``
-    is the whole length without the question and OPT.
+    and counts, so a million cached answers hold a few dozen of them. The
+    whole message is ``12 + len(question) + len(rest) + len(opt)`` octets.
     """
 
     heads: tuple[bytes, ...]
     rest: bytes
-    size: int
     zone: str = ""
-    expires: float = 0.0
     negative: bool = False
 
 
@@ -608,29 +746,68 @@ def head_index(query: bytes, opt: bool) -> int:
 
 def empty(rcode: int, aa: bool = False) -> Encoded:
     """A response with the question and no records (errors, truncation templates)."""
-    return Encoded(_heads(aa, rcode, 0, 0, 0), b"", 12)
+    return Encoded(_heads(aa, rcode, 0, 0, 0), b"")
+
+
+_RR_FIXED = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH
+_TO_QUESTION = b"\xc0\x0c"  # a pointer to the question name
 
 
 def encode(qname: bytes, answer: Answer, qclass: int = IN) -> Encoded:
-    """Pre-encode ``answer`` to a question for ``qname`` (wire form, any case of it)."""
+    """Pre-encode ``answer``, decided for ``qname`` (wire form, any case of it)."""
+    if answer.negative and qclass == IN:
+        return _encode_negative(qname, answer)
+    return _encode(qname, answer, qclass)
+
+
+def _encode(qname: bytes, answer: Answer, qclass: int) -> Encoded:
     sections = (answer.answer, answer.authority, answer.additional)
-    if not any(sections):
+    if not (sections[0] or sections[1] or sections[2]):
         return empty(answer.rcode, answer.aa)
-    # Where each ancestor of the question name starts: a pointer target.
+    offsets: dict[bytes, int] | None = None
+    parts = []
+    pack = _RR_FIXED.pack
+    for rrs in sections:
+        for owner, rtype, ttl, rdata in rrs:
+            if owner == qname:
+                parts.append(_TO_QUESTION)
+            else:
+                if offsets is None:
+                    offsets = _offsets(qname)
+                at = offsets.get(owner)
+                parts.append(owner if at is None else (0xC000 | at).to_bytes(2, "big"))
+            parts.append(pack(rtype, qclass, ttl, len(rdata)))
+            parts.append(rdata)
+    heads = _heads(answer.aa, answer.rcode, len(sections[0]), len(sections[1]), len(sections[2]))
+    return Encoded(heads, b"".join(parts), answer.zone, answer.negative)
+
+
+def _offsets(qname: bytes) -> dict[bytes, int]:
+    """Where each ancestor of the question name starts in a message: pointer targets."""
     offsets: dict[bytes, int] = {}
     i = 0
     while qname[i]:
         offsets[qname[i:]] = 12 + i
         i += 1 + qname[i]
-    parts = []
-    for rrs in sections:
-        for owner, rtype, ttl, rdata in rrs:
-            at = offsets.get(owner)
-            name = owner if at is None else struct.pack("!H", 0xC000 | at)
-            parts.append(name + struct.pack("!HHIH", rtype, qclass, ttl, len(rdata)) + rdata)
-    rest = b"".join(parts)
-    heads = _heads(answer.aa, answer.rcode, *(len(s) for s in sections))
-    return Encoded(heads, rest, 12 + len(rest), answer.zone, 0.0, answer.negative)
+    return offsets
+
+
+_NEGATIVE_WIRE: dict[tuple[int, int], tuple[Answer, Encoded]] = {}
+
+
+def _encode_negative(qname: bytes, answer: Answer) -> Encoded:
+    # A negative answer is shared by every name of its zone (see _negative), and its
+    # only owner, the zone, is an ancestor of each: the wire form differs only in the
+    # pointer to it, which the name's length fixes. So it is encoded once per length.
+    key = (id(answer), len(qname))
+    got = _NEGATIVE_WIRE.get(key)
+    if got is not None and got[0] is answer:
+        return got[1]
+    enc = _encode(qname, answer, IN)
+    if len(_NEGATIVE_WIRE) >= 10_000:
+        _NEGATIVE_WIRE.clear()
+    _NEGATIVE_WIRE[key] = (answer, enc)
+    return enc
 
 
 def opt_record(payload: int, do: bool) -> bytes:
@@ -638,16 +815,18 @@ def opt_record(payload: int, do: bool) -> bytes:
     return b"\x00\x00\x29" + struct.pack("!HBBHH", payload, 0, 0, 0x8000 if do else 0, 0)
 
 
-def render(enc: Encoded, query: bytes, question: bytes, opt: bytes, limit: int) -> bytes:
+def render(
+    heads: tuple[bytes, ...], rest: bytes, query: bytes, question: bytes, opt: bytes, limit: int
+) -> bytes:
     """The response to ``query`` (whose ID and flags it copies), ``question`` echoed.
 
     Over ``limit`` octets, the answer is replaced by an empty one with TC=1
     (RFC 2181 §9: the client retries over TCP).
     """
     i = (query[2] & 0x01) | ((query[3] >> 3) & 0x02) | (4 if opt else 0)
-    if enc.size + len(question) + len(opt) <= limit:
-        return query[:2] + enc.heads[i] + question + enc.rest + opt
-    return query[:2] + enc.heads[i + 8] + question + opt
+    if 12 + len(rest) + len(question) + len(opt) <= limit:
+        return b"".join((query[:2], heads[i], question, rest, opt))
+    return b"".join((query[:2], heads[i + 8], question, opt))
 
 
 _TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)
@@ -676,6 +855,7 @@ __all__ = [
     "Lookup",
     "NameServer",
     "ZoneConfig",
+    "ancestor",
     "badvers",
     "chunks",
     "decide",
