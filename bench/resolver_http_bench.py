@@ -1,35 +1,48 @@
-"""Resolver HTTP throughput and latency against nginx, per core, over 1,000,000 identifiers.
+"""The HTTP front against nginx, per core, counting Valkey's CPU: hits and misses, 302 and JSON.
 
-    .venv/bin/python bench/resolver_http_bench.py [--ids 1000000] [--duration 10]
-        [--rounds 3] [--workers 1,2] [--connections 64] [--compare-aiohttp]
+    .venv/bin/python bench/resolver_http_bench.py [--ids 1000000,10000000] [--hit-ids 1000000]
+        [--workload hit-302,hit-api,miss-302,miss-api] [--duration 10] [--rounds 3]
+        [--workers 1] [--connections 64] [--baseline DIR]
 
-Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y wrk nginx``). Everything
-binds to 127.0.0.1 and runs on this machine:
+Needs ``wrk`` and ``nginx`` (Debian: ``apt-get install -y -o DPkg::Lock::Timeout=600
+nginx-light wrk``). Everything binds to 127.0.0.1 and runs on this machine:
 
-1. a private Valkey, filled with ``--ids`` identifiers ``MA.156.1301.02/L-0000000``...
-   through the store's write API (the pipelines sync uses), each with one URL;
+1. for each tree (this one, and ``--baseline DIR``, another checkout of cityid such as
+   ``git archive HEAD | tar -x -C DIR``), a private Valkey filled with the largest
+   ``--ids`` count of identifiers ``MA.156.1301.02/L-0000000``... through that tree's
+   own writer (layouts differ between versions), each with one URL; its
+   ``used_memory`` and resident memory (VmRSS) per identifier;
 2. nginx (its own config in a temp dir, one worker process) answering the same
-   identifiers with 302s from a ``map`` of all of them: the yardstick;
-3. ``cityid resolver serve`` with each ``--workers`` count, its cache sized for
-   every identifier, warmed by walking all of them once per cached
-   representation until fewer than 1% of requests miss (bounded in time);
-4. ``--rounds`` rounds of: wrk (1 thread, ``--connections`` keep-alive
-   connections, random identifiers from a Lua script) for ``--duration``
-   seconds against nginx, then against each resolver for ``GET /{id}`` (302)
-   and ``GET /api/handles/{id}`` (Handle JSON).
+   identifiers with 302s from a ``map`` of all of them: the yardstick, for every
+   workload (it does one lookup per request, as cityid does);
+3. for each tree, ``cityid resolver serve`` with ``--workers`` processes, twice:
+   for the hit workloads with a cache sized for ``--hit-ids`` identifiers and every
+   worker warmed by walking them all once per representation; for the miss workloads
+   with the default cache (100,000 identifiers per worker);
+4. ``--rounds`` rounds, interleaved: in each round, for each workload and each
+   ``--ids`` count it applies to, wrk (1 thread, ``--connections`` keep-alive
+   connections, random identifiers from a Lua script) for ``--duration`` seconds
+   against nginx, then against each tree:
 
-Prints per target the rate (min/median/max over rounds), the rate per serving
-core, p50/p99 latency (medians), and each resolver's ratio to nginx per core.
-wrk, Valkey and the servers share the machine's cores, which flatters nobody:
-with 2 worker processes on a 2-core machine the resolver competes with wrk
-itself, so its per-core figure there is a lower bound. Every load loop is
+   * ``hit-302`` / ``hit-api``: ``GET /{id}`` (302) / ``GET /api/handles/{id}``
+     (Handle JSON), random among the first ``--hit-ids`` identifiers, warm cache;
+   * ``miss-302`` / ``miss-api``: the same, random among all ``--ids`` identifiers
+     (each count in turn), default cache: nearly every request is a store lookup.
+
+Rates per core come from the CPU time (``/proc``) the servers used during each run;
+cityid's includes its Valkey's (nginx needs none). wrk runs on a core of the same
+machine, so a run it limits still compares the servers' cost per request. Every
+round prints its load average, since other work on the machine shows there and
+makes the figures noisy. Prints per workload and target the rate, the rate per
+core (min/median/max), p50/p99 latency, the share of cache hits, and the rate per
+core as a share of nginx's in the same round; then the resident memory of each
+worker, with the hit cache full and with the default cache. Every load loop is
 bounded in requests and time; every process started is stopped by its pid.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import re
@@ -40,6 +53,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,16 +61,53 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import msgpack  # noqa: E402
+import redis  # noqa: E402
 
-from cityid.records import Record  # noqa: E402
 from cityid.valkey import EmbeddedValkey, free_port  # noqa: E402
-from resolver.store import IdChange, Store  # noqa: E402
 
 PREFIX = "MA.156.1301.02"
-ORIGIN = "bench.test/log"
-TS = 1_700_000_000
-WARM_LIMIT_S = 900.0  # per server, all representations
+CLK = os.sysconf("SC_CLK_TCK")
+WORKLOADS = ("hit-302", "hit-api", "miss-302", "miss-api")
+PATHS = {"302": f"/{PREFIX}/L-", "api": f"/api/handles/{PREFIX}/L-"}
+WARM_LIMIT_S = 1800.0  # per server, every representation
+INSTALL = "apt-get install -y -o DPkg::Lock::Timeout=600 nginx-light wrk"
+
+# Run in a tree's own interpreter path (this one's or the baseline's): each fills Valkey
+# through its own writer, in its own layout. argv: count; the URL from the environment.
+POPULATE = r"""
+import asyncio, os, sys, time
+import msgpack
+from resolver.store import Store
+import resolver.store as st
+
+ORIGIN, TS, PREFIX = "bench.test/log", 1_700_000_000, "MA.156.1301.02"
+
+def record(i):
+    # The canonical encoding of a one-URL record, built directly (checked by the bench).
+    return msgpack.packb([[1, "URL", f"https://assets.example/lamp/L-{i:07d}", 86400, TS]],
+                         use_bin_type=True)
+
+async def main(url, n):
+    store = await Store.connect(url)
+    writer = store.writer(resize_grace=0)
+    await writer.prepare()
+    if hasattr(writer, "set_ready"):
+        await writer.set_ready()  # as sync says once caught up: a miss is final
+    t0 = time.perf_counter()
+    step = 20_000
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        if hasattr(st, "MintChange"):  # one change per 20,000 (a bulk mint's leaf)
+            items = [(f"L-{i:07d}", 1, record(i)) for i in range(start, stop)]
+            await writer.apply([st.MintChange(PREFIX, ORIGIN, start, items)])
+        else:
+            await writer.apply([st.IdChange(PREFIX, f"L-{i:07d}", 1, False, ORIGIN, i, record(i))
+                                for i in range(start, stop)])
+    print(f"{time.perf_counter() - t0:.1f}")
+    await store.close()
+
+asyncio.run(main(os.environ["REDIS_URL"], int(sys.argv[1])))
+"""
 
 RANDOM_LUA = """
 local prefix, n = "/", 1
@@ -90,33 +141,25 @@ def target_url(i: int) -> str:
     return f"https://assets.example/lamp/{suffix(i)}"
 
 
-# -- setup ----------------------------------------------------------------------------------
+# -- setup ------------------------------------------------------------------------------------
 
 
-async def populate(url: str, n: int) -> float:
-    """Write ``n`` identifiers through the store's writer, 20,000 per pipeline."""
-    store = await Store.connect(url)
-    writer = store.writer(resize_grace=0)
-    await writer.prepare()
-    t0 = time.perf_counter()
-    for start in range(0, n, 20_000):
-        changes = []
-        for i in range(start, min(n, start + 20_000)):
-            # The canonical encoding of a one-URL record, built directly: a million
-            # Value.make calls would dominate the fill time (checked below).
-            data = msgpack.packb([[1, "URL", target_url(i), 86400, TS]], use_bin_type=True)
-            changes.append(IdChange(PREFIX, suffix(i), 1, False, ORIGIN, i, data))
-        await writer.apply(changes)
-    took = time.perf_counter() - t0
-    assert Record.decode(changes[-1].record or b"").urls() == [target_url(n - 1)]
-    await store.close()
-    return took
+def populate(tree: Path, url: str, n: int) -> float:
+    """Fill the Valkey at ``url`` with ``n`` identifiers through ``tree``'s writer."""
+    out = subprocess.run(
+        [sys.executable, "-c", POPULATE, str(n)], cwd=tree, capture_output=True, text=True,
+        env={**os.environ, "REDIS_URL": url, "PYTHONPATH": str(tree)}, timeout=4 * 3600,
+    )  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(f"populate in {tree} failed: {out.stderr[-2000:]}")
+    return float(out.stdout.split()[-1])
 
 
 def nginx_conf(tmp: Path, port: int, n: int) -> Path:
     with open(tmp / "ids.map", "w") as f:
-        for i in range(n):
-            f.write(f"/{PREFIX}/{suffix(i)} {target_url(i)};\n")
+        for start in range(0, n, 100_000):
+            f.writelines(f"/{PREFIX}/{suffix(i)} {target_url(i)};\n"
+                         for i in range(start, min(n, start + 100_000)))  # fmt: skip
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (tmp / d).mkdir(exist_ok=True)
     conf = tmp / "nginx.conf"
@@ -152,16 +195,18 @@ http {{
     return conf
 
 
-def wait_http(url: str, timeout: float) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited ({proc.returncode}) before answering")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except urllib.error.HTTPError:
             return  # it answered
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
@@ -172,22 +217,59 @@ def get(url: str) -> str:
 
 def counters(base: str) -> dict[str, int]:
     text = get(f"{base}/metrics")
-    return {k: int(v) for k, v in re.findall(r"^(cityid_resolver_\w+_total) (\d+)$", text, re.M)}
+    return {k: int(v) for k, v in re.findall(r"^cityid_resolver_(\w+)_total (\d+)$", text, re.M)}
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of ``pid`` and its descendants, in MiB."""
+def descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo and len(out) < 1000:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def workers_of(pid: int) -> list[int]:
+    """The worker processes under a ``resolver serve`` supervisor (multiprocessing spawns)."""
+    out = []
+    for p in descendants(pid):
+        with contextlib.suppress(OSError):
+            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes():
+                out.append(p)
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
     total = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLK
+
+
+def rss_mb(pids: list[int]) -> float:
+    total = 0
+    for p in pids:
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1])
-            for task in Path(f"/proc/{p}/task").iterdir():
-                pids += [int(c) for c in (task / "children").read_text().split()]
     return total / 1024
+
+
+def valkey_memory(v: EmbeddedValkey, n: int) -> str:
+    r = redis.Redis.from_url(v.url)
+    try:
+        used = int(r.info("memory")["used_memory"])
+    finally:
+        r.close()
+    assert v.proc is not None
+    rss = rss_mb([v.proc.pid]) * 2**20
+    return (f"used_memory {used / n:.0f} B/identifier, VmRSS {rss / n:.0f} B/identifier "
+            f"({rss / 2**20:,.0f} MiB)")  # fmt: skip
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -196,10 +278,11 @@ def rss_mb(pid: int) -> float:
 @dataclass
 class Run:
     rate: float
+    per_core: float  # requests per CPU second of the server (and its Valkey)
     p50_ms: float
     p99_ms: float
-    requests: int
-    bad: int  # non-2xx/3xx answers and socket errors
+    hits: float  # share of cache hits (cityid), NaN for nginx
+    bad: int  # answers other than 2xx/3xx, and socket errors
 
 
 def _ms(text: str) -> float:
@@ -210,195 +293,268 @@ def _ms(text: str) -> float:
     return {"us": v / 1000, "ms": v, "s": v * 1000}[m.group(2)]
 
 
-def wrk(url: str, script: Path, args: list[str], duration: float, connections: int) -> Run:
+def wrk(url: str, script: Path, args: list[str], duration: float, connections: int,
+        pids: list[int]) -> tuple[Run, int]:  # fmt: skip
     secs = max(1, round(duration))
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--latency", "-s", str(script),
            url, "--", *args]  # fmt: skip
+    c0 = cpu_seconds(pids)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True)
+    cpu = cpu_seconds(pids) - c0
     text = out.stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"\s50%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"\s99%\s+(\S+)", text).group(1))  # type: ignore[union-attr]
-    reqs = int(re.search(r"(\d+) requests in", text).group(1))  # type: ignore[union-attr]
+
+    def find(pattern: str) -> str:
+        m = re.search(pattern, text)
+        if m is None:
+            raise RuntimeError(f"wrk said: {text[-1000:]}")
+        return m.group(1)
+
+    reqs = int(find(r"(\d+) requests in"))
     bad = sum(int(x) for x in re.findall(r"Non-2xx or 3xx responses: (\d+)", text))
     m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     if m:
         bad += sum(int(x) for x in m.groups())
-    return Run(rate, p50, p99, reqs, bad)
+    rate = float(find(r"Requests/sec:\s+([\d.]+)"))
+    p50, p99 = _ms(find(r"\s50%\s+(\S+)")), _ms(find(r"\s99%\s+(\S+)"))
+    run = Run(rate, reqs / max(cpu, 1e-9), p50, p99, float("nan"), bad)
+    return run, reqs
+
+
+@dataclass
+class Server:
+    """One ``resolver serve``: which tree, which cache, its address and the pids its CPU counts."""
+
+    label: str
+    proc: subprocess.Popen[bytes]
+    base: str
+    pids: list[int]  # supervisor, workers and the Valkey they read
+    workers: list[int]
 
 
 @dataclass
 class Target:
     name: str
-    base: str
-    path: str  # the path prefix the Lua script appends 7 digits to
-    cores: int
-    runs: list[Run] = field(default_factory=list)
-    nginx: list[float] = field(default_factory=list)  # nginx's rate in the same round
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+    ratio: dict[str, list[float]] = field(default_factory=dict)  # per core, vs nginx's
 
 
-def warm(base: str, tmp: Path, n: int, connections: int) -> tuple[float, float]:
-    """Walk every identifier for each representation until <1% of requests miss."""
+def start_server(tree: Path, url: str, valkey_pid: int, workers: int, cache: int | None,
+                 log: object, label: str) -> Server:  # fmt: skip
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "cityid.cli", "resolver", "serve",
+           "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]  # fmt: skip
+    if cache is not None:
+        cmd += ["--cache-size", str(cache), "--cache-ttl", "86400"]
+    # The URL carries Valkey's password: in the environment, not on a command line that
+    # every local user can read.
+    env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(tree)}
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
+                            env=env)  # fmt: skip
+    wait_http(base + "/healthz", 60, proc)
+    deadline = time.monotonic() + 30
+    while len(workers_of(proc.pid)) < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return Server(label, proc, base, [*descendants(proc.pid), valkey_pid],
+                  workers_of(proc.pid))  # fmt: skip
+
+
+def warm(srv: Server, walk: Path, n: int, connections: int) -> tuple[float, float]:
+    """Walk the first ``n`` identifiers once per representation (bounded in time)."""
     t0 = time.monotonic()
-    walk = tmp / "walk.lua"
-    for path in (f"/{PREFIX}/L-", f"/api/handles/{PREFIX}/L-"):
+    for path in PATHS.values():
         offset = 0
-        while time.monotonic() - t0 < WARM_LIMIT_S:
-            before = counters(base)
-            run = wrk(base, walk, [path, str(n), str(offset)], 10, connections)
-            offset += run.requests
-            after = counters(base)
-            hits = (
-                after["cityid_resolver_cache_hits_total"]
-                - before["cityid_resolver_cache_hits_total"]
-            )
-            misses = (after["cityid_resolver_cache_misses_total"]
-                      - before["cityid_resolver_cache_misses_total"])  # fmt: skip
-            # A representation encoded for the first time is a hit on its slot
-            # but work all the same: require one full walk before trusting it.
-            if offset >= n and misses <= 0.01 * max(1, hits + misses):
-                break
-    after = counters(base)
-    total = after["cityid_resolver_cache_hits_total"] + after["cityid_resolver_cache_misses_total"]
-    return time.monotonic() - t0, after["cityid_resolver_cache_misses_total"] / max(1, total)
+        while offset < n and time.monotonic() - t0 < WARM_LIMIT_S:
+            # Each wrk walks from where the last stopped; 10 s each, every worker reached
+            # (SO_REUSEPORT spreads the connections).
+            _, reqs = wrk(srv.base, walk, [path, str(n), str(offset)], 10, connections, [])
+            offset += reqs
+    c = counters(srv.base)
+    return time.monotonic() - t0, c["cache_misses"] / max(1, c["cache_hits"] + c["cache_misses"])
 
 
-def spread(xs: list[float]) -> str:
-    return f"{min(xs):9.0f} {statistics.median(xs):9.0f} {max(xs):9.0f}"
+def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def spread(xs: list[float], fmt: str = "{:,.0f}") -> str:
+    return "/".join(fmt.format(x) for x in (min(xs), statistics.median(xs), max(xs)))
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--ids", type=int, default=1_000_000)
+    ap.add_argument(
+        "--ids",
+        default="1000000,10000000",
+        help="identifier counts the miss workloads draw from, comma-separated",
+    )
+    ap.add_argument(
+        "--hit-ids",
+        type=int,
+        default=1_000_000,
+        help="identifiers the hit workloads draw from, all cached",
+    )
+    ap.add_argument("--workload", default=",".join(WORKLOADS))
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument(
-        "--compare-aiohttp",
-        action="store_true",
-        help="also measure one worker with --no-fast-path (aiohttp answers everything)",
-    )
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="another cityid tree, run side by side (git archive HEAD)")  # fmt: skip
     args = ap.parse_args()
     # Stop cleanly (the finally below ends every process started) on SIGTERM, and on
     # SIGINT even when started in the background, where the shell ignores it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    workloads = [w for w in args.workload.split(",") if w]
+    if not workloads or any(w not in WORKLOADS for w in workloads):
+        print(f"--workload: some of {', '.join(WORKLOADS)}", file=sys.stderr)
+        return 2
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
-            print(f"{tool} not found: apt-get install -y wrk nginx", file=sys.stderr)
+            print(f"{tool} not found; on Debian: {INSTALL}", file=sys.stderr)
             return 2
     nginx_bin = shutil.which("nginx") or "/usr/sbin/nginx"
-    workers = [int(w) for w in args.workers.split(",")]
-    n = args.ids
-    print(f"machine: {os.cpu_count()} cores; {n:,} identifiers; wrk -t1 -c{args.connections} "
-          f"-d{args.duration:g}s x {args.rounds} rounds")  # fmt: skip
+    counts = sorted({int(x) for x in args.ids.split(",") if x})
+    hit_ids = args.hit_ids
+    most = max([*counts, hit_ids])
+    if most > 10_000_000:
+        print("at most 10,000,000 identifiers (7-digit suffixes)", file=sys.stderr)
+        return 2
+    trees = [("this", REPO)]
+    if args.baseline is not None:
+        trees.insert(0, ("baseline", args.baseline.resolve()))
+    # (workload, identifiers it draws from), in the order each round runs them.
+    cases = [(w, hit_ids) for w in workloads if w.startswith("hit")]
+    cases += [(w, n) for n in counts for w in workloads if w.startswith("miss")]
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; {most:,} identifiers; "
+          f"wrk -t1 -c{args.connections} -d{args.duration:g}s x {args.rounds} rounds; "
+          f"{args.workers} worker(s); trees: "
+          + ", ".join(f"{label} ({tree})" for label, tree in trees))  # fmt: skip
 
     procs: list[subprocess.Popen[bytes]] = []
-    with (
-        tempfile.TemporaryDirectory(prefix="cityid-http-bench-") as tmpdir,
-        EmbeddedValkey() as valkey,
-        contextlib.ExitStack() as files,
-    ):
+    targets: dict[str, Target] = {"nginx": Target("nginx")}
+    memory: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="cityid-http-bench-") as tmpdir, \
+            contextlib.ExitStack() as stack:  # fmt: skip
         tmp = Path(tmpdir)
         (tmp / "random.lua").write_text(RANDOM_LUA)
         (tmp / "walk.lua").write_text(WALK_LUA)
-        took = asyncio.run(populate(valkey.url, n))
-        print(f"populated {n:,} identifiers through the store writer in {took:.1f} s "
-              f"({n / took:,.0f}/s)")  # fmt: skip
+        valkeys: dict[str, EmbeddedValkey] = {}
+        for label, tree in trees:
+            v = stack.enter_context(EmbeddedValkey())
+            valkeys[label] = v
+            took = populate(tree, v.url, most)
+            print(f"{label}: populated {most:,} identifiers through its writer in {took:.0f} s "
+                  f"({most / took:,.0f}/s); Valkey {valkey_memory(v, most)}")  # fmt: skip
+            targets[label] = Target(label)
         try:
             port = free_port()
             t0 = time.monotonic()
-            conf = nginx_conf(tmp, port, n)
-            procs.append(subprocess.Popen(
+            conf = nginx_conf(tmp, port, most)
+            nginx = subprocess.Popen(
                 [nginx_bin, "-c", str(conf), "-p", str(tmp), "-g", "daemon off;"],
                 stdout=subprocess.DEVNULL,
-                stderr=files.enter_context((tmp / "nginx.out").open("wb")),
-            ))  # fmt: skip
+                stderr=stack.enter_context((tmp / "nginx.out").open("wb")),
+            )
+            procs.append(nginx)
             nginx_base = f"http://127.0.0.1:{port}"
-            wait_http(nginx_base + "/", 120)
-            print(f"nginx: 1 worker, map of {n:,} identifiers, up in {time.monotonic() - t0:.1f} s")
-            nginx = Target("nginx 302", nginx_base, f"/{PREFIX}/L-", 1)
-            targets = [nginx]
-            # One resolver at a time (a million cached answers per worker take GBs),
-            # each measured in rounds alternating with nginx, so every ratio compares
-            # runs made a few seconds apart.
-            configs = [(w, True) for w in workers]
-            if args.compare_aiohttp:
-                configs.append((1, False))
-            for w, fast in configs:
-                port = free_port()
-                base = f"http://127.0.0.1:{port}"
-                label = f"w={w}" if fast else f"w={w} aiohttp only"
-                log = files.enter_context((tmp / f"resolver-{w}-{fast}.log").open("wb"))
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "cityid.cli", "resolver", "serve", "--redis",
-                     valkey.url, "--listen", f"127.0.0.1:{port}", "--workers", str(w),
-                     "--cache-size", str(int(n * 1.1) + 1000),
-                     *([] if fast else ["--no-fast-path"])],
-                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-                procs.append(proc)
-                wait_http(base + "/healthz", 60)
-                secs, miss = warm(base, tmp, n, args.connections)
-                print(f"resolver {label}: warmed in {secs:.0f} s (misses {miss:.1%} of all "
-                      f"requests so far), RSS {rss_mb(proc.pid):,.0f} MiB")  # fmt: skip
-                mine = [
-                    Target(f"resolver {label} GET /id", base, f"/{PREFIX}/L-", w),
-                    Target(f"resolver {label} /api/handles", base, f"/api/handles/{PREFIX}/L-", w),
-                ]
+            wait_http(nginx_base + "/", 1800, nginx)
+            nginx_pids = descendants(nginx.pid)
+            print(f"nginx: 1 worker, a map of {most:,} identifiers, up in "
+                  f"{time.monotonic() - t0:.0f} s, RSS {rss_mb(nginx_pids):,.0f} MiB")  # fmt: skip
+            # Two phases, so at most two resolvers per tree hold memory at once: the hit
+            # servers (cache sized for hit_ids, warmed), then the miss servers (default cache).
+            for phase in ("hit", "miss"):
+                mine = [c for c in cases if c[0].startswith(phase)]
+                if not mine:
+                    continue
+                servers: dict[str, Server] = {}
+                for label, tree in trees:
+                    log = stack.enter_context((tmp / f"{label}-{phase}.log").open("wb"))
+                    cache = int(hit_ids * 1.1) + 1000 if phase == "hit" else None
+                    v = valkeys[label]
+                    assert v.proc is not None
+                    srv = start_server(tree, v.url, v.proc.pid, args.workers, cache, log, label)
+                    procs.append(srv.proc)
+                    servers[label] = srv
+                    if phase == "hit":
+                        secs, miss = warm(srv, tmp / "walk.lua", hit_ids, args.connections)
+                        print(f"{label}: warmed {hit_ids:,} identifiers in {secs:.0f} s "
+                              f"(misses {miss:.1%} of requests so far)")  # fmt: skip
                 for r in range(args.rounds):
-                    for t in (nginx, *mine):
-                        run = wrk(t.base, tmp / "random.lua", [t.path, str(n)], args.duration,
-                                  args.connections)  # fmt: skip
-                        if run.bad:
-                            print(f"  {t.name}: {run.bad} bad answers or socket errors!")
-                        t.runs.append(run)
-                        if t is not nginx:
-                            t.nginx.append(nginx.runs[-1].rate)
-                    print(f"  round {r + 1} (load {os.getloadavg()[0]:.1f}): " + ", ".join(
-                        f"{t.name} {t.runs[-1].rate:,.0f}/s" for t in (nginx, *mine)))  # fmt: skip
-                c = counters(base)
-                hit = c["cityid_resolver_cache_hits_total"]
-                miss_n = c["cityid_resolver_cache_misses_total"]
-                print(f"  cache hit ratio since start {hit / max(1, hit + miss_n):.2%}")
-                proc.send_signal(signal.SIGTERM)
-                t0 = time.monotonic()
-                proc.wait(60)
-                print(
-                    f"  stopped (SIGTERM) in {time.monotonic() - t0:.1f} s, exit {proc.returncode}"
-                )
-                targets += mine
+                    for workload, n in mine:
+                        key = f"{workload} {n:,}"
+                        path = PATHS[workload.rpartition("-")[2]]
+                        line = []
+                        ng, _ = wrk(nginx_base, tmp / "random.lua", [PATHS["302"], str(n)],
+                                    args.duration, args.connections, nginx_pids)  # fmt: skip
+                        targets["nginx"].runs.setdefault(key, []).append(ng)
+                        line.append(f"nginx {ng.per_core:,.0f}/core-s")
+                        for label, srv in servers.items():
+                            before = counters(srv.base)
+                            run, _ = wrk(srv.base, tmp / "random.lua", [path, str(n)],
+                                         args.duration, args.connections, srv.pids)  # fmt: skip
+                            after = counters(srv.base)
+                            hits = after["cache_hits"] - before["cache_hits"]
+                            looked = after["cache_misses"] - before["cache_misses"]
+                            run.hits = hits / max(1, hits + looked)
+                            t = targets[label]
+                            t.runs.setdefault(key, []).append(run)
+                            t.ratio.setdefault(key, []).append(run.per_core / ng.per_core)
+                            line.append(f"{label} {run.per_core:,.0f}/core-s "
+                                        f"({run.per_core / ng.per_core:.0%}, {run.rate:,.0f}/s, "
+                                        f"hits {run.hits:.0%})")  # fmt: skip
+                            if run.bad:
+                                line.append(f"{label}: {run.bad} bad answers or socket errors!")
+                        print(f"  round {r + 1} {key} (load {os.getloadavg()[0]:.1f}): "
+                              + "; ".join(line), flush=True)  # fmt: skip
+                for label, srv in servers.items():
+                    ws = workers_of(srv.proc.pid)
+                    cached = re.search(r"^cityid_resolver_cache_entries (\d+)$",
+                                       get(f"{srv.base}/metrics"), re.M)  # fmt: skip
+                    memory.append(
+                        f"{label}, {phase} cache ({cached.group(1) if cached else '?'} cached in "
+                        f"the answering worker): RSS per worker "
+                        + ", ".join(f"{rss_mb([w]):,.0f} MiB" for w in ws)
+                    )
+                    t0 = time.monotonic()
+                    stop(srv.proc)
+                    print(f"{label} ({phase}): stopped (SIGTERM) in {time.monotonic() - t0:.1f} s, "
+                          f"exit {srv.proc.returncode}")  # fmt: skip
         finally:
             for p in reversed(procs):
-                if p.poll() is not None:
-                    continue
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGQUIT if p is procs[0] else signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
+                stop(p, signal.SIGQUIT if p is procs[0] else signal.SIGTERM)
 
-    ng_med = statistics.median(r.rate for r in nginx.runs)
     print()
-    print(f"{'target':<40} {'req/s min':>9} {'median':>9} {'max':>9} {'per core':>9} "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'vs nginx/core (min/med/max)':>28}")  # fmt: skip
-    for t in targets:
-        rates = [r.rate for r in t.runs]
-        per_core = [x / t.cores for x in rates]
-        pair = t.nginx if t is not nginx else rates
-        ratio = [pc / nr for pc, nr in zip(per_core, pair, strict=True)]
-        print(f"{t.name:<40} {spread(rates)} {statistics.median(per_core):9.0f} "
-              f"{statistics.median(r.p50_ms for r in t.runs):7.2f} "
-              f"{statistics.median(r.p99_ms for r in t.runs):7.2f} "
-              f"{min(ratio):8.0%} {statistics.median(ratio):8.0%} {max(ratio):8.0%}")  # fmt: skip
-    best = max(statistics.median(x.rate for x in t.runs) / t.cores for t in targets[1:])
-    print(f"\nbest resolver rate per core: {best / ng_med:.0%} of nginx's (goal: 40%)")
+    print(
+        f"{'workload':<20} {'target':<10} {'req/s per core (min/med/max)':>30} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'hits':>5} {'vs nginx per core (min/med/max)':>32}"
+    )
+    for workload, n in cases:
+        key = f"{workload} {n:,}"
+        for t in targets.values():
+            runs = t.runs.get(key)
+            if not runs:
+                continue
+            ratio = spread(t.ratio[key], "{:.0%}") if key in t.ratio else ""
+            hits = statistics.median(r.hits for r in runs)
+            print(f"{key:<20} {t.name:<10} {spread([r.per_core for r in runs]):>30} "
+                  f"{statistics.median(r.p50_ms for r in runs):7.2f} "
+                  f"{statistics.median(r.p99_ms for r in runs):7.2f} "
+                  f"{'' if hits != hits else f'{hits:.0%}':>5} {ratio:>32}")  # fmt: skip
+    print()
+    for m in memory:
+        print(m)
     return 0
 
 

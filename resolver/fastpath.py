@@ -1,15 +1,19 @@
-"""A lean HTTP/1.1 front for the one request that dominates: ``GET /{id}``.
+"""A lean HTTP/1.1 front for the requests that dominate: ``GET /{id}`` and
+``GET /api/handles/{id}``.
 
-Scanning a 2D code is a plain ``GET /PREFIX/SUFFIX``; its answer is a 302
-already encoded in the cache. This protocol parses only what that answer
-depends on (the request line, ``Accept``, ``If-None-Match``, ``Connection``),
-looks the identifier up in the cache and writes the stored bytes; a miss goes
-through :meth:`Resolver.answer` like any other request. Everything it does not
-recognise as that simple case is handed, unread, to aiohttp on the same
-connection (the socket's protocol is swapped and the buffered bytes replayed),
-so the full application keeps answering every other route, every method, odd
-headers, bodies, HTTP/1.0 and malformed requests. A connection never comes
-back from aiohttp, which keeps the hand-off trivially correct.
+Scanning a 2D code is a plain ``GET /PREFIX/SUFFIX``; its answer is a 302 that
+the resolver derives from its cache slot (:meth:`Resolver.cached
+<resolver.answers.Resolver.cached>`). This protocol parses only what that answer
+depends on (the request line, ``Accept``, ``If-None-Match``, ``Connection``) and
+writes the answer at once; a miss is queued with the other misses of this
+event-loop pass (:meth:`Resolver.submit <resolver.answers.Resolver.submit>`),
+which asks the store for all of them in one round trip and calls back
+:meth:`FastProtocol._answered` with each reply. Everything it does not recognise
+as that simple case is handed, unread, to aiohttp on the same connection (the
+socket's protocol is swapped and the buffered bytes replayed), so the full
+application keeps answering every other route, every method, odd headers,
+bodies, HTTP/1.0 and malformed requests. A connection never comes back from
+aiohttp, which keeps the hand-off trivially correct.
 
 Requests on one connection are answered in order (pipelining): while a miss is
 looked up the following requests wait in the buffer.
@@ -19,22 +23,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import socket
 import time
 from collections.abc import Callable
 from email.utils import formatdate
 
-from cityid.errors import CityIdError
+from cityid.httpedge import RefusalLog
 
-from .cache import Reply, etag_matches
-from .http import RECORD_JSON, REDIRECT, STATUSES, Resolver, choose, encode_problem, log
+from .answers import Resolver
+from .encode import RECORD_JSON, REDIRECT, choose
+from .metrics import STATUSES
+from .reply import Reply, etag_matches
 
 MAX_HEAD = 8190  # aiohttp's own limit: longer heads go to it for a proper 4xx
 MAX_BUFFER = 65536  # pause reading a pipelining client beyond this
 IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle
 HEAD_TIMEOUT = 10.0  # seconds to finish sending request headers (slowloris)
-_STRIP = b" \t"
-_API_HANDLES = b"/api/handles/"
+# The simple case, whole: GET or HEAD of /{id} or /api/handles/{id} (an identifier has a
+# slash after its prefix; the application's own pages are single segments, and other
+# /api/ routes are its own), no query, no escapes, HTTP/1.1, well-formed header fields
+# (RFC 9110 §5.1 tokens, a colon, no bare CR or LF). Anything else goes to aiohttp.
+_SIMPLE = re.compile(
+    rb"(GET|HEAD) /(?:(api/handles/)|(?!api/))([^\x00-\x20\x7f?%/]+/[^\x00-\x20\x7f?%]*)"
+    rb" HTTP/1\.1((?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*)*)\r\n\r\n"
+)
+_BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding|upgrade|expect):")
+_WANTED = re.compile(
+    rb"\r\n(accept|if-none-match|connection):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I
+)
 _RESOLVE, _HANDLES = "resolve", "handles"  # metrics routes, as the aiohttp app names them
 
 _date = [0, b""]
@@ -43,6 +60,17 @@ _INCOMPLETE = Reply.make(
     [("Content-Type", "application/json")],
     b'{"message":"the request head ended before its blank line","rule":"http"}',
 )
+_BARE_LF = Reply.make(
+    400,
+    [("Content-Type", "application/json")],
+    b'{"message":"a line of the request head ends in a bare LF: HTTP/1.1 lines end in CRLF",'
+    b'"rule":"http"}',
+)
+
+
+def _bare_lf(buf: bytes, start: int, end: int) -> bool:
+    """Whether a line of ``buf[start:end]`` ends in LF alone (never the end of a head)."""
+    return buf.count(b"\n", start, end) != buf.count(b"\r\n", start, end)
 
 
 def date_line() -> bytes:
@@ -62,8 +90,8 @@ class FastProtocol(asyncio.Protocol):
         "_gone",
         "_last",
         "_paused",
+        "_pending",
         "_started",
-        "_task",
         "front",
         "transport",
     )
@@ -78,7 +106,8 @@ class FastProtocol(asyncio.Protocol):
         self._paused = False
         self._last = 0.0
         self._started = 0.0  # when the head now in the buffer began to arrive
-        self._task: asyncio.Task[None] | None = None
+        # The miss being looked up: its route, HEAD, If-None-Match and Connection: close.
+        self._pending: tuple[str, bool, bytes | None, bool] = ("", False, None, False)
 
     # -- asyncio callbacks ----------------------------------------------------------------
 
@@ -93,10 +122,8 @@ class FastProtocol(asyncio.Protocol):
         self.front.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._gone = True
+        self._gone = True  # an answer still being looked up is dropped
         self.front.conns.discard(self)
-        if self._task is not None:
-            self._task.cancel()
 
     def eof_received(self) -> bool:
         if self._busy:
@@ -133,6 +160,9 @@ class FastProtocol(asyncio.Protocol):
         while pos < n and not self._busy and not self._gone:
             end = buf.find(b"\r\n\r\n", pos, pos + MAX_HEAD + 4)
             if end < 0:
+                if _bare_lf(buf, pos, n):
+                    self._refuse(_BARE_LF, "bare-lf", "a request head line ends in a bare LF")
+                    return
                 if n - pos > MAX_HEAD:
                     self._handoff(buf[pos:])  # aiohttp answers the oversized head
                     return
@@ -149,97 +179,65 @@ class FastProtocol(asyncio.Protocol):
 
     def _one(self, buf: bytes, start: int, end: int) -> bool:
         """Answer the request in ``buf[start:end]``; False if the connection left us."""
-        line_end = buf.find(b"\r\n", start, end)
-        if line_end < 0:
-            line_end = end
-        parts = buf[start:line_end].split(b" ")
-        if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        m = _SIMPLE.fullmatch(buf, start, end + 4)
+        if m is None:
+            if _bare_lf(buf, start, end):
+                # A line ending in a bare LF: say so (400) rather than guess where it ends.
+                self._refuse(_BARE_LF, "bare-lf", "a request head line ends in a bare LF")
+            else:
+                self._handoff(buf[start:])  # not the simple case: aiohttp answers it
+            return False
+        method, api, raw, fields = m.groups()
+        low = fields.lower()
+        # RFC 9112 §3.2: HTTP/1.1 without Host is a 400 (aiohttp's); a body or a protocol
+        # switch is aiohttp's too.
+        if b"\r\nhost:" not in low or _BODY.search(low) is not None:
             self._handoff(buf[start:])
             return False
-        method, target = parts[0], parts[1]
-        if method == b"GET":
-            head = False
-        elif method == b"HEAD":
-            head = True
-        else:
-            self._handoff(buf[start:])
-            return False
-        # Every identifier has a slash after its prefix; the application's own pages
-        # (/, /explorer, /scan, /openapi.json, ...) are single segments and never do.
-        if target[:1] != b"/" or b"?" in target or b"%" in target or target.find(b"/", 1) < 0:
-            self._handoff(buf[start:])
-            return False
-        if target.startswith(b"/api/"):
-            if not target.startswith(_API_HANDLES):
-                self._handoff(buf[start:])
-                return False
-            # A plain Handle API read is the cached JSON record, whatever Accept says.
-            route, raw = _HANDLES, target[len(_API_HANDLES) :]
-        else:
-            route, raw = _RESOLVE, target[1:]
         accept = inm = None
-        close = host = False
-        if line_end < end:
-            for h in buf[line_end + 2 : end].split(b"\r\n"):
-                name, sep, value = h.partition(b":")
-                if not sep or not name or name[-1:] in _STRIP or name[:1] in _STRIP:
-                    self._handoff(buf[start:])  # obs-fold or a malformed field
-                    return False
+        close = False
+        if low.count(b"\r\n") > 1:  # more fields than Host (wrk, curl -H'': Host alone)
+            for name, value in _WANTED.findall(fields):
                 name = name.lower()
-                if name == b"accept":
-                    accept = value.strip(_STRIP)
-                elif name == b"if-none-match":
-                    inm = value.strip(_STRIP)
-                elif name == b"host":
-                    host = True
+                if name == b"accept" and accept is None:
+                    accept = value
+                elif name == b"if-none-match" and inm is None:
+                    inm = value
                 elif name == b"connection":
-                    close = b"close" in value.lower()
-                elif name in (b"transfer-encoding", b"upgrade", b"expect") or (
-                    name == b"content-length" and value.strip(_STRIP) != b"0"
-                ):
-                    self._handoff(buf[start:])  # a body or a protocol switch
+                    close = close or b"close" in value.lower()
+                else:  # the same field twice: aiohttp decides what that means
+                    self._handoff(buf[start:])
                     return False
-        if not host:
-            self._handoff(buf[start:])  # RFC 9112 §3.2: HTTP/1.1 without Host is a 400
-            return False
-        if route is _HANDLES:
-            rep = RECORD_JSON
+        if api:
+            route, rep = _HANDLES, RECORD_JSON  # a plain Handle API read, whatever Accept says
         else:
+            route = _RESOLVE
             rep = choose(accept.decode("latin-1"), False) if accept else REDIRECT
-        up = raw.upper()
-        front = self.front
-        slot = front.cache_get(up.decode("latin-1"))
-        if slot is not None and slot.fresh:
-            reply = slot.replies.get(rep)
-            if reply is not None and reply.expires is None and (up == raw or reply.status < 400):
-                front.hit(route, reply.status)
-                self._write(reply, head, inm, close)
-                return not close
-        # A miss, an error to encode or a page to render: the full path, in order.
-        self._busy = True
         asked = raw.decode("utf-8", "replace")
-        self._task = asyncio.get_running_loop().create_task(
-            self._slow(route, asked, rep, head, inm, close)
-        )
+        # ASCII-only upper case: str.upper() maps some non-ASCII letters onto ASCII
+        # ("ß" -> "SS"), which would alias another identifier's slot.
+        reply = self.front.cached(raw.upper().decode("latin-1"), asked, rep)
+        if reply is not None:
+            self.front.hit(route, reply.status)
+            self._write(reply, method == b"HEAD", inm, close)
+            return not close
+        # A miss, or a page to render: answered with this loop pass's other misses, in order.
+        self._busy = True
+        self._pending = (route, method == b"HEAD", inm, close)
+        self.front.resolver.submit(asked, rep, self._answered)
         return True
 
-    async def _slow(
-        self, route: str, asked: str, rep: str, head: bool, inm: bytes | None, close: bool
-    ) -> None:
-        front = self.front
-        try:
-            reply = await front.resolver.answer(asked, rep)
-        except Exception:  # never a traceback on the wire; aiohttp's edge logs the same way
-            front.log_error(asked)
-            close = True
-            reply = front.internal_error(rep)
+    def _answered(self, reply: Reply) -> None:
+        """The answer to the request this connection waits for (:meth:`Resolver.submit`)."""
         if self._gone:
             return
-        front.miss(route, reply.status)
-        self._write(reply, head, inm, close or self._closing)
-        self._task = None
+        route, head, inm, close = self._pending
+        self.front.miss(route, reply.status)
+        # After an internal error, start afresh on a new connection.
+        close = close or self._closing or reply.status == 500
+        self._write(reply, head, inm, close)
         self._busy = False
-        if not (close or self._closing):
+        if not close:
             self._process()
 
     def _write(self, reply: Reply, head: bool, inm: bytes | None, close: bool) -> None:
@@ -251,16 +249,24 @@ class FastProtocol(asyncio.Protocol):
             and reply.etag is not None
             and etag_matches(inm.decode("latin-1"), reply.etag)
         ):
-            t.write(reply.wire_304() + date_line() + conn)
+            t.write(b"".join((reply.wire_304(), date_line(), conn)))
         elif head:
-            t.write(reply.wire + date_line() + conn)
+            t.write(b"".join((reply.wire, date_line(), conn)))
         else:
-            t.write(reply.wire + date_line() + conn + reply.body)
+            t.write(b"".join((reply.wire, date_line(), conn, reply.body)))
         if close:
             self._gone = True
             t.close()
 
     # -- leaving --------------------------------------------------------------------------
+
+    def _refuse(self, reply: Reply, reason: str, detail: str) -> None:
+        """Answer a request the fast path refuses itself, count and log it, and close."""
+        t = self.transport
+        assert t is not None
+        peer = t.get_extra_info("peername")
+        self.front.refusals.refused(reason, str(peer[0]) if peer else None, detail)
+        self._write(reply, False, None, True)
 
     def _handoff(self, data: bytes) -> None:
         """Give this connection, and the bytes not yet answered, to aiohttp for good."""
@@ -299,11 +305,17 @@ class FastProtocol(asyncio.Protocol):
 class FastFront:
     """The fast path's shared state in one worker: the resolver, its connections, metrics."""
 
-    def __init__(self, resolver: Resolver, app_protocol: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        app_protocol: Callable[[], asyncio.Protocol],
+        refusals: RefusalLog,
+    ) -> None:
         self.resolver = resolver
         self.app_protocol = app_protocol
+        self.refusals = refusals  # the same log (and count) as aiohttp's refusals
         self.conns: set[FastProtocol] = set()
-        self.cache_get = resolver.cache.get
+        self.cached = resolver.cached
         m = resolver.metrics
         self._cells, self._base = m.cells, m.base
         self._index = {
@@ -325,18 +337,12 @@ class FastFront:
         cells[base + self._fast] += 1
 
     def miss(self, route: str, status: int) -> None:
-        # cache hit/miss and store counters were counted by Resolver.slot
+        # cache hit/miss and store counters were counted by Resolver.slots
         self.resolver.metrics.request(route, status)
         self._cells[self._base + self._fast] += 1
 
     def handed(self) -> None:
         self._cells[self._base + self._handoffs] += 1
-
-    def log_error(self, asked: str) -> None:
-        log.exception("unexpected error answering /%s", asked[:200])
-
-    def internal_error(self, rep: str) -> Reply:
-        return encode_problem(CityIdError("internal error", rule="internal"), "", rep)
 
     def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())

@@ -19,8 +19,9 @@ from html import escape
 from cityid.records import Record, Value, iso_timestamp
 
 from . import maps
+from .layout import Batch
 from .maps import Area
-from .store import Batch, Entry
+from .store import Entry
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'"
 

@@ -32,9 +32,10 @@ import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from cityid.errors import ListenError
+from cityid.httpedge import RefusalLog
+from cityid.valkey import redact
 
 from . import workers
 from .fastpath import FastFront
@@ -46,17 +47,22 @@ log = logging.getLogger("cityid.resolver.server")
 SHUTDOWN_TIMEOUT = 10.0
 
 
-class _ClientFaults(logging.Filter):
-    """Drop aiohttp's tracebacks for malformed requests: the client got its 400, and
-    a scanner sending garbage must not fill the log. Anything else still logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, HttpProcessingError)
-
-
 _protocol_log = logging.getLogger("cityid.resolver.protocol")
-_protocol_log.addFilter(_ClientFaults())
+
+
+def _refusal_log(resolver: Resolver) -> RefusalLog:
+    """aiohttp's protocol logger, and the fast path's: a malformed request is one
+    rate-limited line, not a traceback (a scanner sending garbage must not fill the
+    log), and is counted in ``/metrics`` as ``route="other",status="400"`` when it was
+    answered."""
+
+    def count(reason: str, answered: bool) -> None:
+        if answered:
+            resolver.metrics.request("other", 400)
+
+    return RefusalLog(_protocol_log, on_refused=count)
+
+
 BACKLOG = 2048
 
 
@@ -114,12 +120,13 @@ async def start_http(
     fast = resolver.options.fast_path if fast is None else fast
     sock = sock or listen_socket(host, port)
     bound_port = int(sock.getsockname()[1])
+    refusals = _refusal_log(resolver)
     runner = web.AppRunner(
         make_app(resolver),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=5.0,
-        logger=_protocol_log,
+        logger=refusals,
     )
     await runner.setup()
     if not fast:
@@ -127,7 +134,7 @@ async def start_http(
         await site.start()
         return HttpServer(resolver, runner, None, None, bound_port)
     assert runner.server is not None
-    front = FastFront(resolver, runner.server)
+    front = FastFront(resolver, runner.server, refusals)
     front.start()
     sock.listen(BACKLOG)
     server = await asyncio.get_running_loop().create_server(front.protocol, sock=sock)
@@ -243,7 +250,7 @@ def serve(
         if _wait_listening(spec.host, port, 30.0):
             print(
                 f"resolver: http://{spec.host}:{port}/ with {spec.workers} worker process(es) "
-                f"({mode}, uvloop), Redis {spec.redis_url}",
+                f"({mode}, uvloop), Redis {redact(spec.redis_url)}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -263,5 +270,6 @@ def serve(
             background=background,
         )
     finally:
+        workers.stop_resource_tracker()
         reserve.close()
         tmp.close()

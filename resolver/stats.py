@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from .store import REDIS_ERRORS
+from .layout import REDIS_ERRORS
 
 log = logging.getLogger("cityid.resolver.stats")
 

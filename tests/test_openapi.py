@@ -78,6 +78,7 @@ async def live(redis_db: str, tmp_path: Path) -> AsyncIterator[Live]:
             store = await Store.connect(redis_db)
             writer = store.writer()
             await writer.prepare()
+            await writer.set_ready()  # as sync says once caught up: a miss is final
             await populate(writer)
             # populate's cursor names a log nobody serves: point it at this one.
             cursor = Cursor(

@@ -37,9 +37,22 @@ from ledger.checkpoint import Checkpoint
 from ledger.cosignature import cosign
 from ledger.note import add_signatures, sign_note
 from ledger.tlogproof import TlogProof, verify_proof
+from resolver.answers import BATCH_STALL
 from resolver.http import Resolver, ServeOptions
+from resolver.layout import NAMED_MINT
+from resolver.reply import Reply
 from resolver.server import HttpServer, start_http
-from resolver.store import CHANNEL, Cursor, IdChange, PrefixChange, RangeChange, Store, Writer
+from resolver.store import (
+    CHANNEL,
+    Cursor,
+    IdChange,
+    MintChange,
+    PrefixChange,
+    RangeChange,
+    RevokeChange,
+    Store,
+    Writer,
+)
 from resolver.sync import Sync
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +63,7 @@ TS = 1_700_000_000
 PFX = "MA.156.1301.02"
 BUS = f"{PFX}/BUS-STOP-17"
 URL1 = 'https://bus.example/stops/17?a=1&b="<x>"'
+URL1_LOCATION = "https://bus.example/stops/17?a=1&b=%22%3Cx%3E%22"  # as a Location (RFC 3986)
 ROOT = bytes(range(32))
 
 
@@ -90,6 +104,8 @@ async def populate(writer: Writer) -> None:
         ORIGIN, 11, ROOT, _note(11), 11, "http://127.0.0.1:9/log", str(LOG_KEY.verifier)
     )
     await writer.apply(changes, cursor)
+    await writer.mark_ready(ORIGIN)  # caught up with this checkpoint, as sync says
+    await writer.set_ready()  # and with every log: a miss is final
 
 
 async def wait_subscribed(url: str) -> None:
@@ -127,6 +143,7 @@ async def _serve(url: str, fast: bool, **opts: object) -> AsyncIterator[Served]:
     store = await Store.connect(url)
     writer = store.writer()
     await writer.prepare()
+    await writer.set_ready()  # as sync says once caught up: a miss is final
     await populate(writer)
     resolver = Resolver(store, ServeOptions(fast_path=fast, **opts))  # type: ignore[arg-type]
     server = await start_http(resolver, "127.0.0.1", 0)
@@ -155,7 +172,7 @@ async def test_redirect_is_302_to_the_first_url(served: Served) -> None:
     for path in (f"/{BUS}", f"/{BUS.lower()}", f"/{BUS}"):  # the last one from the cache
         status, h, body = await served.get(path)
         assert status == 302
-        assert h["Location"] == URL1
+        assert h["Location"] == URL1_LOCATION
         assert len(body) < 300 and b"&lt;x&gt;" in body and b"<x>" not in body
         assert h["Cache-Control"] == "max-age=600"  # the smallest TTL of the values
         assert h["ETag"] == '"v3-r"'
@@ -163,7 +180,7 @@ async def test_redirect_is_302_to_the_first_url(served: Served) -> None:
         assert h["Vary"] == "Accept"
     # A browser scanning a code is redirected too; ranges render their template.
     status, h, _ = await served.get(f"/{BUS}", Accept="text/html,application/xhtml+xml,*/*;q=0.8")
-    assert (status, h["Location"]) == (302, URL1)
+    assert (status, h["Location"]) == (302, URL1_LOCATION)
     minted = mint_suffix("A", 5, 7)
     status, h, _ = await served.get(f"/{PFX}/{minted}")
     assert (status, h["Location"]) == (302, f"https://assets.example/{minted}")
@@ -232,7 +249,7 @@ async def test_not_found_bad_and_deleted(served: Served) -> None:
 
 async def test_head_etag_304_cors_and_read_only(served: Served) -> None:
     async with served.session.head(served.base + f"/{BUS}", allow_redirects=False) as r:
-        assert r.status == 302 and r.headers["Location"] == URL1
+        assert r.status == 302 and r.headers["Location"] == URL1_LOCATION
         assert int(r.headers["Content-Length"]) > 0 and await r.read() == b""
     for path, accept in ((f"/{BUS}", "*/*"), (f"/{BUS}", "application/json"),
                          (f"/api/handles/{BUS}", "*/*")):  # fmt: skip
@@ -303,7 +320,7 @@ async def test_handle_api_filters_and_options(served: Served) -> None:
 
 async def test_an_update_is_visible_within_a_second(served: Served) -> None:
     for _ in range(3):  # cached
-        assert (await served.get(f"/{BUS}"))[1]["Location"] == URL1
+        assert (await served.get(f"/{BUS}"))[1]["Location"] == URL1_LOCATION
     new_url = "https://bus.example/stops/17-moved"
     record = _record(Value.make(1, "URL", new_url, timestamp=TS + 60))
     t0 = time.monotonic()
@@ -315,6 +332,117 @@ async def test_an_update_is_visible_within_a_second(served: Served) -> None:
         assert time.monotonic() - t0 < 1.0, "the update was not visible within 1 s"
         await asyncio.sleep(0.01)
     assert h["ETag"] == '"v4-r"'
+
+
+async def _within_a_second(served: Served, path: str, status: int) -> CIMultiDict[str]:
+    """Ask for ``path`` until it answers ``status``; fail after a second."""
+    t0 = time.monotonic()
+    while True:
+        got, h, _ = await served.get(path)
+        if got == status:
+            return h
+        assert time.monotonic() - t0 < 1.0, f"{path} still answered {got} after 1 s"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_revocation_reaches_every_cached_answer_under_the_prefix(served: Served) -> None:
+    assert (await served.get(f"/{BUS}"))[0] == 302  # cached, in each representation
+    assert (await served.json(f"/api/handles/{BUS}"))[0] == 200
+    assert (await served.json(f"/api/handles/0.NA/{PFX}"))[0] == 200
+    await served.writer.apply([RevokeChange(PFX, True)])  # published as "P/*"
+    await _within_a_second(served, f"/{BUS}", 410)
+    status, body = await served.json(f"/api/handles/{BUS}")
+    assert status == 410 and body["deleted"] is True
+    assert (await served.json(f"/api/handles/0.NA/{PFX}"))[0] == 410  # P's own record too
+    await served.writer.apply([RevokeChange(PFX, False)])
+    assert (await _within_a_second(served, f"/{BUS}", 302))["Location"] == URL1_LOCATION
+
+
+async def test_a_large_mint_clears_cached_not_found_answers_and_nothing_else(
+    served: Served,
+) -> None:
+    new = [f"NEW-{i:03d}" for i in range(NAMED_MINT + 1)]  # announced as "P/+"
+    assert (await served.get(f"/{PFX}/{new[0]}"))[0] == 404  # cached for negative_ttl (5 s)
+    assert (await served.get(f"/{BUS}"))[0] == 302
+    record = _record(Value.make(1, "URL", "https://new.example/0", timestamp=TS))
+    await served.writer.apply([MintChange(PFX, ORIGIN, 13, [(s, 1, record) for s in new])])
+    h = await _within_a_second(served, f"/{PFX}/{new[0]}", 302)
+    assert h["Location"] == "https://new.example/0"
+    # What exists under the prefix was not dropped: still answered from the cache.
+    lookups = served.resolver.metrics.counter("store_lookups")
+    assert (await served.get(f"/{BUS}"))[0] == 302
+    assert served.resolver.metrics.counter("store_lookups") == lookups
+
+
+async def test_misses_of_one_moment_share_a_store_round_trip(served: Served) -> None:
+    """Fifty connections ask for fifty identifiers no process has cached, all at once."""
+    names = [f"LAMP-{i:03d}" for i in range(50)]
+    await served.writer.apply(
+        [
+            IdChange(
+                PFX,
+                n,
+                1,
+                False,
+                ORIGIN,
+                20 + i,
+                _record(Value.make(1, "URL", f"https://lamps.example/{n}", timestamp=TS)),
+            )
+            for i, n in enumerate(names)
+        ]
+    )
+    port = int(served.base.rpartition(":")[2])
+    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in names]
+    before = served.store.metrics()
+    for (_, writer), n in zip(conns, names, strict=True):
+        writer.write(f"GET /{PFX}/{n} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    heads = []
+    for reader, writer in conns:
+        heads.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10))
+        writer.close()
+    after = served.store.metrics()
+    for head, n in zip(heads, names, strict=True):
+        assert head.startswith(b"HTTP/1.1 302 ")
+        assert f"\r\nLocation: https://lamps.example/{n}\r\n".encode() in head
+    assert after["lookups_total"] - before.get("lookups_total", 0) == len(names)
+    trips = after["round_trips_total"] - before.get("round_trips_total", 0)
+    assert trips <= 10, f"{trips} round trips for {len(names)} lookups"
+
+
+async def test_a_stuck_round_trip_holds_the_next_batch_back_only_briefly() -> None:
+    """Redis stops answering: requests queued behind the batch in flight go out after
+    BATCH_STALL, not after the store's timeout, and every request is answered (503)."""
+    received: list[tuple[float, bytes]] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):  # a server that reads and never answers
+            received.append((time.monotonic(), data))
+        writer.close()
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = await Store.connect(f"redis://127.0.0.1:{port}/0", timeout=0.5)
+    resolver = Resolver(store)
+    try:
+        replies: list[Reply] = []
+        resolver.submit(f"{PFX}/FIRST", "redirect", replies.append)
+        while not any(b"FIRST" in d for _, d in received):
+            await asyncio.sleep(0.005)
+        t0 = time.monotonic()
+        resolver.submit(f"{PFX}/SECOND", "redirect", replies.append)
+        deadline = t0 + 5
+        while not any(b"SECOND" in d for _, d in received) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        sent = next(t for t, d in received if b"SECOND" in d)
+        assert sent - t0 < BATCH_STALL + 0.2 < 0.5  # the store's timeout is 0.5 s
+        while len(replies) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert [r.status for r in replies] == [503, 503]
+        assert all(("Retry-After", "2") in r.headers for r in replies)
+    finally:
+        await resolver.close()
+        await store.close()
+        server.close()
 
 
 async def test_metrics_and_healthz(served: Served) -> None:
@@ -353,7 +481,7 @@ async def test_healthz_degraded_without_redis_and_recovered(tmp_path: Path) -> N
             assert status == 503 and body["status"] == "degraded"
             assert any("redis unreachable" in r for r in body["reasons"])  # type: ignore[union-attr]
             status, h, _ = await s.get(f"/{BUS}")
-            assert (status, h["Location"]) == (302, URL1)  # served stale, not failed
+            assert (status, h["Location"]) == (302, URL1_LOCATION)  # stale, not failed
             status, body = await s.json(f"/{PFX}/NEVER-SEEN")
             assert status == 503 and body["responseCode"] == 3
             assert s.resolver.metrics.counter("cache_stale") >= 1
@@ -365,7 +493,11 @@ async def test_healthz_degraded_without_redis_and_recovered(tmp_path: Path) -> N
                 assert time.monotonic() < deadline, "healthz did not recover"
                 await asyncio.sleep(0.05)
             # Redis came back empty: the answers follow it (the subscriber said "*").
-            await populate(s.writer)
+            # Written as sync would after a loss: by a new writer, whose origin ids start
+            # over (the old one's are in no meta:origins any more).
+            writer = s.store.writer()
+            await writer.prepare()
+            await populate(writer)
             status, _, _ = await s.get(f"/{PFX}/NO-URL")
             assert status == 200
     finally:
@@ -467,6 +599,7 @@ async def test_serve_workers_share_port_and_metrics_and_stop_on_sigterm(redis_db
     store = await Store.connect(redis_db)
     writer = store.writer()
     await writer.prepare()
+    await writer.set_ready()  # as sync says once caught up: a miss is final
     await populate(writer)
     await store.close()
     port = free_port()
@@ -493,7 +626,7 @@ async def test_serve_workers_share_port_and_metrics_and_stop_on_sigterm(redis_db
             async with aiohttp.ClientSession() as s:
                 for _ in range(5):
                     async with s.get(f"{base}/{BUS}", allow_redirects=False) as r:
-                        assert r.status == 302 and r.headers["Location"] == URL1
+                        assert r.status == 302 and r.headers["Location"] == URL1_LOCATION
                         n += 1
         async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
             text = await r.text()

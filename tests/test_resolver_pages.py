@@ -8,6 +8,7 @@ Valkey, both through the fast path's hand-off and through aiohttp alone.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -16,7 +17,7 @@ from test_resolver_http import LOG_KEY, ORIGIN, PFX, ROOT, TS, Served, _note, _r
 from cityid.errors import RecordError
 from cityid.records import Value
 from resolver.maps import Area, Box, Projection, map_svg, parse_box
-from resolver.store import Cursor, IdChange, PrefixChange
+from resolver.store import Batch, Cursor, IdChange, PrefixChange
 
 CITY = "MA.156.1301"
 BOX = "37.45,113.55,38.77,115.5"
@@ -113,7 +114,8 @@ async def city(request: pytest.FixtureRequest, redis_db: str) -> AsyncIterator[S
         ]
         cursor = Cursor(ORIGIN, 13, ROOT, _note(13), 13, "http://127.0.0.1:9/log",
                         str(LOG_KEY.verifier))  # fmt: skip
-        await s.writer.apply(changes, cursor, start=11)
+        batch = Batch(11, 13, ROOT, time.time(), 1, 1, 0, (f"0.NA/{CITY}", f"{PFX}/LAMP-1"))
+        await s.writer.apply(changes, cursor, batch=batch)
         s.resolver.cache.invalidate([BUS])
         yield s
 
@@ -144,7 +146,7 @@ async def test_explorer_lists_logs_checkpoints_and_recent_batches(city: Served) 
     section = text[text.index(f'data-origin="{ORIGIN}"') :]
     assert "<dd class=size>13</dd>" in section and "witness.test" in section
     assert "http://127.0.0.1:9/log/checkpoint" in section
-    # The batch written with start=11: leaves 11-12, one identifier and one prefix record.
+    # The batch written for entries 11-12: leaves 11-12, one identifier and one prefix record.
     assert "<td class=n>11&ndash;12</td><td>2</td>" in section
     assert "1 identifiers, 1 prefix records" in section
     assert f'href="/{PFX}/LAMP-1?noredirect"' in section
