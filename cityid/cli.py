@@ -24,7 +24,7 @@ COMMAND_MODULES = (
     "registrar.qr_cli",
     "resolver.cli",
     "resolver.dns.cli",
-    "cityid.up",
+    "stack.up",
 )
 
 EXIT_USAGE = 2

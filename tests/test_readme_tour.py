@@ -14,7 +14,7 @@ How it is run, as a user would in two terminals:
 * ``make -C <repo> up``, with ``CITYID_DATA=<tmp>/cityid-data`` and cwd ``<tmp>``,
   so the tour's relative paths (``cityid-data/keys/dept-02.key``, ...) resolve in
   ``<tmp>`` and the working tree is left alone. It uses the fixed default ports of
-  ``cityid up`` (read from :data:`cityid.up.DEFAULT_CONFIG`); a port already taken
+  ``cityid up`` (read from :data:`stack.up.DEFAULT_CONFIG`); a port already taken
   fails the test, naming it. ``REDIS_URL`` is removed from its environment: the
   README's system is the embedded default.
 * each tour command with ``bash -c`` in ``<tmp>``, ``<repo>/.venv/bin`` first on
@@ -56,7 +56,7 @@ from pathlib import Path
 
 import pytest
 
-from cityid.up import DEFAULT_CONFIG
+from stack.up import DEFAULT_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -474,7 +474,8 @@ def test_readme_tour(tmp_path: Path) -> None:
     )
     assert "cityid: stopped" in out, out
     # Ctrl-C stops everything: every port is free again, the private Valkey's too.
-    valkey = re.search(r"^\s*valkey\s+redis://127\.0\.0\.1:(\d+)", out, re.M)
+    # The banner redacts the password: redis://:***@127.0.0.1:PORT/0.
+    valkey = re.search(r"^\s*valkey\s+redis://(?:[^@\s]*@)?127\.0\.0\.1:(\d+)", out, re.M)
     assert valkey, f"no embedded Valkey in the banner:\n{out}"
     listeners = [*ports, ("valkey", int(valkey.group(1)), "tcp")]
     deadline = time.monotonic() + 5

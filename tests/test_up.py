@@ -269,3 +269,40 @@ def test_up_killed_takes_its_valkey_with_it(tmp_path: Path) -> None:
     proc, again = start(data, tmp_path)
     stop(proc)
     assert again["sample"] == ready["sample"]
+
+
+def test_up_rebuilds_a_lost_valkey_before_it_says_ready(tmp_path: Path) -> None:
+    """The Valkey directory deleted between two starts: the resolver refills it from the
+    logs, and ``cityid up`` says it is up only once every log is loaded, so nothing it
+    holds is answered "does not exist" (nor "not ready") after the banner."""
+    from cityid.identifiers import mint_suffix
+
+    data = tmp_path / "data"
+    ports = write_config(data, assets=3500)  # 500 assets in each of the 7 departments
+    proc, _ = start(data, tmp_path)
+    stop(proc)
+    shutil.rmtree(data / "valkey")
+    proc, ready = start(data, tmp_path)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", ports["http"], timeout=10)
+        for dept in ("01", "04", "07"):
+            for n in (0, 499):
+                conn.request("GET", f"/MA.156.1301.{dept}/{mint_suffix('A', n, 7)}")
+                resp = conn.getresponse()
+                resp.read()
+                assert resp.status == 302, (dept, n, resp.status)
+        conn.request("GET", f"/MA.156.1301.07/{mint_suffix('A', 500, 7)}")  # never minted
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 404
+        conn.close()
+        name = parse_identifier(ready["sample"]).dns_name("cityid.test")
+        answer = dns.query.udp(dns.message.make_query(name, "TXT"), "127.0.0.1",
+                               port=ports["dns"], timeout=5)  # fmt: skip
+        assert answer.rcode() == dns.rcode.NOERROR and answer.answer
+        health = get_json(f"http://127.0.0.1:{ports['http']}/healthz")
+        assert health["status"] == "ok" and all(lg["ready"] for lg in health["logs"])
+    finally:
+        out = stop(proc)
+    assert "redis holds no resolver state: rebuilding it from the logs" in out
+    assert out.index("loading the logs") < out.index("cityid is up")

@@ -1,11 +1,13 @@
 """``cityid up``: the whole system on one machine, on its embedded default.
 
-This is the composition root: the only module that imports every service. On
-first start it creates the data directory (one TOML config with every setting
-and its default, keys, two registrar data directories, witness state) and the
-demo namespace; later starts reuse it all. It runs in one process and one event
-loop: a private Valkey (a child process), two witnesses, the root registrar,
-Shijiazhuang's registrar, and the resolver when it is built.
+This is the composition root: the only module that imports every service, and so it
+lives above them (``stack``), not in the core they all import. On first start it
+creates the data directory (one TOML config with every setting and its default,
+keys, two registrar data directories, witness state) and the demo namespace;
+later starts reuse it all. Its own event loop runs the two witnesses, the root
+registrar and Shijiazhuang's registrar; child processes it supervises run the
+private Valkey, the resolver's sync, and the resolver's HTTP and DNS fronts, so
+that no batch a registrar or sync works through holds a lookup up.
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .cli import Subparsers
-from .durable import atomic_write
-from .errors import CityIdError, ListenError
-from .identifiers import Prefix, parse_identifier
-from .keys import ALG_COSIGNATURE_V1, SigningKey
-from .netaddr import host_port
-from .progress import Progress
-from .tomlkeys import unknown_keys_message
+from cityid.cli import Subparsers
+from cityid.durable import atomic_write
+from cityid.errors import CityIdError, ListenError
+from cityid.identifiers import Prefix, parse_identifier
+from cityid.keys import ALG_COSIGNATURE_V1, SigningKey
+from cityid.netaddr import host_port
+from cityid.progress import Progress
+from cityid.tomlkeys import unknown_keys_message
 
 CONFIG_NAME = "cityid.toml"
 TRUST_POLICY = "trust.policy"  # the root log key, the witnesses and their quorum
@@ -178,13 +180,11 @@ def _say(text: str) -> None:
 
 
 async def _up(args: argparse.Namespace) -> int:
-    from aiohttp import web
 
-    from ledger.witness import Witness, witness_app
+    from cityid.valkey import EmbeddedValkey, redact
+    from ledger.witness import Witness, start_witness
     from registrar.config import Anchor, RegistrarConfig
     from registrar.server import start_registrar
-
-    from .valkey import EmbeddedValkey
 
     data: Path = args.data.resolve()
     data.mkdir(parents=True, exist_ok=True)
@@ -205,6 +205,7 @@ async def _up(args: argparse.Namespace) -> int:
     async with stack:
         # 1. Valkey: the resolver's cache (REDIS_URL or valkey.url to use another server).
         redis_url = os.environ.get("REDIS_URL") or cfg.get("valkey", "url")
+        redis_shown = redact(redis_url)  # never the password, in the banner or the ready file
         if not redis_url:
             valkey = EmbeddedValkey(
                 data / "valkey",
@@ -212,7 +213,10 @@ async def _up(args: argparse.Namespace) -> int:
                 binary=cfg.get("valkey", "binary") or None,
             )
             redis_url = valkey.start()
+            redis_shown = f"{valkey.public_url}   (password in {valkey.password_file})"
             stack.callback(valkey.stop)
+            # A dead server comes back on its port, with its password and its data.
+            await stack.enter_async_context(valkey.supervising())
         else:
             await _check_redis(redis_url, data)
 
@@ -244,15 +248,13 @@ async def _up(args: argparse.Namespace) -> int:
         ):
             witness = Witness(key, log_vkeys, data / "witnesses" / f"witness-{i + 1}")
             stack.callback(witness.close)
-            runner = web.AppRunner(witness_app(witness), access_log=None)
-            await runner.setup()
-            host, port = host_port(hp)
             try:
-                await web.TCPSite(runner, host, port).start()
-            except OSError as e:
-                await runner.cleanup()
+                # Bounded as a witness on its own is: idle and head timeouts, a connection
+                # cap, bodies checked before they are read.
+                runner = await start_witness(witness, *host_port(hp))
+            except ListenError as e:
                 raise UpError(
-                    f"witness {i + 1} cannot listen on {hp}: {e.strerror}; change "
+                    f"witness {i + 1} cannot listen on {hp}: {e.reason}; change "
                     f"[witnesses] listen in {data / CONFIG_NAME}",
                     rule="port-in-use",
                 ) from e
@@ -290,18 +292,17 @@ async def _up(args: argparse.Namespace) -> int:
 
         # 5. The resolver: sync follows the root log and, through it, the city's;
         # the HTTP front end answers from the same store.
-        sync, store = await _start_sync(cfg, redis_url, started, root_admin, witness_vkeys, stack)
-        await _start_http(cfg, store, stack, data)
-        await _start_dns(cfg, store, stack, data)
+        store = await _start_sync(cfg, redis_url, started, root_admin, witness_vkeys, stack)
+        await _start_fronts(cfg, redis_url, stack, data)
 
         # 6. Say where everything is.
         sample = _sample(started["city"])
-        await _wait_synced(sync, started, timeout=60)
+        await _wait_synced(store, started)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        _banner(cfg, data, redis_url, sample, time.monotonic() - t0)
+        _banner(cfg, data, redis_shown, sample, time.monotonic() - t0)
         if args.ready_file:
             import json
 
@@ -309,10 +310,13 @@ async def _up(args: argparse.Namespace) -> int:
             atomic_write(args.ready_file, json.dumps({
                 "root": f"http://{cfg.get('root', 'listen')}",
                 "city": f"http://{cfg.get('city', 'listen')}",
-                "redis": redis_url, "sample": sample, "data": str(data),
+                "redis": redact(redis_url), "sample": sample, "data": str(data),
             }).encode())  # fmt: skip
         await stop.wait()
         _say("cityid: stopping (registrars finish their batch in flight)")
+    from resolver.workers import stop_resource_tracker
+
+    stop_resource_tracker()  # the last of our processes: the group is empty once we exit
     _say("cityid: stopped")
     os.close(lock)
     return 0
@@ -338,7 +342,7 @@ def _lock(data: Path) -> int:
 async def _seed(
     started: dict[str, Any], data: Path, city_admin: SigningKey, root_admin: SigningKey, assets: int
 ) -> None:
-    from .demo import (
+    from cityid.demo import (
         DEPARTMENTS,
         SHIJIAZHUANG,
         asset_mints,
@@ -348,7 +352,7 @@ async def _seed(
         city_prefix,
         department_delegations,
     )
-    from .ops import SignedOperation, now
+    from cityid.ops import SignedOperation, now
 
     ts = now()
     root, city = started["root"], started["city"]
@@ -419,10 +423,12 @@ async def _start_sync(
     root_admin: SigningKey,
     witness_vkeys: list[Any],
     stack: contextlib.AsyncExitStack,
-) -> tuple[Any, Any]:
+) -> Any:
+    """Sync in a process of its own (the fronts here never wait behind it); the store the
+    fronts read."""
     from ledger.policy import Policy
     from resolver.store import Store
-    from resolver.sync import Sync
+    from resolver.syncproc import SyncProcess, SyncSpec
 
     root = started["root"]
     quorum = int(cfg.get("witnesses", "quorum"))
@@ -431,62 +437,43 @@ async def _start_sync(
     (root.config.directory.parent / TRUST_POLICY).write_text(policy.format())
     store = await Store.connect(redis_url)
     stack.push_async_callback(store.close)
-    sync = Sync(
-        store,
-        f"http://{cfg.get('root', 'listen')}/log",
-        policy,
-        (Prefix.parse(cfg.get("root", "prefix")), root_admin.public_key),
-        root.config.origin,
-        child_policy=policy,
-    )
-    await sync.start()
+    sync = SyncProcess(
+        SyncSpec(redis_url, f"http://{cfg.get('root', 'listen')}/log", policy.format(),
+                 cfg.get("root", "prefix"), root_admin.public_key, root.config.origin)
+    )  # fmt: skip
+    sync.start()
     stack.push_async_callback(sync.stop)
-    return sync, store
+    return store
 
 
-async def _start_dns(
-    cfg: UpConfig, store: Any, stack: contextlib.AsyncExitStack, data: Path
+async def _start_fronts(
+    cfg: UpConfig, redis_url: str, stack: contextlib.AsyncExitStack, data: Path
 ) -> None:
-    from resolver.dns.answers import ZoneConfig
-    from resolver.dns.server import DnsServer, start_dns
+    """The resolver's HTTP and DNS fronts, in a process of their own: nothing the
+    registrars or sync do here holds a lookup up."""
+    from resolver.fronts import FrontsProcess, FrontsSpec
 
-    listen = cfg.get("resolver", "dns")
-    host, port = cfg.address("resolver", "dns")
-    # Identified as `resolver dns serve` identifies itself (CH TXT id.server).
-    identity = f"{socket.gethostname()}/up"
-    zone = ZoneConfig.make(
-        cfg.get("resolver", "apex"), [cfg.get("root", "prefix")], identity=identity
+    spec = FrontsSpec(
+        redis_url,
+        cfg.address("resolver", "http"),
+        cfg.address("resolver", "dns"),
+        cfg.get("resolver", "apex"),
+        (cfg.get("root", "prefix"),),
+        # Identified as `resolver dns serve` identifies itself (CH TXT id.server).
+        identity=f"{socket.gethostname()}/up",
+        base_url=f"http://{cfg.get('resolver', 'http')}",
     )
+    fronts = FrontsProcess(spec)
     try:
-        listeners = await start_dns(DnsServer(store, zone), host, port)
+        await fronts.start_listening()
     except ListenError as e:
+        what, key = ("the resolver", "http") if e.which == "http" else ("the DNS resolver", "dns")
         raise UpError(
-            f"the DNS resolver cannot listen on {listen}: {e.reason}; change [resolver] dns "
-            f"in {data / CONFIG_NAME}",
+            f"{what} cannot listen on {cfg.get('resolver', key)}: {e.reason}; change "
+            f"[resolver] {key} in {data / CONFIG_NAME}",
             rule="port-in-use",
         ) from e
-    stack.push_async_callback(listeners.close)
-
-
-async def _start_http(
-    cfg: UpConfig, store: Any, stack: contextlib.AsyncExitStack, data: Path
-) -> None:
-    from resolver.http import Resolver
-    from resolver.server import start_http
-
-    listen = cfg.get("resolver", "http")
-    host, port = cfg.address("resolver", "http")
-    resolver = Resolver(store, base_url=f"http://{listen}")
-    stack.push_async_callback(resolver.close)
-    try:
-        server = await start_http(resolver, host, port)
-    except ListenError as e:
-        raise UpError(
-            f"the resolver cannot listen on {listen}: {e.reason}; change [resolver] http in "
-            f"{data / CONFIG_NAME}",
-            rule="port-in-use",
-        ) from e
-    stack.push_async_callback(server.close)
+    stack.push_async_callback(fronts.stop)
 
 
 async def _check_redis(url: str, data: Path) -> None:
@@ -494,13 +481,15 @@ async def _check_redis(url: str, data: Path) -> None:
     import redis.asyncio as aioredis
     from redis.exceptions import RedisError
 
+    from cityid.valkey import redact
+
     client = None
     try:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
         await client.ping()
     except (RedisError, OSError, ValueError) as e:
         raise UpError(
-            f"cannot reach Valkey/Redis at {url} ({e}): start it, or fix [valkey] url in "
+            f"cannot reach Valkey/Redis at {redact(url)} ({e}): start it, or fix [valkey] url in "
             f"{data / CONFIG_NAME} (or REDIS_URL); leave both empty for the embedded server",
             rule="redis-unavailable",
         ) from e
@@ -509,27 +498,45 @@ async def _check_redis(url: str, data: Path) -> None:
             await client.aclose()
 
 
-async def _wait_synced(sync: Any, started: dict[str, Any], timeout: float) -> None:
-    """Until sync has verified and applied every log up to its published size."""
+async def _wait_synced(store: Any, started: dict[str, Any]) -> None:
+    """Until sync has verified and applied every log up to its published size.
+
+    Until then the resolver answers "not ready" (503, SERVFAIL) for what the logs
+    not yet loaded may hold; this shows how far the loading is, for as long as it
+    takes, and names a log that stopped it (an alarm) or that is not answering.
+    """
     want = {reg.config.origin: reg.log.size for reg in started.values()}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        logs = {s["origin"]: s for s in sync.status()["logs"]}
-        if all(
-            logs.get(o, {}).get("written", -1) >= n and logs[o]["state"] == "ok"
-            for o, n in want.items()
+    total = sum(want.values())
+    bar: Progress | None = None
+    told: dict[str, str] = {}
+    while True:
+        st = await store.status()
+        logs = {lg["origin"]: lg for lg in st.get("logs", [])}
+        done = sum(min(logs.get(o, {}).get("applied", 0), n) for o, n in want.items())
+        if st.get("ready") and all(
+            logs.get(o, {}).get("applied", -1) >= n for o, n in want.items()
         ):
-            return
+            break
+        for o in want:
+            state = logs.get(o, {}).get("state", "pending")
+            reason = logs.get(o, {}).get("reason", "")
+            if state in ("alarm", "unreachable") and told.get(o) != reason:
+                told[o] = reason
+                _say(f"cityid: the resolver's sync cannot load log {o}: {state}: {reason}")
+        if bar is None and done < total:
+            _say(f"cityid: loading the logs into the resolver: {total - done:,} entries to go")
+            bar = Progress(total, "loading the logs into the resolver (entries)")
+        if bar is not None:
+            bar.update(done - bar.done)
         await asyncio.sleep(0.1)
-    _say(
-        f"cityid: warning: the resolver's sync has not caught up after {timeout:.0f} s: "
-        f"{sync.status()}"
-    )
+    if bar is not None:
+        bar.update(total - bar.done)
+        bar.close()
 
 
 def _sample(city: Any) -> str:
-    from .demo import SHIJIAZHUANG
-    from .identifiers import mint_suffix
+    from cityid.demo import SHIJIAZHUANG
+    from cityid.identifiers import mint_suffix
 
     return f"{SHIJIAZHUANG.child('02')}/{mint_suffix('A', 0, 7)}"
 
