@@ -54,12 +54,11 @@ from cityid.ops import (
 from cityid.records import Record, values_from_json
 
 from .auth import parse_auth_header, parse_if_match
-from .core import LEAVES, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
+from .core import LEAVES, MAX_BODY, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
 
 log = logging.getLogger("cityid.registrar")
 
 REGISTRAR_KEY: web.AppKey[Registrar] = web.AppKey("registrar", Registrar)
-MAX_BODY = 64 * 1024 * 1024
 #: A PUT body is one record's values as JSON; a record is at most 8 KiB packed.
 MAX_PUT_BODY = 256 * 1024
 MSGPACK = "application/msgpack"

@@ -31,7 +31,7 @@ from cityid.records import DEFAULT_TTL, Record, Value
 
 from .client import RegistrarClient
 from .config import Anchor, RegistrarConfig
-from .core import not_found
+from .core import MAX_BODY, not_found
 
 RAW = argparse.RawDescriptionHelpFormatter
 DEFAULT_REGISTRAR = "http://127.0.0.1:8000"
@@ -152,7 +152,10 @@ def add_commands(sub: Subparsers) -> None:
             "  PREFIX --csv FILE    one identifier per row (columns suffix|auto, url, geo or\n"
             "                       lat+lon, desc, email, any other TYPE); rows are checked and\n"
             "                       streamed as they are read, and the whole file is accepted\n"
-            "                       or refused as one (a bad row is reported by line number)"
+            "                       or refused as one (a bad row is reported by line number);\n"
+            "                       a file over --max-body goes in several requests, each\n"
+            "                       accepted or refused as one, and a refusal says which rows\n"
+            "                       the requests before it minted"
         ),
         epilog=(
             "examples:\n"
@@ -173,6 +176,14 @@ def add_commands(sub: Subparsers) -> None:
         "--start", type=int, help="first number (default: the registrar's next free number)"
     )
     m.add_argument("--template", help="URL template for a range, with {suffix} or {id}")
+    m.add_argument(
+        "--max-body",
+        type=int,
+        default=MAX_BODY,
+        metavar="BYTES",
+        help=f"with --csv: bytes per request at most (default {MAX_BODY:,}, the registrar's "
+        "limit; lower it behind a proxy with a smaller one)",
+    )
     _value_args(m)
     m.set_defaults(func=cmd_mint)
 
@@ -428,7 +439,7 @@ def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int
 
     letters = args.letters.upper()
 
-    async def go() -> dict[str, Any]:
+    async def go() -> list[dict[str, Any]]:
         async with RegistrarClient(args.registrar) as client:
             start = args.start
             if start is None:
@@ -445,31 +456,81 @@ def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int
             leaves = reader.signed_leaves(key)
             # The first leaf before the request: a file whose header or first rows
             # are bad is refused without a request at all.
-            first = next(leaves)
+            limit = max(args.max_body - FRAMING, 1)
+            parts = _parts(itertools.chain([next(leaves)], leaves), limit)
+            results: list[dict[str, Any]] = []
+            minted = through = 0  # rows acknowledged; rows in the leaves sent so far
             with Progress(reader.estimate, "minting") as bar:
 
-                def sent() -> Iterator[bytes]:
+                def sent(part: Iterator[bytes]) -> Iterator[bytes]:
                     # Rows are read, checked and signed while the leaves before
                     # them are on their way and being checked by the registrar.
-                    for leaf in itertools.chain([first], leaves):
+                    nonlocal through
+                    for leaf in part:
+                        through = reader.signed_rows  # the leaf just made is this one
                         bar.update(reader.rows - bar.done)
                         yield leaf
                     bar.update(reader.rows - bar.done)
 
-                result = await client.submit_stream(sent())
+                for part in parts:
+                    try:
+                        results.append(await client.submit_stream(sent(part)))
+                    except CityIdError as e:
+                        if not results:
+                            raise
+                        raise CityIdError(
+                            f"{e.message}. The first {minted:,} rows of {args.csv} were minted "
+                            f"before this, in {len(results)} request(s) (leaves "
+                            f"{results[0]['receipts'][0]['index']}.."
+                            f"{results[-1]['receipts'][-1]['index']}); rows {minted + 1:,} "
+                            "on were not: mint those from a CSV of the remaining rows",
+                            rule=e.rule,
+                        ) from e
+                    minted = through
             print(
                 f"minted {reader.rows:,} identifiers from {args.csv} "
                 f"({reader.auto:,} auto-numbered) in {reader.leaves} leaves"
+                + (f", {len(results)} requests" if len(results) > 1 else "")
             )
-            return result
+            return results
 
-    result = _run(go())
-    lines = result["checkpoint"].splitlines()
+    results = _run(go())
+    lines = results[-1]["checkpoint"].splitlines()
     print(
-        f"leaves {result['receipts'][0]['index']}..{result['receipts'][-1]['index']}; "
+        f"leaves {results[0]['receipts'][0]['index']}..{results[-1]['receipts'][-1]['index']}; "
         f"checkpoint {lines[0]} size {lines[1]}"
     )
     return 0
+
+
+#: What a request's body holds besides its leaves (the end marker), with room to spare.
+FRAMING = 1024
+
+
+def _parts(leaves: Iterator[bytes], limit: int) -> Iterator[Iterator[bytes]]:
+    """``leaves`` cut into runs whose streamed bodies stay within ``limit`` bytes.
+
+    Each run is one request, all or none; a file too big for one request is
+    minted in several, one after another. A run is never empty: the next leaf is
+    made before a run starts, and one that would overflow a run begins the next.
+    """
+    carry: list[bytes] = []
+
+    def run() -> Iterator[bytes]:
+        size = 0
+        for leaf in itertools.chain([carry.pop()], leaves):
+            size += len(leaf) + 5  # a msgpack bin header is at most 5 bytes
+            if size > limit and size > len(leaf) + 5:
+                carry.append(leaf)
+                return
+            yield leaf
+
+    while True:
+        if not carry:
+            carry.extend(itertools.islice(leaves, 1))
+            if not carry:
+                return
+        yield run()
 
 
 def cmd_update(args: argparse.Namespace) -> int:

@@ -59,6 +59,9 @@ MAX_OPS_PER_REQUEST = 10_000
 #: The streamed form of ``POST /api/ops``: msgpack bin objects, one per leaf, then nil.
 LEAVES = "application/x-cityid-leaves"
 END_OF_LEAVES = b"\xc0"
+#: The largest request body the registrar reads; a client cuts a bigger stream of
+#: leaves into several requests (registrar/cli.py).
+MAX_BODY = 64 * 1024 * 1024
 
 
 #: Snapshot files in ``snapshot/``: the log size they reflect, zero-padded so names sort.

@@ -68,7 +68,9 @@ class CsvMint:
 
     Opening reads the whole file (so an encoding error is reported before
     anything is sent) and checks the header; rows are checked as they are
-    iterated. ``rows``, ``auto`` and ``leaves`` count what was produced so far.
+    iterated. ``rows``, ``auto`` and ``leaves`` count what was produced so far;
+    ``signed_rows`` the rows inside the leaves made so far (``rows`` runs ahead
+    of it by the rows of the leaf being filled).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class CsvMint:
         self.rows = 0
         self.auto = 0
         self.leaves = 0
+        self.signed_rows = 0
         try:
             text = self.path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as e:
@@ -227,6 +230,7 @@ class CsvMint:
             packer.pack_array_header(len(items)), *items, packer.pack(self.timestamp),
         ))  # fmt: skip
         self.leaves += 1
+        self.signed_rows += len(items)
         return sign_body(body, key)
 
 

@@ -140,6 +140,30 @@ def test_registrar_lifecycle_from_the_command_line(tmp_path: Path) -> None:
         # The auto-numbered row continued after the range.
         assert version(city, f"{TRAFFIC}/{mint_suffix('W', 100_000, 7)}") == (1, True)
 
+        # A CSV bigger than a request may carry goes in several, each all or none
+        # (--max-body stands in for the registrar's 64 MiB: one leaf per request).
+        big = tmp_path / "big.csv"
+        big.write_text(
+            "suffix,url\n" + "".join(f"BIG-{i},https://b.example/{i}\n" for i in range(3000))
+        )
+        out = ok("id", "mint", TRAFFIC, *tk, "--csv", k(big), "--max-body", "70000", *C)
+        assert "minted 3,000 identifiers" in out and "requests" in out, out
+        assert (
+            version(city, f"{TRAFFIC}/BIG-0") == version(city, f"{TRAFFIC}/BIG-2999") == (1, True)
+        )
+        # A later request refused (its rows include one that exists): the error says
+        # which rows the requests before it minted, and those, only those, exist.
+        again = tmp_path / "again.csv"
+        again.write_text("suffix,url\n" + "".join(
+            f"{'BIG-7' if i == 2999 else f'MORE-{i}'},https://b.example/{i}\n" for i in range(3000)
+        ))  # fmt: skip
+        err = refused("id", "mint", TRAFFIC, *tk, "--csv", k(again), "--max-body", "70000", *C,
+                      rule="already-exists")  # fmt: skip
+        minted = int(err.split("The first ")[1].split()[0].replace(",", ""))
+        assert 0 < minted < 3000 and f"rows {minted + 1:,} on were not" in err, err
+        assert version(city, f"{TRAFFIC}/MORE-{minted - 1}") == (1, True)
+        assert version(city, f"{TRAFFIC}/MORE-{minted}") == (0, False)
+
         # id update and id delete.
         out = ok("id", "update", f"{TRAFFIC}/BUS-STOP-17", *tk, "--url", "https://b.example/17", *C)
         assert "update" in out
