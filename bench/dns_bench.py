@@ -72,8 +72,8 @@ import dns.name  # noqa: E402
 import dns.query  # noqa: E402
 import dns.rdata  # noqa: E402
 import msgpack  # noqa: E402
-import redis  # noqa: E402
 
+from bench.procstat import cpu_seconds, descendants, rss_mb, valkey_memory, workers_of  # noqa: E402
 from cityid.records import Record  # noqa: E402
 from cityid.valkey import EmbeddedValkey  # noqa: E402
 from resolver.dns.answers import txt_rrs  # noqa: E402
@@ -84,7 +84,6 @@ ROOT = "MA.156"
 PREFIX = "MA.156.1301.02"
 ZONE_SUFFIX = "02.1301.156.ma." + APEX
 TTL = 300
-CLK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = ("hit", "miss", "nxdomain")
 QUERY_LINES = 2_000_000  # per query file: dnsperf loops over it
 CLI = (
@@ -352,58 +351,6 @@ def wait_dns(port: int, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     raise TimeoutError(f"nothing answers DNS on port {port} within {timeout} s")
 
 
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo and len(out) < 1000:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def workers_of(pid: int) -> list[int]:
-    """The worker processes under a ``dns serve`` supervisor (multiprocessing spawns)."""
-    out = []
-    for p in descendants(pid):
-        with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes():
-                out.append(p)
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-def valkey_memory(v: EmbeddedValkey, n: int) -> str:
-    r = redis.Redis.from_url(v.url)
-    try:
-        used = int(r.info("memory")["used_memory"])
-    finally:
-        r.close()
-    assert v.proc is not None
-    rss = rss_mb([v.proc.pid]) * 2**20
-    return (f"used_memory {used / n:.0f} B/identifier, VmRSS {rss / n:.0f} B/identifier "
-            f"({rss / 2**20:,.0f} MiB)")  # fmt: skip
-
-
 # -- load -------------------------------------------------------------------------------------
 
 
@@ -600,8 +547,10 @@ def main() -> int:
         for label, tree in trees:
             v = valkeys[label] = stack.enter_context(EmbeddedValkey())
             took = populate(tree, v.url, n)
+            assert v.proc is not None
+            mem = valkey_memory(v.url, v.proc.pid, n)
             print(f"{label} ({tree}): populated {n:,} identifiers through its writer in "
-                  f"{took:.1f} s ({n / took:,.0f}/s); Valkey {valkey_memory(v, n)}")  # fmt: skip
+                  f"{took:.1f} s ({n / took:,.0f}/s); Valkey {mem}")  # fmt: skip
         files = {
             "hit": write_queries(tmp / "hit.txt", range(hit_n), QUERY_LINES, 1),
             "miss": write_queries(tmp / "miss.txt", range(n), QUERY_LINES, 2),

@@ -61,12 +61,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import redis  # noqa: E402
 
+from bench.procstat import cpu_seconds, descendants, rss_mb, valkey_memory, workers_of  # noqa: E402
 from cityid.valkey import EmbeddedValkey, free_port  # noqa: E402
 
 PREFIX = "MA.156.1301.02"
-CLK = os.sysconf("SC_CLK_TCK")
 WORKLOADS = ("hit-302", "hit-api", "miss-302", "miss-api")
 PATHS = {"302": f"/{PREFIX}/L-", "api": f"/api/handles/{PREFIX}/L-"}
 WARM_LIMIT_S = 1800.0  # per server, every representation
@@ -218,58 +217,6 @@ def get(url: str) -> str:
 def counters(base: str) -> dict[str, int]:
     text = get(f"{base}/metrics")
     return {k: int(v) for k, v in re.findall(r"^cityid_resolver_(\w+)_total (\d+)$", text, re.M)}
-
-
-def descendants(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo and len(out) < 1000:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
-def workers_of(pid: int) -> list[int]:
-    """The worker processes under a ``resolver serve`` supervisor (multiprocessing spawns)."""
-    out = []
-    for p in descendants(pid):
-        with contextlib.suppress(OSError):
-            if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes():
-                out.append(p)
-    return out
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / CLK
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total / 1024
-
-
-def valkey_memory(v: EmbeddedValkey, n: int) -> str:
-    r = redis.Redis.from_url(v.url)
-    try:
-        used = int(r.info("memory")["used_memory"])
-    finally:
-        r.close()
-    assert v.proc is not None
-    rss = rss_mb([v.proc.pid]) * 2**20
-    return (f"used_memory {used / n:.0f} B/identifier, VmRSS {rss / n:.0f} B/identifier "
-            f"({rss / 2**20:,.0f} MiB)")  # fmt: skip
 
 
 # -- load -------------------------------------------------------------------------------------
@@ -454,8 +401,10 @@ def main() -> int:
             v = stack.enter_context(EmbeddedValkey())
             valkeys[label] = v
             took = populate(tree, v.url, most)
+            assert v.proc is not None
+            mem = valkey_memory(v.url, v.proc.pid, most)
             print(f"{label}: populated {most:,} identifiers through its writer in {took:.0f} s "
-                  f"({most / took:,.0f}/s); Valkey {valkey_memory(v, most)}")  # fmt: skip
+                  f"({most / took:,.0f}/s); Valkey {mem}")  # fmt: skip
             targets[label] = Target(label)
         try:
             port = free_port()

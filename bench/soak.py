@@ -45,6 +45,7 @@ import aiohttp  # noqa: E402
 import dns.asyncquery  # noqa: E402
 import dns.message  # noqa: E402
 
+from bench.procstat import descendants, rss_kib  # noqa: E402
 from cityid.identifiers import Identifier, Prefix, parse_identifier  # noqa: E402
 from cityid.keys import SigningKey  # noqa: E402
 from cityid.ops import Mint, MintItem  # noqa: E402
@@ -56,28 +57,15 @@ CLI = [sys.executable, "-m", "cityid.cli"]
 DEPT = Prefix.parse("MA.156.1301.03")
 
 
-def tree(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-    return out
-
-
 def describe(pid: int) -> tuple[str, int, int] | None:
     """(command, resident KiB, open descriptors) of ``pid``."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:60]
-        rss = next(int(line.split()[1]) for line in
-                   Path(f"/proc/{pid}/status").read_text().splitlines()
-                   if line.startswith("VmRSS:"))  # fmt: skip
         fds = len(os.listdir(f"/proc/{pid}/fd"))
-    except (OSError, StopIteration):
+    except OSError:
         return None
-    return cmd, rss, fds
+    rss = rss_kib(pid)
+    return None if rss is None else (cmd, rss, fds)
 
 
 class Soak:
@@ -200,7 +188,7 @@ class Soak:
         while time.monotonic() < until:
             now = time.monotonic() - t0
             lines = []
-            for p in tree(pid):
+            for p in descendants(pid):
                 d = describe(p)
                 if d is not None:
                     self.samples[p].append((now, *d))
