@@ -1,11 +1,12 @@
 """Sync in a process of its own, for a host that serves in the same program.
 
-``cityid up`` runs registrars, witnesses and the resolver's HTTP and DNS fronts
-in one event loop. Sync's work comes in bursts as large as a log's largest
-batch (a million-row CSV is a million records to store), and however finely it
-is sliced it takes CPU the fronts would wait for; so there it runs in a child
-process, which the kernel schedules beside the fronts rather than between their
-requests. (``resolver serve`` already runs it apart from its serving workers.)
+Sync's work comes in bursts as large as a log's largest batch (a million-row CSV
+is a million records to store), and however finely it is sliced it takes CPU
+the fronts would wait for. So ``cityid up`` runs it in a child process, at a
+lower scheduling priority (:data:`NICE`): the kernel then gives a core to a
+front with a request before it gives one to sync, and sync takes what serving
+leaves, which on a busy small host is most of it anyway. (``resolver serve``
+already runs it apart from its serving workers.)
 
 :class:`SyncProcess` starts it, restarts it if it dies, and stops it; it is
 spawned (a fresh interpreter, nothing inherited but :class:`SyncSpec`) and
@@ -16,7 +17,9 @@ logs' cursors and readiness (:meth:`resolver.store.Store.status`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -41,7 +44,13 @@ class SyncSpec:
     poll_interval: float = 0.2
 
 
+#: How much lower than its parent sync runs (nice(2) increments: 0 to 19).
+NICE = 10
+
+
 def _main(spec: SyncSpec) -> None:
+    with contextlib.suppress(OSError):
+        os.nice(NICE)
     workers.worker_main(lambda: _run(spec))
 
 
