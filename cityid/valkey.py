@@ -45,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .durable import atomic_write
 from .errors import CityIdError
 from .lifetime import exec_hook
 
@@ -233,19 +234,7 @@ def _valid_password(text: str) -> bool:
 
 def write_secret(path: Path, text: str) -> None:
     """Replace ``path`` with ``text``, mode 0600 from the first byte, crash-safe."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # a stale temporary file may have had another mode
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, text.encode(), mode=0o600)
 
 
 def load_password(path: Path) -> str:

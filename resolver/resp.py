@@ -38,6 +38,22 @@ def supports(url: str, cluster: bool) -> bool:
     return not cluster and url.split("://", 1)[0] in ("redis", "unix")
 
 
+async def pipeline(raw: RespPipe | None, client: Any, commands: Sequence[Command]) -> list[Any]:
+    """Run ``commands`` as one pipeline (not a transaction); their replies in order.
+
+    Through ``raw`` where the server allows it (see :func:`supports`), else through
+    redis-py's ``client`` (a cluster client routes each command to its slot).
+    """
+    if not commands:
+        return []
+    if raw is not None:
+        return await raw.execute(commands)
+    pipe = client.pipeline(transaction=False)
+    for c in commands:
+        pipe.execute_command(*c)
+    return list(await pipe.execute())
+
+
 class RespPipe:
     """One connection; :meth:`execute` sends a batch of commands and returns their replies."""
 

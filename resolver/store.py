@@ -70,7 +70,7 @@ from .layout import (
     range_key,
     unpack,
 )
-from .resp import Command, RespPipe, supports
+from .resp import Command, RespPipe, pipeline, supports
 from .writer import Writer
 
 log = logging.getLogger("cityid.resolver.store")
@@ -354,13 +354,7 @@ class Store:
         return cached[1] if cached is not None else PrefixMeta()
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
-        """One pipeline (not a transaction), through hiredis where the server allows."""
-        if self._raw is not None:
-            return await self._raw.execute(commands)
-        pipe = self._r.pipeline(transaction=False)
-        for c in commands:
-            pipe.execute_command(*c)
-        return list(await pipe.execute())
+        return await pipeline(self._raw, self._r, commands)
 
     async def fetch(self, asks: Sequence[Ask]) -> list[Answer]:
         """Every lookup of ``asks`` in one round trip (two if a layout moved): answers in order.

@@ -63,7 +63,7 @@ from .layout import (
     range_key,
     range_member,
 )
-from .resp import Command, RespPipe, supports
+from .resp import Command, RespPipe, pipeline, supports
 
 if TYPE_CHECKING:
     from .store import Store
@@ -110,15 +110,7 @@ class Writer:
             await self._raw.close()
 
     async def _execute(self, commands: Sequence[Command]) -> list[Any]:
-        """Run ``commands`` as one pipeline (not a transaction); their replies in order."""
-        if not commands:
-            return []
-        if self._raw is not None:
-            return await self._raw.execute(commands)
-        pipe = self._r.pipeline(transaction=False)
-        for c in commands:
-            pipe.execute_command(*c)
-        return list(await pipe.execute())
+        return await pipeline(self._raw, self._r, commands)
 
     async def prepare(self) -> None:
         """Tune listpack limits where allowed; load origin ids and pending clean-ups."""
