@@ -581,52 +581,27 @@ def fuzz_corpus(n: int, seed: int = 17) -> list[bytes]:
     return out
 
 
-class Captured(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def text(self) -> str:
-        return "\n".join(self.format(r) for r in self.records)
-
-
-@pytest.fixture
-def captured() -> Iterator[Captured]:
-    handler = Captured()
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
-
-
 @pytest.mark.parametrize("service", ["registrar", "witness"])
 async def test_one_malformed_request_is_one_counted_line(
-    service: str, tmp_path: Path, captured: Captured
+    service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     async with SERVERS[service](tmp_path) as srv:
         reply = await exchange(srv.port, b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n")
         assert status(reply) == 400
         text = await metrics(srv.port)
-    lines = [r for r in captured.records if r.name == f"cityid.{service}.http"]
-    assert len(lines) == 1 and lines[0].exc_info is None, captured.text()
+    lines = [r for r in caplog.records if r.name == f"cityid.{service}.http"]
+    assert len(lines) == 1 and lines[0].exc_info is None, caplog.text
     assert lines[0].getMessage().startswith("refused malformed from 127.0.0.1: Invalid header")
-    assert "Traceback" not in captured.text()
+    assert "Traceback" not in caplog.text
     assert metric(text, f"cityid_{service}_http_refused_total", reason="malformed") == 1
 
 
 @pytest.mark.parametrize("service", ["registrar", "witness"])
 async def test_fuzzed_requests_give_no_traceback_and_no_server_error(
-    service: str, tmp_path: Path, captured: Captured
+    service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO)
     corpus = fuzz_corpus(1500)
     async with SERVERS[service](tmp_path) as srv:
         gate = asyncio.Semaphore(50)
@@ -640,8 +615,8 @@ async def test_fuzzed_requests_give_no_traceback_and_no_server_error(
         elapsed = time.monotonic() - t0
         text = await metrics(srv.port)
     assert not [c for c in codes if c >= 500], sorted(set(codes))
-    assert "Traceback" not in captured.text()
-    assert all(r.exc_info is None for r in captured.records), captured.text()[-3000:]
+    assert "Traceback" not in caplog.text
+    assert all(r.exc_info is None for r in caplog.records), caplog.text[-3000:]
     refused = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -650,15 +625,18 @@ async def test_fuzzed_requests_give_no_traceback_and_no_server_error(
     answered_400 = sum(1 for c in codes if c == 400)
     assert refused >= len(MALFORMED) and refused >= answered_400 * 0.8, (refused, answered_400)
     # Rate-limited: a burst of 20 lines, then about one a second.
-    lines = [r for r in captured.records if r.name == f"cityid.{service}.http"]
+    lines = [r for r in caplog.records if r.name == f"cityid.{service}.http"]
     assert 20 <= len(lines) <= 20 + elapsed + 2, (len(lines), elapsed)
     assert any("more not logged" in r.getMessage() for r in lines)
 
 
-def test_refusal_log_rate_limits_and_keeps_real_tracebacks(captured: Captured) -> None:
+def test_refusal_log_rate_limits_and_keeps_real_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Pure: a clock we move by hand. 20 lines at once, then one a second, each saying how
     many were left out; every refusal counted; an exception that is not the client's fault
     keeps its traceback."""
+    caplog.set_level(logging.INFO)
     from aiohttp.http_exceptions import BadHttpMethod
 
     from cityid.httpedge import RefusalLog
@@ -675,9 +653,9 @@ def test_refusal_log_rate_limits_and_keeps_real_tracebacks(captured: Captured) -
     now[0] = 1.0
     log.exception("Error handling request from %s", "192.0.2.1", exc_info=BadHttpMethod("X"))
     log.exception("Unhandled exception", exc_info=ValueError("a bug"))
-    lines = [r.getMessage() for r in captured.records if r.name == "cityid.test.http"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "cityid.test.http"]
     assert len(lines) == 22 and len(counted) == 51
     assert set(counted) == {("bad-method", True)}
     assert lines[0] == "refused bad-method from 192.0.2.1: Bad HTTP method in status line 'X'"
     assert lines[20].endswith("(30 more not logged)")
-    assert lines[21] == "Unhandled exception" and "ValueError: a bug" in captured.text()
+    assert lines[21] == "Unhandled exception" and "ValueError: a bug" in caplog.text
