@@ -30,7 +30,6 @@ import contextlib
 import csv
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,14 +45,13 @@ import dns.asyncquery  # noqa: E402
 import dns.message  # noqa: E402
 
 from bench.procstat import descendants, rss_kib  # noqa: E402
+from bench.upctl import CLI, start_up, stop_up, write_config  # noqa: E402
 from cityid.identifiers import Identifier, Prefix, parse_identifier  # noqa: E402
 from cityid.keys import SigningKey  # noqa: E402
 from cityid.ops import Mint, MintItem  # noqa: E402
 from cityid.records import Record, Value  # noqa: E402
-from cityid.valkey import free_port  # noqa: E402
 from registrar.client import RegistrarClient  # noqa: E402
 
-CLI = [sys.executable, "-m", "cityid.cli"]
 DEPT = Prefix.parse("MA.156.1301.03")
 
 
@@ -204,26 +202,13 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="cityid-soak-") as tmpdir:
         tmp = Path(tmpdir)
         data = tmp / "data"
-        ports = {k: free_port() for k in ("root", "city", "w1", "w2", "http", "dns")}
-        data.mkdir()
-        (data / "cityid.toml").write_text(
-            f'[root]\nlisten = "127.0.0.1:{ports["root"]}"\n'
-            f'[city]\nlisten = "127.0.0.1:{ports["city"]}"\n'
-            f'[witnesses]\nlisten = ["127.0.0.1:{ports["w1"]}", "127.0.0.1:{ports["w2"]}"]\n'
-            f'[resolver]\nhttp = "127.0.0.1:{ports["http"]}"\ndns = "127.0.0.1:{ports["dns"]}"\n'
-            f"[demo]\nassets = {args.assets}\n"
-        )
-        ready = tmp / "ready.json"
-        log = (tmp / "up.log").open("wb")
-        proc = subprocess.Popen([*CLI, "up", "--data", str(data), "--ready-file", str(ready)],
-                                stdout=log, stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
+        ports = write_config(data, assets=args.assets)
         try:
-            deadline = time.monotonic() + 600
-            while not ready.exists():
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    print((tmp / "up.log").read_text()[-3000:], file=sys.stderr)
-                    return 1
-                await asyncio.sleep(0.2)
+            proc = start_up(data, tmp / "up.log")
+        except RuntimeError as e:
+            print(e, file=sys.stderr)
+            return 1
+        try:
             soak = Soak(args, data, ports)
             per = -(-args.assets // 7)
             soak.known = [f"MA.156.1301.0{d}/{s}" for d in range(1, 8)
@@ -234,13 +219,7 @@ async def run(args: argparse.Namespace) -> int:
             await asyncio.gather(soak.lookups(until), soak.mints(until), soak.csvs(until, tmp),
                                  soak.monitor(until, proc.pid))  # fmt: skip
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_up(proc)
             said = (tmp / "up.log").read_text(errors="replace").splitlines()
             warnings = [line for line in said if "WARNING" in line or "ERROR" in line]
     report(soak)

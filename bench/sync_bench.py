@@ -36,7 +36,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -52,50 +51,11 @@ import aiohttp  # noqa: E402
 import dns.asyncquery  # noqa: E402
 import dns.message  # noqa: E402
 
+from bench.upctl import CLI, start_up, stop_up, write_config  # noqa: E402
 from cityid.identifiers import mint_suffix, parse_identifier  # noqa: E402
-from cityid.valkey import free_port  # noqa: E402
 
-CLI = [sys.executable, "-m", "cityid.cli"]
 DEPT = "MA.156.1301.07"  # the CSV's department
 WARM_DEPT = "MA.156.1301.02"
-
-
-def write_config(data: Path) -> dict[str, int]:
-    ports = {name: free_port() for name in ("root", "city", "w1", "w2", "http", "dns")}
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "cityid.toml").write_text(
-        f'[root]\nlisten = "127.0.0.1:{ports["root"]}"\n'
-        f'[city]\nlisten = "127.0.0.1:{ports["city"]}"\n'
-        f'[witnesses]\nlisten = ["127.0.0.1:{ports["w1"]}", "127.0.0.1:{ports["w2"]}"]\n'
-        f'[resolver]\nhttp = "127.0.0.1:{ports["http"]}"\ndns = "127.0.0.1:{ports["dns"]}"\n'
-        "[demo]\nassets = 0\n"
-    )
-    return ports
-
-
-def start_up(data: Path, log: Path) -> subprocess.Popen[bytes]:
-    ready = data / "ready.json"
-    ready.unlink(missing_ok=True)
-    out = log.open("ab")
-    proc = subprocess.Popen([*CLI, "up", "--data", str(data), "--ready-file", str(ready)],
-                            stdout=out, stderr=subprocess.STDOUT, cwd=REPO)  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop_up(proc)
-            raise RuntimeError(f"cityid up did not come up; see {log}")
-        time.sleep(0.2)
-    return proc
-
-
-def stop_up(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def mint(*args: str, key: Path, registrar: str) -> float:
