@@ -147,6 +147,7 @@ class ApplicationDesk:
     def submit(self, body: Any, client: str) -> tuple[Ticket, bool]:
         """Check and store an application; (its ticket, whether it is new)."""
         app = parse_application(body)
+        check_division(app)  # a field's fault first: the form shows it next to the field
         signature = parse_signature(body)
         app.verify(signature)
         canonical = app.encode()
@@ -154,7 +155,6 @@ class ApplicationDesk:
         if same is not None:
             return same, False
         self._check_parent(app)
-        check_division(app)
 
         def still_free() -> None:
             self._check_free(app)
