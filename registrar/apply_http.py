@@ -59,8 +59,6 @@ from .review_auth import check_review
 
 log = logging.getLogger("cityid.registrar.applications")
 
-#: Applications (attempts, refused ones included) one client address may send an hour.
-RATE_PER_HOUR = 30
 RATE_WINDOW = 3600.0
 #: Addresses the rate limiter remembers at most (the oldest are forgotten first).
 RATE_ADDRESSES = 100_000
@@ -79,7 +77,7 @@ class TooManyApplications(EdgeRefusal):
 class RateLimiter:
     """At most ``limit`` events per address in a sliding ``window`` (seconds)."""
 
-    def __init__(self, limit: int = RATE_PER_HOUR, window: float = RATE_WINDOW) -> None:
+    def __init__(self, limit: int, window: float = RATE_WINDOW) -> None:
         self.limit, self.window = limit, window
         self.seen: collections.OrderedDict[str, collections.deque[float]] = (
             collections.OrderedDict()
@@ -108,7 +106,8 @@ class ApplicationDesk:
 
     def __init__(self, reg: Registrar, *, rate: RateLimiter | None = None) -> None:
         self.reg = reg
-        self.rate = rate or RateLimiter()
+        # Every attempt counts, refused ones too: each costs a signature check.
+        self.rate = rate or RateLimiter(reg.config.applications_per_hour)
         self._store: ApplicationStore | None = None
 
     @property
