@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -134,6 +135,17 @@ def add_commands(sub: Subparsers) -> None:
     s.add_argument("ticket", metavar="TICKET", help="the ticket, or its status URL")
     _registrar_arg(s)
     s.set_defaults(func=cmd_status)
+    sg = asub.add_parser(
+        "sign", formatter_class=RAW,
+        help="sign an application the /apply form shows (proof that you hold the key)",
+        description="Sign CANONICAL (the base64 application the /apply form shows) with --key, "
+        "the admin key the application names, and print the signature to paste into the form. "
+        "What is signed is printed first: read it.",
+        epilog="example:\n  cityid apply sign --key baoding.key lZZjaXR5aWQv...",
+    )  # fmt: skip
+    sg.add_argument("canonical", metavar="CANONICAL", help="the application, base64")
+    _key_arg(sg, "the admin key the application names")
+    sg.set_defaults(func=cmd_sign)
 
     rev = group(sub, "applications", "review applications to your prefix: list, show, approve, "
                 "reject")  # fmt: skip
@@ -236,6 +248,26 @@ def cmd_status(args: argparse.Namespace) -> int:
             return await client.status(ticket)
 
     _print_status(_run(go()), base)
+    return 0
+
+
+def cmd_sign(args: argparse.Namespace) -> int:
+    key = SigningKey.read(args.key)
+    try:
+        raw = base64.b64decode(args.canonical, validate=True)
+    except ValueError as e:
+        raise CityIdError(
+            "CANONICAL is not base64: copy it whole from the form", rule="usage"
+        ) from e
+    app = Application.decode(raw)
+    if app.admin_key.public_key != key.public_key:
+        raise CityIdError(
+            f"the application names admin key {app.admin_key}, but --key holds {key.verifier}",
+            rule="wrong-key",
+        )
+    print(f"signing the application for {app.node} ({app.name}) to be delegated to "
+          f"{app.admin_key}", file=sys.stderr)  # fmt: skip
+    print(base64.b64encode(app.sign(key)).decode())
     return 0
 
 

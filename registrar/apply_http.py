@@ -30,22 +30,27 @@ import json
 import logging
 import secrets
 import time
+import urllib.parse
 from typing import Any
 
 from aiohttp import web
 
 from cityid.errors import (
     AuthorityError,
+    CityIdError,
     ConflictError,
     NotFoundError,
     OperationError,
+    SignatureError,
 )
 from cityid.handle import error_body
 from cityid.httpedge import EDGE_KEY, EdgeRefusal
 from cityid.ops import SignedOperation
 
+from . import apply_pages
 from .application_store import PENDING, ApplicationStore, Ticket
 from .applications import (
+    FIELDS,
     MAX_BODY,
     Application,
     ApplicationError,
@@ -165,6 +170,12 @@ class ApplicationDesk:
         )  # fmt: skip
         log.info("application for %s received (ticket %s…)", app.node, ticket.ticket[:6])
         return ticket, True
+
+    def check(self, app: Application) -> None:
+        """Every check but the signature's, storing nothing (the form's first step)."""
+        check_division(app)
+        self._check_parent(app)
+        self._check_free(app)
 
     def _check_parent(self, app: Application) -> None:
         ns = self.reg.namespace
@@ -427,10 +438,85 @@ async def review_reject(request: web.Request) -> web.Response:
     return _json(200, status_json(desk.reject(t, reason)))
 
 
+# -- the HTML form ---------------------------------------------------------------------------
+
+FORM = "application/x-www-form-urlencoded"
+_FORM_KEYS = (*FIELDS, "signature")
+
+
+def _html(status: int, body: bytes) -> web.Response:
+    return web.Response(
+        status=status, body=body, content_type="text/html", charset="utf-8",
+        headers={"Content-Security-Policy": apply_pages.CSP, "Cache-Control": "no-store"},
+    )  # fmt: skip
+
+
+def _parents(desk: ApplicationDesk) -> list[str]:
+    return [str(a.prefix) for a in desk.reg.config.anchors]
+
+
+async def get_form(request: web.Request) -> web.Response:
+    return _html(200, apply_pages.form_page(_parents(request.app[DESK_KEY])))
+
+
+def _form_body(values: dict[str, str]) -> dict[str, Any]:
+    """The JSON body the form's fields stand for."""
+    body: dict[str, Any] = dict(values)
+    if "time" in body:
+        try:
+            body["time"] = int(body["time"])
+        except ValueError:
+            body.pop("time")
+    if "ns" in body:
+        body["ns"] = [line.strip() for line in body["ns"].splitlines() if line.strip()]
+    return body
+
+
+async def post_form(request: web.Request) -> web.Response:
+    desk = request.app[DESK_KEY]
+    desk.rate.hit(request.remote or "?", time.monotonic())
+    if request.content_type != FORM:
+        raise OperationError(f"the form is sent as {FORM}", rule="content-type")
+    async with request.app[EDGE_KEY].body(request, MAX_BODY) as body:
+        raw = await body.read()
+    pairs = urllib.parse.parse_qsl(raw.decode("utf-8", "replace"), max_num_fields=64)
+    values = {k: v.strip() for k, v in pairs if k in (*_FORM_KEYS, "hosting") and v.strip()}
+    # The time is the server's on the first step, then carried (and signed) as is.
+    values.setdefault("time", str(int(time.time())))
+    fields = _form_body(values)
+    parents = _parents(desk)
+    try:
+        app = parse_application({k: v for k, v in fields.items() if k != "signature"})
+        desk.check(app)
+    except ApplicationError as e:
+        status, _ = error_body(e)
+        return _html(status, apply_pages.form_page(parents, values, {e.field: e.message}))
+    except CityIdError as e:
+        status, _ = error_body(e)
+        return _html(status, apply_pages.form_page(parents, values, {"": e.message}))
+    canonical = base64.b64encode(app.encode()).decode()
+    if "signature" not in values:
+        return _html(200, apply_pages.sign_page(values, canonical))
+    try:
+        ticket, _ = desk.submit(fields, request.remote or "?")
+    except SignatureError as e:
+        status, _ = error_body(e)
+        return _html(status, apply_pages.sign_page(values, canonical, e.message))
+    raise web.HTTPSeeOther(f"/apply/{ticket.ticket}")
+
+
+async def get_status_page(request: web.Request) -> web.Response:
+    t = request.app[DESK_KEY].store.get(request.match_info["ticket"])
+    return _html(200, apply_pages.status_page(status_json(t)))
+
+
 def add_application_routes(app: web.Application, reg: Registrar) -> ApplicationDesk:
     """Serve applications on ``app``; the store opens (and reconciles) at start."""
     desk = ApplicationDesk(reg)
     app[DESK_KEY] = desk
+    app.router.add_get("/apply", get_form)
+    app.router.add_post("/apply", post_form)
+    app.router.add_get("/apply/{ticket}", get_status_page)
     app.router.add_post("/api/applications", post_application)
     app.router.add_get("/api/applications/{ticket}", get_application)
     app.router.add_get("/api/review/applications", review_list)
