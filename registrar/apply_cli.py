@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from cityid.cli import Subparsers, group
 from cityid.errors import CityIdError
+from cityid.identifiers import parse_prefix
 from cityid.keys import SigningKey
 from cityid.ops import SignedOperation, now
 
@@ -26,6 +27,7 @@ from .review_auth import review_header
 RAW = argparse.RawDescriptionHelpFormatter
 DEFAULT_REGISTRAR = "http://127.0.0.1:8000"
 REVIEW = "/api/review/applications"
+_TICKET_HELP = "the ticket, or the node of a pending application (e.g. MA.156.1306)"
 
 
 class ApplicationClient(RegistrarClient):
@@ -51,10 +53,23 @@ class ApplicationClient(RegistrarClient):
         return await self._review(key, "GET", REVIEW + (f"?status={status}" if status else ""))
 
     async def review_show(self, key: SigningKey, ticket: str) -> dict[str, Any]:
-        return await self._review(key, "GET", f"{REVIEW}/{ticket}")
+        return await self._review(key, "GET", f"{REVIEW}/{await self.ticket(key, ticket)}")
+
+    async def ticket(self, key: SigningKey, ticket_or_node: str) -> str:
+        """A ticket as given, or the ticket of the pending application for a node (a ticket
+        never holds a '.'; a node always does)."""
+        if "." not in ticket_or_node:
+            return ticket_or_node
+        node = str(parse_prefix(ticket_or_node))
+        listed = await self.review_list(key, "pending")
+        for st in listed["applications"]:
+            if st["node"] == node:
+                return str(st["ticket"])
+        raise CityIdError(f"no pending application for {node}", rule="no-such-ticket")
 
     async def approve(self, key: SigningKey, ticket: str) -> dict[str, Any]:
         """Read the application, build its delegation, sign it with ``key``, send it."""
+        ticket = await self.ticket(key, ticket)
         shown = await self.review_show(key, ticket)
         app = Application.decode(base64.b64decode(shown["canonical"]))
         leaf = SignedOperation.sign(delegation(app, int(shown["prev"]), now()), key).encode()
@@ -62,6 +77,7 @@ class ApplicationClient(RegistrarClient):
         return await self._review(key, "POST", f"{REVIEW}/{ticket}/approve", body)
 
     async def reject(self, key: SigningKey, ticket: str, reason: str) -> dict[str, Any]:
+        ticket = await self.ticket(key, ticket)
         return await self._review(key, "POST", f"{REVIEW}/{ticket}/reject", {"reason": reason})
 
 
@@ -163,7 +179,7 @@ def add_commands(sub: Subparsers) -> None:
         "show", help="show one application in full (contact included)",
         description="Show an application in full, contact included, signed with --key.",
     )  # fmt: skip
-    show.add_argument("ticket", metavar="TICKET")
+    show.add_argument("ticket", metavar="TICKET|NODE", help=_TICKET_HELP)
     _key_arg(show, "the parent prefix's key")
     _registrar_arg(show)
     show.set_defaults(func=cmd_show)
@@ -172,9 +188,10 @@ def add_commands(sub: Subparsers) -> None:
         description="Approve TICKET: build the delegation from the application (NAME, GEO from "
         "the divisions table, HS_SITE, NS, the admin key), sign it with --key (the parent's "
         "key) and write it through the registrar's log and witnesses.",
-        epilog="example:\n  cityid applications approve 3q2W... --key root-admin.key",
+        epilog="examples:\n  cityid applications approve 3q2W... --key root-admin.key\n"
+        "  cityid applications approve MA.156.1306 --key root-admin.key",
     )  # fmt: skip
-    ap.add_argument("ticket", metavar="TICKET")
+    ap.add_argument("ticket", metavar="TICKET|NODE", help=_TICKET_HELP)
     _key_arg(ap, "the parent prefix's key: it signs the delegation")
     _registrar_arg(ap)
     ap.set_defaults(func=cmd_approve)
@@ -183,7 +200,7 @@ def add_commands(sub: Subparsers) -> None:
         description="Reject TICKET with --reason (shown on the status page). The applicant "
         "may apply again.",
     )  # fmt: skip
-    rj.add_argument("ticket", metavar="TICKET")
+    rj.add_argument("ticket", metavar="TICKET|NODE", help=_TICKET_HELP)
     rj.add_argument("--reason", required=True, help="why, for the applicant")
     _key_arg(rj, "the parent prefix's key")
     _registrar_arg(rj)
