@@ -37,7 +37,7 @@ from registrar_harness import (
 )
 
 from cityid.errors import SignatureError
-from cityid.identifiers import Prefix
+from cityid.identifiers import Identifier, Prefix
 from cityid.keys import SigningKey
 from cityid.ops import Delegate, Mint, MintItem, SignedOperation, now
 from cityid.records import Record, Value
@@ -382,3 +382,48 @@ async def test_cli_apply_status_list_approve(tmp_path: Path) -> None:
         )  # fmt: skip
         assert bad.returncode == 1 and "[rule: adcode-level]" in bad.stderr
         assert "Traceback" not in bad.stderr
+
+
+async def test_a_self_hosted_city_is_followed_once_approved(tmp_path: Path, redis_db: str) -> None:
+    """Baoding runs its own registrar and log; the resolver's sync follows that log from
+    the delegation the root's approval writes (its HS_SITE and log key), not before."""
+    from resolver.store import Store
+    from resolver.sync import Sync
+
+    async with world(tmp_path) as w:
+        bd = new_key("MA.156.1306-admin", w.keys)
+        own = make_registrar(tmp_path / "baoding", BAODING, "bd.cityid.test/log", admin=bd)
+        async with serve_in_process(own):
+            store = await Store.connect(redis_db)
+            sync = Sync(
+                store, f"{w.root.url}/log", w.root.vkey, (ROOT, w.root_key.public_key),
+                poll_interval=0.05, resize_grace=0,
+            )  # fmt: skip
+            await sync.start()
+            try:
+                ts = now()
+                rec = Record((Value.make(1, "URL", "https://bd.example/p/1", timestamp=ts),))
+                await submit(
+                    w.session, own.url, [sign(Mint(BAODING, (MintItem("P1", 0, rec),), ts), bd)]
+                )
+                app = application(
+                    bd, hosting="self", origin=own.origin, log_key=str(own.vkey),
+                    registrar_url=own.url, ns=["ns1.bd.example 192.0.2.1"],
+                    reason="we run our own registry",
+                )  # fmt: skip
+                status, body = await w.post(signed_json(app, bd))
+                assert status == 201 and body["hosting"] == "self"
+                await asyncio.sleep(0.3)  # several polls: nothing delegates Baoding yet
+                assert await store.lookup_prefix(BAODING) is None
+                assert await store.lookup(Identifier(BAODING, "P1")) is None
+                async with ApplicationClient(w.root.url) as client:
+                    await client.approve(w.root_key, body["ticket"])
+                t0 = asyncio.get_running_loop().time()
+                while await store.lookup(Identifier(BAODING, "P1")) is None:
+                    assert asyncio.get_running_loop().time() - t0 < 10, "Baoding not followed"
+                    await asyncio.sleep(0.02)
+                info = await store.prefix_info(BAODING)
+                assert info is not None and info.host == own.origin
+            finally:
+                await sync.stop()
+                await store.close()
