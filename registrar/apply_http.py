@@ -48,7 +48,7 @@ from cityid.httpedge import EDGE_KEY, EdgeRefusal
 from cityid.ops import SignedOperation
 
 from . import apply_pages
-from .application_store import PENDING, ApplicationStore, Ticket
+from .application_store import APPROVED, PENDING, ApplicationStore, Ticket
 from .applications import (
     FIELDS,
     MAX_BODY,
@@ -61,6 +61,7 @@ from .applications import (
 )
 from .core import Registrar
 from .review_auth import check_review
+from .webhook import Webhooks
 
 log = logging.getLogger("cityid.registrar.applications")
 
@@ -113,6 +114,7 @@ class ApplicationDesk:
         self.reg = reg
         # Every attempt counts, refused ones too: each costs a signature check.
         self.rate = rate or RateLimiter(reg.config.applications_per_hour)
+        self.webhooks = Webhooks()
         self._store: ApplicationStore | None = None
 
     @property
@@ -126,16 +128,27 @@ class ApplicationDesk:
         self._store = ApplicationStore.in_directory(self.reg.config.directory)
         self.reconcile()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
+        await self.webhooks.aclose()
         if self._store is not None:
             self._store.close()
             self._store = None
+
+    def _decided(self, ticket: str) -> Ticket:
+        """The ticket as decided; its webhook, if any, is told in the background."""
+        t = self.store.get(ticket)
+        webhook = Application.decode(t.canonical).webhook
+        if webhook is not None:
+            self.webhooks.send(webhook, status_json(t))
+        return t
 
     def reconcile(self) -> None:
         settled = self.store.reconcile(
             self._find_leaf, self.reg.log.checkpoint_note.decode(), int(time.time())
         )
         for ticket, status in settled:
+            if status == APPROVED:
+                self._decided(ticket)
             log.info("application %s…: interrupted approval settled from the log: %s",
                      ticket[:6], status)  # fmt: skip
 
@@ -260,7 +273,7 @@ class ApplicationDesk:
         commit = self._commit(ticket.ticket, leaf, signed, start)
         await asyncio.shield(asyncio.ensure_future(commit))
         log.info("application %s…: %s delegated", ticket.ticket[:6], app.node)
-        return self.store.get(ticket.ticket)
+        return self._decided(ticket.ticket)
 
     async def _commit(self, ticket: str, leaf: bytes, signed: SignedOperation, start: int) -> None:
         reg = self.reg
@@ -282,7 +295,7 @@ class ApplicationDesk:
         if not reason or len(reason) > 2000 or not reason.isprintable():
             raise OperationError("a rejection gives a reason (1-2000 characters)", rule="reason")
         self.store.reject(ticket.ticket, reason, int(time.time()))
-        return self.store.get(ticket.ticket)
+        return self._decided(ticket.ticket)
 
 
 DESK_KEY: web.AppKey[ApplicationDesk] = web.AppKey("applications", ApplicationDesk)
@@ -528,7 +541,7 @@ def add_application_routes(app: web.Application, reg: Registrar) -> ApplicationD
         desk.open()  # after the registrar's start: its log is open and published
 
     async def on_cleanup(_: web.Application) -> None:
-        desk.close()
+        await desk.aclose()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)

@@ -27,6 +27,7 @@ from registrar_harness import (
     RegistrarSpec,
     checkpoint_bytes,
     cli,
+    free_port,
     key_path,
     logged_leaf,
     make_registrar,
@@ -427,3 +428,47 @@ async def test_a_self_hosted_city_is_followed_once_approved(tmp_path: Path, redi
             finally:
                 await sync.stop()
                 await store.close()
+
+
+async def test_webhook_is_told_with_retries_and_never_holds_the_decision(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from registrar.webhook import Webhooks
+
+    got: list[dict[str, Any]] = []
+    calls = 0
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(2)  # longer than the delivery's timeout: a failed attempt
+        if calls <= 2:
+            return web.Response(status=503)
+        got.append(await request.json())
+        return web.Response(status=204)
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/hook", hook)
+    runner = web.AppRunner(hook_app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with world(tmp_path) as w:
+            w.app[DESK_KEY].webhooks = Webhooks(delays=(0.05, 0.05, 0.05), timeout=0.5)
+            bd = new_key("MA.156.1306-admin", w.keys)
+            app = application(bd, webhook=f"http://127.0.0.1:{port}/hook")
+            _, body = await w.post(signed_json(app, bd))
+            async with ApplicationClient(w.root.url) as client:
+                t0 = asyncio.get_running_loop().time()
+                decided = await client.approve(w.root_key, body["ticket"])
+                assert asyncio.get_running_loop().time() - t0 < 2  # not held by the hook
+            t0 = asyncio.get_running_loop().time()
+            while not got:
+                assert asyncio.get_running_loop().time() - t0 < 10, f"{calls} calls"
+                await asyncio.sleep(0.02)
+            assert calls == 3 and got == [decided]
+            assert "contact_email" not in got[0]
+    finally:
+        await runner.cleanup()
