@@ -12,6 +12,8 @@ Routes:
 * ``GET /log/...``: the ledger as tlog-tiles static files.
 * ``GET /healthz``, ``GET /metrics``, ``GET /``: liveness, counters, what this
   registrar hosts.
+* applications for child prefixes, their review and the ``/apply`` form:
+  :mod:`registrar.apply_http` (docs/onboarding.md).
 
 Every body is read through the process's :class:`~cityid.httpedge.Edge`, and only
 once what the headers say has been checked (content type, signature header,
