@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -207,8 +208,16 @@ def add_commands(sub: Subparsers) -> None:
     rj.set_defaults(func=cmd_reject)
 
 
-def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
+def _call(
+    url: str, call: Callable[[ApplicationClient], Awaitable[dict[str, Any]]]
+) -> dict[str, Any]:
+    """``call`` with a client of the registrar at ``url``, to its end."""
+
+    async def go() -> dict[str, Any]:
+        async with ApplicationClient(url) as client:
+            return await call(client)
+
+    return asyncio.run(go())
 
 
 def _print_status(st: dict[str, Any], base: str) -> None:
@@ -246,11 +255,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     fields["admin_key"] = str(key.verifier)
     app = parse_application(fields)  # the registrar checks again; this names a fault first
 
-    async def go() -> dict[str, Any]:
-        async with ApplicationClient(args.registrar) as client:
-            return await client.apply(signed_json(app, key))
-
-    _print_status(_run(go()), args.registrar)
+    _print_status(_call(args.registrar, lambda c: c.apply(signed_json(app, key))), args.registrar)
     return 0
 
 
@@ -260,11 +265,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         parts = urlsplit(ticket)
         base, ticket = f"{parts.scheme}://{parts.netloc}", parts.path.rstrip("/").split("/")[-1]
 
-    async def go() -> dict[str, Any]:
-        async with ApplicationClient(base) as client:
-            return await client.status(ticket)
-
-    _print_status(_run(go()), base)
+    _print_status(_call(base, lambda c: c.status(ticket)), base)
     return 0
 
 
@@ -291,11 +292,7 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
 
-    async def go() -> dict[str, Any]:
-        async with ApplicationClient(args.registrar) as client:
-            return await client.review_list(key, args.status)
-
-    body = _run(go())
+    body = _call(args.registrar, lambda c: c.review_list(key, args.status))
     apps = body["applications"]
     print(f"{len(apps)} application(s) to {', '.join(body['parents'])}")
     for st in apps:
@@ -306,11 +303,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
 
-    async def go() -> dict[str, Any]:
-        async with ApplicationClient(args.registrar) as client:
-            return await client.review_show(key, args.ticket)
-
-    body = _run(go())
+    body = _call(args.registrar, lambda c: c.review_show(key, args.ticket))
     _print_status(body, args.registrar)
     print(f"from      {body['client']}")
     for k, v in body["application"].items():
@@ -321,20 +314,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_approve(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
 
-    async def go() -> dict[str, Any]:
-        async with ApplicationClient(args.registrar) as client:
-            return await client.approve(key, args.ticket)
-
-    _print_status(_run(go()), args.registrar)
+    _print_status(_call(args.registrar, lambda c: c.approve(key, args.ticket)), args.registrar)
     return 0
 
 
 def cmd_reject(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
 
-    async def go() -> dict[str, Any]:
-        async with ApplicationClient(args.registrar) as client:
-            return await client.reject(key, args.ticket, args.reason)
-
-    _print_status(_run(go()), args.registrar)
+    decided = _call(args.registrar, lambda c: c.reject(key, args.ticket, args.reason))
+    _print_status(decided, args.registrar)
     return 0

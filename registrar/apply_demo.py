@@ -20,15 +20,6 @@ from .apply_cli import ApplicationClient
 PARKS = ("08", "Parks and green spaces")
 
 
-def _key(path: Path, name: str) -> SigningKey:
-    if path.exists():
-        return SigningKey.read(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate(name)
-    key.write(path)
-    return key
-
-
 def _application(key: SigningKey, contact: str, phone: str, **fields: str) -> Application:
     return parse_application({
         **fields, "contact_name": "Operations", "contact_email": contact,
@@ -44,7 +35,7 @@ async def file_demo_applications(root_url: str, city_url: str, keys: Path) -> li
         for code in demo.APPLICANTS:
             city = table[code]
             node = demo.city_prefix(city)
-            key = _key(keys / "cities" / f"{code[:4]}.key", f"{node}-admin")
+            key = SigningKey.read_or_create(keys / "cities" / f"{code[:4]}.key", f"{node}-admin")
             app = _application(
                 key, f"it@{code[:4]}.city.example", f"+86 {code[:3]} 555 0100",
                 adcode=code, name=city.name,
@@ -53,7 +44,7 @@ async def file_demo_applications(root_url: str, city_url: str, keys: Path) -> li
             filed.append(str(node))
     node, name = PARKS
     prefix = demo.SHIJIAZHUANG.child(node)
-    key = _key(keys / f"dept-{node}.key", f"{prefix}-admin")
+    key = SigningKey.read_or_create(keys / f"dept-{node}.key", f"{prefix}-admin")
     app = _application(key, "parks@sjz.example", "+86 311 555 0108", node=str(prefix), name=name)
     async with ApplicationClient(city_url) as city_client:
         await city_client.apply(signed_json(app, key))

@@ -393,15 +393,6 @@ async def _reviewer(request: web.Request, body: bytes = b"") -> bytes:
     )  # fmt: skip
 
 
-async def _review_body(request: web.Request) -> tuple[bytes, Any]:
-    async with request.app[EDGE_KEY].body(request, MAX_REVIEW_BODY) as body:
-        raw = await body.read()
-    try:
-        return raw, json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OperationError(f"the body is not JSON: {e}", rule="json") from e
-
-
 async def review_list(request: web.Request) -> web.Response:
     desk = request.app[DESK_KEY]
     key = await _reviewer(request)
@@ -426,12 +417,23 @@ async def review_show(request: web.Request) -> web.Response:
     return _json(200, review_json(t, desk.prev(t)))
 
 
-async def review_approve(request: web.Request) -> web.Response:
+async def _decision(request: web.Request) -> tuple[ApplicationDesk, bytes, Ticket, Any]:
+    """(desk, reviewer's key, ticket, JSON body) of an approve or reject request, its
+    signature checked and its key the ticket's parent's."""
     desk = request.app[DESK_KEY]
-    raw, body = await _review_body(request)
+    async with request.app[EDGE_KEY].body(request, MAX_REVIEW_BODY) as reader:
+        raw = await reader.read()
     key = await _reviewer(request, raw)
     t = desk.store.get(request.match_info["ticket"])
     desk.authorise(key, t)
+    try:
+        return desk, key, t, json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise OperationError(f"the body is not JSON: {e}", rule="json") from e
+
+
+async def review_approve(request: web.Request) -> web.Response:
+    desk, key, t, body = await _decision(request)
     try:
         leaf = base64.b64decode(body["leaf"], validate=True)
     except (TypeError, KeyError, binascii.Error) as e:
@@ -440,11 +442,7 @@ async def review_approve(request: web.Request) -> web.Response:
 
 
 async def review_reject(request: web.Request) -> web.Response:
-    desk = request.app[DESK_KEY]
-    raw, body = await _review_body(request)
-    key = await _reviewer(request, raw)
-    t = desk.store.get(request.match_info["ticket"])
-    desk.authorise(key, t)
+    desk, _, t, body = await _decision(request)
     reason = body.get("reason") if isinstance(body, dict) else None
     if not isinstance(reason, str):
         raise OperationError('the body is {"reason": "..."}', rule="reason")

@@ -167,12 +167,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _key(path: Path, name: str) -> SigningKey:
-    if path.exists():
-        return SigningKey.read(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate(name)
-    key.write(path)
-    return key
+    return SigningKey.read_or_create(path, name)
 
 
 def _say(text: str) -> None:
