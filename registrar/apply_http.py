@@ -39,6 +39,7 @@ from cityid.errors import (
     AuthorityError,
     CityIdError,
     ConflictError,
+    LedgerError,
     NotFoundError,
     OperationError,
     SignatureError,
@@ -264,6 +265,8 @@ class ApplicationDesk:
         if ticket.status != PENDING:
             raise ConflictError(f"the application is {ticket.shown_status}", rule="already-decided")
         reg = self.reg
+        if reg.broken is not None:  # before the ticket turns approving: nothing to reconcile
+            raise LedgerError(reg.broken, rule="registrar-stopped")
         reg.namespace.check(signed, log=reg.config.origin)  # refuse before any state changes
         # From here to submit's admit there is no await: the check still holds.
         start = reg.log.signed_size  # the leaf can only land at or after this index
@@ -517,7 +520,10 @@ async def post_form(request: web.Request) -> web.Response:
 
 
 async def get_status_page(request: web.Request) -> web.Response:
-    t = request.app[DESK_KEY].store.get(request.match_info["ticket"])
+    try:
+        t = request.app[DESK_KEY].store.get(request.match_info["ticket"])
+    except NotFoundError as e:
+        return _html(404, apply_pages.not_found_page(e.message))
     return _html(200, apply_pages.status_page(status_json(t)))
 
 

@@ -169,3 +169,11 @@ def status_page(status: Mapping[str, Any]) -> bytes:
         f'<div class=card><dl>{dl}</dl></div><p><a href="/api/applications/{ticket}">JSON</a></p>'
     )
     return _page(f"Application {status['node']}", body)
+
+
+def not_found_page(message: str) -> bytes:
+    body = (
+        f"<h1>No such application</h1><p class=sub>{escape(message)}: check the address "
+        'you were given, or <a href="/apply">apply</a>.</p>'
+    )
+    return _page("No such application", body)

@@ -473,3 +473,10 @@ async def test_webhook_is_told_with_retries_and_never_holds_the_decision(tmp_pat
             assert "contact_email" not in got[0]
     finally:
         await runner.cleanup()
+
+
+async def test_status_page_of_an_unknown_ticket(tmp_path: Path) -> None:
+    async with world(tmp_path) as w, w.session.get(f"{w.root.url}/apply/nope") as r:
+        assert r.status == 404 and r.content_type == "text/html"
+        assert "No such application" in await r.text()
+        assert r.headers["Content-Security-Policy"].startswith("default-src 'none'")
