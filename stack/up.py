@@ -167,12 +167,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _key(path: Path, name: str) -> SigningKey:
-    if path.exists():
-        return SigningKey.read(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate(name)
-    key.write(path)
-    return key
+    return SigningKey.read_or_create(path, name)
 
 
 def _say(text: str) -> None:
@@ -289,6 +284,12 @@ async def _up(args: argparse.Namespace) -> int:
                 root_admin,
                 args.assets if args.assets is not None else int(cfg.get("demo", "assets")),
             )
+            from registrar.apply_demo import file_demo_applications
+
+            filed = await file_demo_applications(
+                f"http://{cfg.get('root', 'listen')}", f"http://{cfg.get('city', 'listen')}", keys
+            )
+            _say(f"cityid: pending applications for {', '.join(filed)} (docs/onboarding.md)")
 
         # 5. The resolver: sync follows the root log and, through it, the city's;
         # the HTTP front end answers from the same store.
@@ -343,6 +344,7 @@ async def _seed(
     started: dict[str, Any], data: Path, city_admin: SigningKey, root_admin: SigningKey, assets: int
 ) -> None:
     from cityid.demo import (
+        APPLICANTS,
         DEPARTMENTS,
         SHIJIAZHUANG,
         asset_mints,
@@ -356,7 +358,7 @@ async def _seed(
 
     ts = now()
     root, city = started["root"], started["city"]
-    city_list = cities()
+    city_list = [c for c in cities() if c.code not in APPLICANTS]  # those apply (banner)
     city_keys: dict[Prefix, bytes] = {}
     for c in city_list:
         p = city_prefix(c)
@@ -378,7 +380,7 @@ async def _seed(
     _say(f"cityid: first start: delegating {len(city_list)} cities under {root_prefix}")
     leaves = [
         SignedOperation.sign(op, root_admin).encode()
-        for op in city_delegations(city_keys, origins, sites, ts, log_keys)
+        for op in city_delegations(city_keys, origins, sites, ts, log_keys, APPLICANTS)
     ]
     await root.submit(leaves)
 
@@ -558,6 +560,8 @@ def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float)
         f"{cfg.get('resolver', 'apex')}",
         f"  root registrar      http://{root}/   (MA.156; log at http://{root}/log/)",
         f"  city registrar      http://{city}/   (MA.156.1301; log at http://{city}/log/)",
+        f"  apply for a prefix  http://{root}/apply   (a city, to MA.156)",
+        f"                      http://{city}/apply   (a department, to MA.156.1301)",
         f"  witnesses           {', '.join('http://' + w for w in cfg.get('witnesses', 'listen'))}",
         f"  valkey              {redis_url}",
         f"  sample identifier   {sample}",
