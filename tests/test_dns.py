@@ -31,6 +31,7 @@ import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 import redis
 
@@ -430,6 +431,62 @@ def test_formerr_and_notimp(dnssrv: DnsHarness) -> None:
         q = dns.message.make_query(name(W127), qtype)
         r = dnssrv.raw(q.to_wire())
         assert r is not None and dns.message.from_wire(r).rcode() == rcode
+
+
+def test_errors_to_edns_queries_carry_opt(dnssrv: DnsHarness) -> None:
+    # RFC 6891 §7: an EDNS query gets OPT back, in error responses too.
+    notify = dns.message.make_query(name(W127), "SOA", use_edns=0, want_dnssec=True)
+    notify.set_opcode(dns.opcode.NOTIFY)
+    good = dns.message.make_query(name(W127), "TXT", use_edns=0, payload=4096).to_wire()
+    two = good[:4] + b"\x00\x02" + good[6:-11] + good[12:-11] + good[-11:]  # two questions
+    # An answer record dnspython cannot parse (an A of 3 octets), before the OPT.
+    bad_a = b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x03\x01\x02\x03"
+    broken = good[:6] + b"\x00\x01" + good[8:-11] + bad_a + good[-11:]
+    for packet, rcode, do in (
+        (notify.to_wire(), dns.rcode.NOTIMP, True),
+        (two, dns.rcode.FORMERR, False),
+        (broken, dns.rcode.FORMERR, False),
+    ):
+        r = dnssrv.raw(packet)
+        assert r is not None
+        m = dns.message.from_wire(r)
+        assert m.rcode() == rcode and m.id == int.from_bytes(packet[:2], "big")
+        assert m.edns == 0 and m.payload == 1232, rcode
+        assert bool(m.ednsflags & dns.flags.DO) == do
+    # Without EDNS in the query, none in the reply.
+    plain = dns.message.make_query(name(W127), "SOA")
+    plain.set_opcode(dns.opcode.NOTIFY)
+    r = dnssrv.raw(plain.to_wire())
+    assert r is not None and dns.message.from_wire(r).edns == -1
+
+
+def test_ixfr_refused(dnssrv: DnsHarness) -> None:
+    # An IXFR query holds the client's SOA in authority (RFC 1995): REFUSED, as AXFR.
+    zone = name(f"0.NA/{DEPT}")
+    q = dns.message.make_query(zone, "IXFR", use_edns=0)
+    q.authority.append(
+        dns.rrset.from_text(zone, 0, "IN", "SOA", f"ns1.{APEX}. h.{APEX}. 7 1 1 1 1")
+    )
+    for r in (dnssrv.raw(q.to_wire()), dnssrv.raw(q.to_wire())):  # a miss, then the same
+        assert r is not None
+        m = dns.message.from_wire(r)
+        assert m.rcode() == dns.rcode.REFUSED and m.edns == 0
+    r = dns.query.tcp(q, "127.0.0.1", port=dnssrv.port, timeout=3)
+    assert r.rcode() == dns.rcode.REFUSED
+
+
+def test_one_serial_per_zone(dnssrv: DnsHarness) -> None:
+    # The SOA answer (cached an hour) and the SOA of a negative answer given later
+    # agree: the serial comes from the log (the zone record's leaf), not the clock.
+    zone = name(f"0.NA/{DEPT}")
+    soa = dnssrv.udp(zone, "SOA").answer[0][0].serial
+    time.sleep(1.1)
+    nx = dnssrv.udp(name(f"{DEPT}/SERIAL-{time.time_ns()}"), "TXT")
+    nodata = dnssrv.udp(zone, "AAAA")
+    assert nx.rcode() == dns.rcode.NXDOMAIN and nodata.rcode() == dns.rcode.NOERROR
+    assert nx.authority[0][0].serial == nodata.authority[0][0].serial == soa == 3  # leaf 2
+    root = name(f"0.NA/{ROOT}")
+    assert dnssrv.udp(root, "SOA").answer[0][0].serial == 1  # configuration: no record
 
 
 def test_question_case_echoed(dnssrv: DnsHarness) -> None:

@@ -57,7 +57,6 @@ import ipaddress
 import json
 import re
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -405,6 +404,7 @@ def decide(
             cut = ancestor(qname, lookup.depth - depth)
             return _referral(cut, entry.record, servers, cfg, prefix)
         zone, record, found = prefix, entry.record, depth
+        serial = zone_serial(entry)
         ns = servers or cfg.nameservers
     if found == lookup.depth:
         return _apex_answer(qname, qname, record, qtype, cfg, serial, zone, ns)
@@ -417,6 +417,16 @@ def decide(
     ):
         return _data_answer(qname, ident.record, qtype, cfg, serial, zone, None, ns)
     return _negative(NXDOMAIN, ancestor(qname, lookup.depth - found), cfg, serial, zone, ns)
+
+
+def zone_serial(entry: Entry) -> int:
+    """A served prefix's SOA serial: from the verified log, the leaf that last set its
+    record (its index + 1, mod 2^32). One zone has one serial at a time, the same in
+    every process and on every server that follows the same logs, and it moves only
+    when the zone's own record changes, which invalidates every answer of the zone:
+    an SOA answer and a negative answer given together always agree (and, signed,
+    the SOA's signature stays valid while it is cached)."""
+    return (entry.leaf_index + 1) & 0xFFFFFFFF
 
 
 def _servers(record: Record, cfg: ZoneConfig) -> tuple[tuple[NameServer, ...], bool]:
@@ -474,8 +484,8 @@ def ns_rrs(owner: bytes, ns: Sequence[NameServer], ttl: int) -> tuple[RR, ...]:
 def _negative(
     rcode: int, zname: bytes, cfg: ZoneConfig, serial: int, zone: str, ns: Sequence[NameServer]
 ) -> Answer:
-    # One object per zone, rcode and second (the SOA serial is the time): a flood of
-    # names that do not exist shares it, and :func:`encode` its wire form.
+    # One object per zone, rcode and serial: a flood of names that do not exist
+    # shares it, and :func:`encode` its wire form.
     key = (rcode, zname, serial, ns[0].host, zone)
     memo = cfg.shared
     got: Answer | None = memo.get(key)
@@ -832,9 +842,52 @@ def render(
 _TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)
 
 
-def header_reply(data: bytes, rcode: int) -> bytes:
-    """A header-only response (no question): for queries too broken to echo."""
-    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode & 0x0F)) + bytes(8)
+def header_reply(data: bytes, rcode: int, opt: bytes = b"") -> bytes:
+    """A response with no question: for queries too broken to echo, or of another
+    opcode. ``opt``: our OPT record, for a query that had one (RFC 6891 §7: a
+    responder that speaks EDNS answers an EDNS query with OPT, errors included)."""
+    counts = b"\x00\x00\x00\x00\x00\x00\x00\x01" if opt else bytes(8)
+    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode & 0x0F)) + counts + opt
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    """Where the name at ``i`` ends (-1: runs past the end or a reserved label type)."""
+    n = len(data)
+    while i < n:
+        ln = data[i]
+        if ln == 0:
+            return i + 1
+        if ln & 0xC0 == 0xC0:
+            return i + 2 if i + 2 <= n else -1
+        if ln & 0xC0:
+            return -1
+        i += 1 + ln
+    return -1
+
+
+def edns_do(data: bytes) -> bool | None:
+    """The DO bit of the query's OPT record, or None if it has none (or cannot be read
+    as far). Walks the sections by hand: used for queries dnspython would not parse,
+    which still get OPT in their FORMERR if they carried one."""
+    if len(data) < 12:
+        return None
+    qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+    i = 12
+    for _ in range(qd):
+        i = _skip_name(data, i)
+        if i < 0 or i + 4 > len(data):
+            return None
+        i += 4
+    for k in range(an + ns + ar):
+        start = i
+        i = _skip_name(data, i)
+        if i < 0 or i + 10 > len(data):
+            return None
+        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", data, i)
+        if k >= an + ns and rtype == OPT and data[start] == 0:
+            return bool(ttl & 0x8000)
+        i += 10 + rdlen
+    return None
 
 
 def badvers(head: bytes, question: bytes, payload: int, do: bool) -> bytes:
@@ -844,8 +897,9 @@ def badvers(head: bytes, question: bytes, payload: int, do: bool) -> bytes:
     return head[:2] + flags + _TC_COUNTS_OPT + question + opt
 
 
-def serial_now() -> int:
-    return int(time.time()) & 0xFFFFFFFF
+#: The SOA serial of the zones that have no prefix record (the apex, the roots): they
+#: are configuration, and change only with a restart (see :func:`zone_serial`).
+CONFIG_SERIAL = 1
 
 
 __all__ = [
@@ -859,6 +913,7 @@ __all__ = [
     "badvers",
     "chunks",
     "decide",
+    "edns_do",
     "empty",
     "encode",
     "head_index",

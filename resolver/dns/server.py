@@ -55,8 +55,10 @@ from ..layout import StoreError
 from ..store import Ask, Entry, Store
 from .answers import (
     CH,
+    CONFIG_SERIAL,
     FORMERR,
     IN,
+    IXFR,
     MAX_MESSAGE,
     NOTAUTH,
     NOTIMP,
@@ -68,6 +70,7 @@ from .answers import (
     ZoneConfig,
     badvers,
     decide,
+    edns_do,
     empty,
     encode,
     header_reply,
@@ -75,7 +78,6 @@ from .answers import (
     opt_record,
     plan,
     render,
-    serial_now,
     text_name,
 )
 from .cache import AnswerCache
@@ -158,20 +160,30 @@ def parse_query(data: bytes) -> Query | None:
         payload, do  # fmt: skip
 
 
+def error_reply(data: bytes, max_udp: int, rcode: int) -> bytes:
+    """A question-less error response; with our OPT if the query had one."""
+    do = edns_do(data)
+    return header_reply(data, rcode, b"" if do is None else opt_record(max_udp, do))
+
+
 def parse_slow(data: bytes, max_udp: int) -> Query | bytes | None:
     """Whatever :func:`parse_query` declined: a query, an error reply, or None (no reply)."""
     if len(data) < 12 or data[2] & 0x80:
         return None  # no header to answer, or a response: never answer those (loops)
+
     if (data[2] >> 3) & 0x0F != 0:
-        return header_reply(data, NOTIMP)
+        return error_reply(data, max_udp, NOTIMP)
     try:
         m = dns.message.from_wire(data)
     except dns.message.UnknownTSIGKey:
-        return header_reply(data, NOTAUTH)
+        return error_reply(data, max_udp, NOTAUTH)
     except Exception:  # dnspython raises many types for malformed input
-        return header_reply(data, FORMERR)
-    if len(m.question) != 1 or m.answer or m.authority:
-        return header_reply(data, FORMERR)
+        return error_reply(data, max_udp, FORMERR)
+    # An IXFR query carries the client's SOA in authority (RFC 1995 §3): it is refused
+    # (no zone transfers) like AXFR, not taken for a malformed query.
+    ixfr = len(m.question) == 1 and m.question[0].rdtype == IXFR and not m.answer
+    if len(m.question) != 1 or m.answer or (m.authority and not ixfr):
+        return error_reply(data, max_udp, FORMERR)
     rrset = m.question[0]
     wire = rrset.name.to_wire()
     question = wire + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
@@ -311,7 +323,9 @@ class DnsServer:
             # A bug must not take the listener down; the client gets SERVFAIL.
             log.exception("DNS query failed")
             self.counters["servfail"] += 1
-            return header_reply(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
+            if len(data) < 12 or data[2] & 0x80:
+                return None
+            return error_reply(data, self.max_udp, SERVFAIL)
 
     async def answer(self, data: bytes, q: Query, tcp: bool) -> bytes:
         key, qtype, qclass, question, payload, do = q
@@ -401,7 +415,7 @@ class DnsServer:
         in one round trip, the answers cached. A store failure is SERVFAIL (not cached)."""
         cache, cfg = self.cache, self.cfg
         seq = cache.seq
-        serial = serial_now()
+        serial = CONFIG_SERIAL
         now = cache.now
         prefixes = self._prefixes
         plans: dict[bytes, tuple[int, Answer | Lookup]] = {}
