@@ -39,6 +39,7 @@ from cityid.identifiers import Identifier, mint_suffix, parse_identifier
 from cityid.records import Record, Value
 from resolver.dns.answers import ZoneConfig, chunks
 from resolver.dns.server import DnsOptions, DnsServer, Listeners, bind_sockets, start_dns
+from resolver.dns.signer import Signer
 from resolver.store import IdChange, PrefixChange, Store
 
 APEX = "cityid.test"
@@ -125,10 +126,19 @@ async def populate(store: Store) -> None:
 class DnsHarness:
     """A DNS server on 127.0.0.1 in a thread of its own (uvloop), over a real store."""
 
-    def __init__(self, url: str, options: DnsOptions | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: DnsOptions | None = None,
+        *,
+        signer: Signer | None = None,
+        apex: str = APEX,
+    ) -> None:
         self.url = url
         self.options = options or DnsOptions(rrl_rate=0, tcp_idle=1.0, tcp_max_connections=20)
-        self.cfg = ZoneConfig.make(APEX, [ROOT], identity="test-server")
+        self.signer = signer
+        key = signer.zone_key if signer is not None else None
+        self.cfg = ZoneConfig.make(apex, [ROOT], identity="test-server", key=key)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: DnsServer | None = None
         self.listeners: Listeners | None = None
@@ -167,7 +177,7 @@ class DnsHarness:
         store = await Store.connect(self.url)
         try:
             await populate(store)
-            self.server = DnsServer(store, self.cfg, self.options)
+            self.server = DnsServer(store, self.cfg, self.options, self.signer)
             self.listeners = await start_dns(self.server, "127.0.0.1", 0)
             self.port = self.listeners.port
             self._ready.set()

@@ -70,6 +70,11 @@ def add_commands(sub: Subparsers) -> None:
         "--identity", metavar="TEXT",
         help="CH TXT id.server answer ({hostname}, {index}); '' refuses it",
     )  # fmt: skip
+    s.add_argument(
+        "--dnssec-key", metavar="FILE",
+        help="sign answers to DO queries with this Ed25519 key (made with 'cityid keygen', "
+        "kept 0600); see docs/dns.md#dnssec. Default: the config's [dns] dnssec_key, or unsigned",
+    )  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
 
@@ -128,6 +133,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ttl=pick(args.ttl, "dns_ttl_s", 300),
         negative_ttl=pick(args.negative_ttl, "negative_ttl_s", 60),
         identity=pick(args.identity, "identity", "{hostname}/{index}"),
+        dnssec_key=args.dnssec_key or (cfg.dnssec_key_path() if cfg else ""),
         options=options,
         processes=processes,
         redis_cluster=bool(cfg and cfg.redis_cluster),
@@ -135,7 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         meta_ttl=cfg.meta_ttl_s if cfg else 1.0,
     )
     try:
-        spec.zone()  # check the apex, roots and name servers before starting workers
+        spec.zone(spec.signer())  # check the settings and the key before starting workers
     except (ValueError, CityIdError, DNSException) as e:
         raise CityIdError(f"bad DNS settings: {e}", rule="usage") from e
     serve(spec)
