@@ -133,16 +133,20 @@ class DnsHarness:
         *,
         signer: Signer | None = None,
         apex: str = APEX,
+        host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self.url = url
+        self.host = host
         self.options = options or DnsOptions(rrl_rate=0, tcp_idle=1.0, tcp_max_connections=20)
         self.signer = signer
         key = signer.zone_key if signer is not None else None
-        self.cfg = ZoneConfig.make(apex, [ROOT], identity="test-server", key=key)
+        ns = [f"ns1={host}"] if host != "127.0.0.1" else []  # the address to find us at
+        self.cfg = ZoneConfig.make(apex, [ROOT], ns, identity="test-server", key=key)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: DnsServer | None = None
         self.listeners: Listeners | None = None
-        self.port = 0
+        self.port = port
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
@@ -178,7 +182,7 @@ class DnsHarness:
         try:
             await populate(store)
             self.server = DnsServer(store, self.cfg, self.options, self.signer)
-            self.listeners = await start_dns(self.server, "127.0.0.1", 0)
+            self.listeners = await start_dns(self.server, self.host, self.port)
             self.port = self.listeners.port
             self._ready.set()
             await self._stop.wait()

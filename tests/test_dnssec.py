@@ -9,13 +9,18 @@ tampered signature, an expired one and a wrong key).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import shutil
+import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import dns.dnssec
+import dns.exception
 import dns.flags
 import dns.message
 import dns.name
@@ -39,8 +44,9 @@ from test_dns import (
     DnsHarness,
 )
 
+from cityid.errors import CityIdError
 from cityid.keys import SigningKey
-from resolver.dns.dnssec import RR, ZoneKey, rrsig_rr
+from resolver.dns.dnssec import RR, ZoneKey, anchor_file, rrsig_rr
 from resolver.dns.signer import Signer
 
 DELV = shutil.which("delv")
@@ -216,3 +222,171 @@ def test_referral_proves_an_insecure_delegation(signed: DnsHarness) -> None:
     nsec = nsec_of(r, cut)
     assert bitmap(nsec) == {"NS", "RRSIG", "NSEC"}  # no DS: insecure
     assert validate_all(signed, r, zone_of(ROOT)) == 1  # the NSEC; NS is not signed
+
+
+# -- validators: delv and unbound --------------------------------------------------------------
+
+needs_delv = pytest.mark.skipif(
+    DELV is None, reason="delv is missing: apt-get install bind9-dnsutils (Debian)"
+)
+needs_unbound = pytest.mark.skipif(
+    UNBOUND is None, reason="unbound is missing: scripts/install-test-tools.sh"
+)
+
+
+def delv(h: DnsHarness, anchor: Path, qtype: str, qname: str) -> str:
+    assert DELV is not None
+    out = subprocess.run(
+        [DELV, "@127.0.0.1", "-p", str(h.port), "-a", str(anchor), f"+root={APEX}",
+         "-t", qtype, qname],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    return out.stdout + out.stderr
+
+
+@needs_delv
+def test_delv_validates_against_the_trust_anchor(signed: DnsHarness, tmp_path: Path) -> None:
+    anchor = tmp_path / "anchor.conf"
+    anchor.write_text(anchor_file(APEX, ZoneKey(KEY.public_key)))
+    out = delv(signed, anchor, "TXT", ident_name(W127))
+    assert out.startswith("; fully validated"), out
+    assert "RRSIG TXT 15 7 300" in out
+    out = delv(signed, anchor, "A", ident_name(W127))  # NODATA
+    assert out.startswith("; negative response, fully validated"), out
+    assert "NXRRSET" in out
+    out = delv(signed, anchor, "TXT", ident_name(f"{DEPT}/NOSUCH"))  # no such name
+    assert out.startswith("; negative response, fully validated"), out
+    assert "TYPE128" in out or "NXNAME" in out  # compact denial: the name does not exist
+    # A key the zones do not have: nothing validates.
+    other = tmp_path / "other.conf"
+    other.write_text(anchor_file(APEX, ZoneKey(SigningKey.generate("x").public_key)))
+    out = delv(signed, other, "TXT", ident_name(W127))
+    assert "fully validated" not in out and "resolution failed" in out, out
+
+
+class _Tampering(Signer):
+    """Signs as it should, then flips a bit of every TXT signature."""
+
+    def rrsig(self, rrs: list[RR], signer: bytes) -> RR:  # type: ignore[override]
+        sig = super().rrsig(rrs, signer)
+        if rrs[0][1] == dns.rdatatype.TXT:
+            return (*sig[:3], sig[3][:-1] + bytes((sig[3][-1] ^ 1,)))
+        return sig
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def unbound(zones: dict[str, tuple[str, str]], tmp: Path) -> Iterator[int]:
+    """A validating unbound on a free loopback port: ``zones`` maps an apex to the
+    address of its cityid server (port 53) and its trust anchor (a DS line)."""
+    assert UNBOUND is not None
+    port = free_port()
+    conf = tmp / "unbound.conf"
+    lines = [
+        "server:",
+        f"    interface: 127.0.0.1@{port}",
+        f"    port: {port}",
+        "    do-daemonize: no",
+        '    username: ""',
+        '    chroot: ""',
+        f'    directory: "{tmp}"',
+        f'    pidfile: "{tmp}/unbound.pid"',
+        "    use-syslog: no",
+        f'    logfile: "{tmp}/unbound.log"',
+        "    verbosity: 1",
+        "    val-log-level: 2",
+        "    do-not-query-localhost: no",
+        "    do-ip6: no",
+        '    module-config: "validator iterator"',
+        "    access-control: 127.0.0.0/8 allow",
+        "    num-threads: 1",
+        "    msg-cache-size: 1m",
+        "    rrset-cache-size: 1m",
+        "    infra-cache-numhosts: 100",
+        '    local-zone: "test." nodefault',  # RFC 6761 names are answered locally by default
+        '    local-zone: "unbound-probe." static',  # answered at once: tells it is up
+    ]
+    lines += [f'    trust-anchor: "{ds}"' for _, ds in zones.values()]
+    for apex, (addr, _) in zones.items():
+        lines += ["stub-zone:", f'    name: "{apex}"', f"    stub-addr: {addr}@53"]
+    # Nothing leaves the machine: the root is a closed local port.
+    lines += ["stub-zone:", '    name: "."', "    stub-addr: 127.0.0.1@9"]
+    conf.write_text("\n".join(lines) + "\n")
+    check = subprocess.run([str(Path(UNBOUND).parent / "unbound-checkconf"), str(conf)],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    proc = subprocess.Popen([UNBOUND, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        probe = dns.message.make_query("unbound-probe.", "SOA")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                dns.query.udp(probe, "127.0.0.1", port=port, timeout=0.3)
+                break
+            except (dns.exception.Timeout, OSError) as e:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"unbound did not start: {proc.stderr!r}") from e
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@needs_unbound
+def test_unbound_validates_and_rejects(valkey_url: str, tmp_path: Path) -> None:
+    from resolver.dns.dnssec import ds_record
+
+    anchor = ds_record  # one DS line per apex, as `cityid up` prints it
+    good_key = ZoneKey(KEY.public_key)
+    wrong = SigningKey.generate("wrong")
+    servers = {
+        "good.test": (Signer(KEY), anchor("good.test", good_key)),
+        "tampered.test": (_Tampering(KEY), anchor("tampered.test", good_key)),
+        "expired.test": (
+            Signer(KEY, clock=time.time() - 30 * 86400),
+            anchor("expired.test", good_key),
+        ),
+        "wrongkey.test": (Signer(wrong), anchor("wrongkey.test", good_key)),
+    }
+    # unbound follows each zone's NS set to its address, on port 53: each server gets a
+    # loopback address of its own (the NS glue), as a real deployment would.
+    base = f"127.53.{os.getpid() % 250}"
+    with contextlib.ExitStack() as stack:
+        zones = {}
+        for i, (apex, (signer, ds)) in enumerate(servers.items(), 1):
+            try:
+                h = stack.enter_context(
+                    DnsHarness(valkey_url, signer=signer, apex=apex, host=f"{base}.{i}", port=53)
+                )
+            except (OSError, CityIdError) as e:
+                pytest.skip(f"cannot listen on {base}.{i}:53 (not root?): {e}")
+            zones[apex] = (h.host, ds)
+        port = stack.enter_context(unbound(zones, tmp_path))
+
+        def ask(qname: str, qtype: str = "TXT") -> dns.message.Message:
+            q = dns.message.make_query(qname, qtype, want_dnssec=True)
+            return dns.query.udp(q, "127.0.0.1", port=port, timeout=10)
+
+        r = ask(ident_name(W127, "good.test"))
+        assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AD, r
+        assert any(rr.rdtype == dns.rdatatype.TXT for rr in r.answer)
+        for qname, qtype in ((ident_name(W127, "good.test"), "A"),
+                             (ident_name(f"{DEPT}/NOSUCH", "good.test"), "TXT"),
+                             (zone_of(CITY, "good.test"), "SOA")):  # fmt: skip
+            r = ask(qname, qtype)
+            assert r.rcode() == dns.rcode.NOERROR and r.flags & dns.flags.AD, (qname, r)
+        for apex in ("tampered.test", "expired.test", "wrongkey.test"):
+            r = ask(ident_name(W127, apex))
+            assert r.rcode() == dns.rcode.SERVFAIL and not r.answer, (apex, r)
+        log = (tmp_path / "unbound.log").read_text()
+        assert "signature crypto failed" in log or "validation failure" in log

@@ -142,6 +142,24 @@ class ZoneKey:
         return f"{self.tag} {ED25519} {SHA256} {self.ds(owner)[4:].hex().upper()}"
 
 
+def ds_record(apex: str, key: ZoneKey) -> str:
+    """The apex's DS in zone-file form: for the parent zone, or a validator's trust anchor
+    (unbound's ``trust-anchor:``)."""
+    owner = apex.strip(".").lower() + "."
+    wire = b"".join(bytes((len(x),)) + x.encode() for x in owner.split(".")[:-1]) + b"\x00"
+    return f"{owner} IN DS {key.ds_text(wire)}"
+
+
+def anchor_file(apex: str, key: ZoneKey) -> str:
+    """A BIND ``trust-anchors`` file for the apex, as ``delv -a FILE +root=APEX`` reads it."""
+    owner, _, _, ds = ds_record(apex, key).split(" ", 3)
+    tag, alg, digest_type, digest = ds.split()
+    return (
+        f"# The DNSSEC trust anchor of {owner} (its DS); see docs/dns.md#dnssec\n"
+        f'trust-anchors {{\n    {owner} static-ds {tag} {alg} {digest_type} "{digest}";\n}};\n'
+    )
+
+
 __all__ = [
     "CDNSKEY",
     "CDS",
@@ -153,7 +171,9 @@ __all__ = [
     "RRSIG",
     "SEP",
     "ZoneKey",
+    "anchor_file",
     "dnskey_rdata",
+    "ds_record",
     "ds_rdata",
     "key_tag",
     "label_count",
