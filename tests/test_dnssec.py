@@ -42,6 +42,8 @@ from test_dns import (
     ROOT,
     W127,
     DnsHarness,
+    prefix_change,
+    record,
 )
 
 from cityid.errors import CityIdError
@@ -390,3 +392,75 @@ def test_unbound_validates_and_rejects(valkey_url: str, tmp_path: Path) -> None:
             assert r.rcode() == dns.rcode.SERVFAIL and not r.answer, (apex, r)
         log = (tmp_path / "unbound.log").read_text()
         assert "signature crypto failed" in log or "validation failure" in log
+
+
+# -- a child zone signed elsewhere: its DS from the delegation ------------------------------
+
+SIGNED_ELSEWHERE = "MA.156.1304"
+CHILD_KEY = ZoneKey(SigningKey.generate("child").public_key)
+
+
+def test_ds_from_the_delegation(signed: DnsHarness) -> None:
+    cut = zone_of(SIGNED_ELSEWHERE)
+    ds_text = CHILD_KEY.ds_text(dns.name.from_text(cut).to_wire())
+    rec = record(("NS", "ns1.city4.example 192.0.2.4"), ("DS", ds_text.lower()))
+
+    async def delegate() -> None:
+        assert signed.server is not None
+        w = signed.server.store.writer()
+        await w.prepare()
+        await w.apply([prefix_change(SIGNED_ELSEWHERE, rec, 20)])
+
+    signed.call(delegate())
+    deadline = time.monotonic() + 5
+    while True:  # until sync's invalidation reaches the server
+        r = query(signed, ident_name(f"{SIGNED_ELSEWHERE}/W1"), "TXT")
+        if r.authority or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    # The referral carries the child's DS, signed by the parent (the root zone).
+    assert not r.flags & dns.flags.AA
+    ds = r.find_rrset(r.authority, dns.name.from_text(cut), dns.rdataclass.IN, dns.rdatatype.DS)
+    assert ds[0].to_text().upper() == ds_text
+    assert validate_all(signed, r, zone_of(ROOT)) == 1
+    # Asked at the cut, the parent answers it with authority.
+    r = query(signed, cut, "DS")
+    assert r.flags & dns.flags.AA and r.answer[0][0].to_text().upper() == ds_text
+    assert validate_all(signed, r, zone_of(ROOT)) == 1
+    # Without DO, the referral is as it always was: no DS.
+    plain = signed.udp(ident_name(f"{SIGNED_ELSEWHERE}/W1"), "TXT")
+    assert [rr.rdtype for rr in plain.authority] == [dns.rdatatype.NS]
+
+
+def test_delegate_ds_is_checked_before_anything_is_sent(tmp_path: Path) -> None:
+    from registrar_harness import cli
+
+    key = tmp_path / "k.key"
+    SigningKey.generate("k").write(key)
+    child = tmp_path / "c.vkey"
+    child.write_text(str(SigningKey.generate("c").verifier) + "\n")
+    dead = "http://127.0.0.1:9"  # never reached: the arguments are refused first
+    base = ["prefix", "delegate", "MA.156.1309", "--key", str(key), "--child-key", str(child),
+            "--registrar", dead]  # fmt: skip
+    for extra, rule in (
+        (["--ds", "1 15 2 ABCD", "--ns", "ns1.x.example"], "ds-syntax"),  # a short digest
+        (["--ds", "1 15 9 " + "AB" * 32, "--ns", "ns1.x.example"], "ds-syntax"),
+        (["--ds", "1 15 2 " + "AB" * 32], "usage"),  # no --ns: served here, its DS is ours
+    ):
+        res = cli(*base, *extra)
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"[rule: {rule}]" in res.stderr, res.stderr
+
+
+def test_ds_value_is_checked_and_canonical() -> None:
+    from cityid.errors import RecordError
+    from cityid.records import Value
+
+    v = Value.make(1, "ds", "  27282 15 2 " + "ab" * 16 + " " + "CD" * 16, 3600, 1_700_000_000)
+    assert (v.type, v.data) == ("DS", "27282 15 2 " + "AB" * 16 + "CD" * 16)
+    for bad in ("", "1 15 2", "x 15 2 " + "AB" * 32, "70000 15 2 " + "AB" * 32,
+                "1 0 2 " + "AB" * 32, "1 15 2 " + "AB" * 31, "1 15 2 " + "ZZ" * 32,
+                "1 15 3 " + "AB" * 32):  # fmt: skip
+        with pytest.raises(RecordError) as e:
+            Value.make(1, "DS", bad, 3600, 1_700_000_000)
+        assert e.value.rule == "ds-syntax", bad
