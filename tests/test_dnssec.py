@@ -464,3 +464,26 @@ def test_ds_value_is_checked_and_canonical() -> None:
         with pytest.raises(RecordError) as e:
             Value.make(1, "DS", bad, 3600, 1_700_000_000)
         assert e.value.rule == "ds-syntax", bad
+
+
+def test_signed_answers_are_cached_and_kept_apart(signed: DnsHarness) -> None:
+    srv = signed.server
+    assert srv is not None and srv.signer is not None
+    qname = ident_name(f"{DEPT}/MEDIUM")
+    key = dns.name.from_text(qname).to_wire() + b"\x00\x10"  # TXT
+    first = query(signed, qname, "TXT")
+    made = srv.signer.signatures
+    for _ in range(3):  # answered from the signed cache: no signature made again
+        q = dns.message.make_query(qname, "TXT", want_dnssec=True, payload=4096)
+        r = dns.query.udp(q, "127.0.0.1", port=signed.port, timeout=3)
+        assert r.answer == first.answer
+        r = dns.query.tcp(q, "127.0.0.1", port=signed.port, timeout=3)
+        assert r.answer == first.answer
+    assert srv.signer.signatures == made
+
+    async def entries() -> tuple[bool, bool]:
+        return srv.caches[0].get(key) is not None, srv.caches[1].get(key) is not None
+
+    assert signed.call(entries()) == (False, True)  # only the signed one was asked for
+    assert len(signed.udp(qname, "TXT").answer) == 1  # unsigned: the TXT RRset alone
+    assert signed.call(entries()) == (True, True)
