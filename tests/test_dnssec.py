@@ -487,3 +487,38 @@ def test_signed_answers_are_cached_and_kept_apart(signed: DnsHarness) -> None:
     assert signed.call(entries()) == (False, True)  # only the signed one was asked for
     assert len(signed.udp(qname, "TXT").answer) == 1  # unsigned: the TXT RRset alone
     assert signed.call(entries()) == (True, True)
+
+
+def test_signature_times_jitter_and_resigning() -> None:
+    from resolver.dns.signer import INCEPTION_SKEW, JITTER, VALIDITY
+
+    t = 1_800_000_000
+    signer = Signer(KEY, clock=t)
+    soa: RR = (b"\x04zone\x00", 6, 60, b"\x00" * 22)
+    txts = [[(b"\x01" + bytes((97 + i,)) + b"\x04zone\x00", 16, 60, b"\x01x")] for i in range(50)]
+    expirations = set()
+    for rrs in txts:  # data RRsets: signed each time, each with its own expiry
+        rd = signer.rrsig(rrs, soa[0])[3]  # type covered, alg, labels, TTL, expiration, ...
+        inception, expiration = int.from_bytes(rd[12:16]), int.from_bytes(rd[8:12])
+        assert inception == t - INCEPTION_SKEW
+        assert t + VALIDITY <= expiration <= t + VALIDITY + JITTER
+        expirations.add(expiration)
+    assert len(expirations) > 40  # spread out: answers signed together expire apart
+    first = signer.rrsig([soa], soa[0])
+    signer.clock = t + VALIDITY // 2 - 10
+    assert signer.rrsig([soa], soa[0]) is first  # the SOA's signature is kept...
+    signer.clock = t + VALIDITY // 2 + JITTER
+    again = signer.rrsig([soa], soa[0])
+    assert again != first  # ...and made again once half its life is gone
+    assert int.from_bytes(again[3][8:12]) > t + VALIDITY + VALIDITY // 2
+
+
+def test_a_published_key_must_be_the_signing_one() -> None:
+    from resolver.dns.answers import ZoneConfig
+    from resolver.dns.server import DnsServer
+
+    signer = Signer(KEY)
+    other = ZoneKey(SigningKey.generate("other").public_key)
+    for key, who in ((signer.zone_key, None), (other, signer), (None, signer)):
+        with pytest.raises(CityIdError):
+            DnsServer(None, ZoneConfig.make(APEX, [ROOT], key=key), signer=who)  # type: ignore[arg-type]

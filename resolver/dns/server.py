@@ -226,7 +226,8 @@ class DnsServer:
         options: DnsOptions | None = None,
         signer: Signer | None = None,
     ) -> None:
-        if signer is not None and cfg.key != signer.zone_key:
+        if cfg.key != (signer.zone_key if signer is not None else None):
+            # Publishing a DNSKEY without signing (or signing under another) is bogus.
             raise CityIdError("the zone's DNSSEC key is not the signer's", rule="usage")
         self.store = store
         self.cfg = cfg

@@ -29,13 +29,13 @@ class Signer:
     def __init__(self, key: SigningKey, *, clock: float | None = None) -> None:
         self._key = nacl.signing.SigningKey(key.seed)
         self.zone_key = ZoneKey(key.public_key)
-        self._clock = clock  # fixed time, for tests
+        self.clock = clock  # a fixed time (tests); None: the system clock
         self._rand = random.Random()
         self._memo: dict[tuple[bytes, int, int, bytes, tuple[bytes, ...]], tuple[int, RR]] = {}
         self.signatures = 0  # made, memo hits not counted
 
     def _now(self) -> int:
-        return int(self._clock if self._clock is not None else time.time())
+        return int(self.clock if self.clock is not None else time.time())
 
     def rrsig(self, rrs: Sequence[RR], signer: bytes) -> RR:
         owner, rtype, ttl, _ = rrs[0]
