@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.edns
 import dns.flags
@@ -769,9 +770,18 @@ def cli_server(url: str, *args: str) -> Iterator[int]:
            "--root", ROOT, "--apex", APEX, "--listen", f"127.0.0.1:{port}", *args]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT_DIR)})  # fmt: skip
+    with answering(proc, port, APEX, "dns serve", 30):
+        yield port
+
+
+@contextlib.contextmanager
+def answering(
+    proc: subprocess.Popen[Any], port: int, probe: str, what: str, timeout: float
+) -> Iterator[None]:
+    """Until ``proc`` answers DNS (SOA ``probe``) on 127.0.0.1:``port``; stopped after."""
     try:
-        q = dns.message.make_query(APEX, "SOA")
-        deadline = time.monotonic() + 30
+        q = dns.message.make_query(probe, "SOA")
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 dns.query.udp(q, "127.0.0.1", port=port, timeout=0.3)
@@ -779,8 +789,8 @@ def cli_server(url: str, *args: str) -> Iterator[int]:
             except (dns.exception.Timeout, OSError) as e:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     err = proc.stderr.read() if proc.stderr else ""
-                    raise RuntimeError(f"dns serve did not start: {err}") from e
-        yield port
+                    raise RuntimeError(f"{what} did not start: {err!r}") from e
+        yield
     finally:
         proc.terminate()
         try:

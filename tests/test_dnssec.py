@@ -42,6 +42,7 @@ from test_dns import (
     ROOT,
     W127,
     DnsHarness,
+    answering,
     prefix_change,
     record,
 )
@@ -324,24 +325,8 @@ def unbound(zones: dict[str, tuple[str, str]], tmp: Path) -> Iterator[int]:
     assert check.returncode == 0, check.stdout + check.stderr
     proc = subprocess.Popen([UNBOUND, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
-    try:
-        probe = dns.message.make_query("unbound-probe.", "SOA")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                dns.query.udp(probe, "127.0.0.1", port=port, timeout=0.3)
-                break
-            except (dns.exception.Timeout, OSError) as e:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"unbound did not start: {proc.stderr!r}") from e
+    with answering(proc, port, "unbound-probe.", "unbound", 20):
         yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @needs_unbound
