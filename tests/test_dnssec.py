@@ -507,3 +507,31 @@ def test_a_published_key_must_be_the_signing_one() -> None:
     for key, who in ((signer.zone_key, None), (other, signer), (None, signer)):
         with pytest.raises(CityIdError):
             DnsServer(None, ZoneConfig.make(APEX, [ROOT], key=key), signer=who)  # type: ignore[arg-type]
+
+
+def test_cli_signs_with_the_configs_key(signed: DnsHarness, tmp_path: Path) -> None:
+    from registrar_harness import cli
+    from test_dns import cli_server
+
+    from resolver.config import ResolverConfig
+
+    log_key = SigningKey.generate("root.test/log")
+    KEY.write(tmp_path / "dnssec.key")
+    cfg = ResolverConfig(
+        root_log_url="http://127.0.0.1:9/log", root_log_key=str(log_key.verifier),
+        root_prefix=ROOT, root_prefix_key=str(log_key.verifier), dnssec_key="dnssec.key",
+    )  # fmt: skip
+    path = cfg.save(tmp_path)
+    assert ResolverConfig.load(path).dnssec_key_path() == str(tmp_path / "dnssec.key")
+    with cli_server(signed.url, "--config", str(path), "--rrl-rate", "0") as port:
+        q = dns.message.make_query(zone_of(CITY), "DNSKEY", want_dnssec=True)
+        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
+        assert r.answer[0][0].key == KEY.public_key and len(r.answer) == 2  # and its RRSIG
+    # A key file that others may read, or none: refused before anything starts.
+    (tmp_path / "dnssec.key").chmod(0o644)
+    for key_arg, rule in ((str(tmp_path / "dnssec.key"), "key-permissions"),
+                          (str(tmp_path / "none.key"), "key-file")):  # fmt: skip
+        res = cli("resolver", "dns", "serve", "--config", str(path), "--redis", signed.url,
+                  "--dnssec-key", key_arg)  # fmt: skip
+        assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"[rule: {rule}]" in res.stderr and "key file" in res.stderr, res.stderr

@@ -140,8 +140,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         redis_timeout=cfg.redis_timeout_s if cfg else 2.0,
         meta_ttl=cfg.meta_ttl_s if cfg else 1.0,
     )
+    signer = spec.signer()  # a bad key file says so under its own rule (key-permissions, ...)
     try:
-        spec.zone(spec.signer())  # check the settings and the key before starting workers
+        spec.zone(signer)  # check the settings before starting workers
     except (ValueError, CityIdError, DNSException) as e:
         raise CityIdError(f"bad DNS settings: {e}", rule="usage") from e
     serve(spec)
