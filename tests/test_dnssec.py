@@ -216,6 +216,10 @@ def test_compact_denial(signed: DnsHarness) -> None:
     r = query(signed, f"ma.{APEX}.", "TXT")
     assert bitmap(nsec_of(r, f"ma.{APEX}.")) == {"RRSIG", "NSEC"}
     assert validate_all(signed, r, APEX + ".") == 2
+    # Asked for, the NSEC is the answer (it exists: its own bit map says so).
+    r = query(signed, ident_name(W127), "NSEC")
+    assert [rr.rdtype for rr in r.answer] == [dns.rdatatype.NSEC, dns.rdatatype.RRSIG]
+    assert validate_all(signed, r, zone_of(DEPT)) == 1
 
 
 def test_referral_proves_an_insecure_delegation(signed: DnsHarness) -> None:

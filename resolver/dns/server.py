@@ -522,7 +522,7 @@ class DnsServer:
                     continue
                 if signed:
                     assert signer is not None
-                    enc = encode(key[:-2], signer.sign(key[:-2], ans))
+                    enc = encode(key[:-2], signer.sign(key[:-2], ans, qtype))
                 else:
                     enc = encode(key[:-2], ans)
                 out[key, signed] = enc

@@ -12,7 +12,7 @@ import nacl.signing
 from cityid.keys import SigningKey
 
 from .answers import AAAA, NOERROR, NS, NXDOMAIN, RR, SOA, A, Answer
-from .dnssec import CDNSKEY, CDS, DNSKEY, DS, NXNAME, ZoneKey, nsec_rr, rrsig_rr
+from .dnssec import CDNSKEY, CDS, DNSKEY, DS, NSEC, NXNAME, ZoneKey, nsec_rr, rrsig_rr
 
 INCEPTION_SKEW = 3600  # seconds: validators with a slow clock still accept a fresh signature
 VALIDITY = 7 * 86400
@@ -70,8 +70,8 @@ class Signer:
             i = j
         return out
 
-    def sign(self, qname: bytes, answer: Answer) -> Answer:
-        """``answer`` (for ``qname``, lower case) as a DO query gets it."""
+    def sign(self, qname: bytes, answer: Answer, qtype: int = 0) -> Answer:
+        """``answer`` (to ``qtype`` at ``qname``, lower case) as a DO query gets it."""
         if answer.rcode not in (NOERROR, NXDOMAIN) or not answer.signer:
             return answer  # errors, and the answers of another class
         signer = answer.signer
@@ -80,7 +80,10 @@ class Signer:
             ttl = min(soa[2], struct.unpack_from("!I", soa[3], len(soa[3]) - 4)[0])
             types = (NXNAME,) if answer.rcode == NXDOMAIN else answer.present
             nsec = nsec_rr(qname, types, ttl)
-            authority = (*self._signed((soa,), signer), nsec, self.rrsig((nsec,), signer))
+            proof = (nsec, self.rrsig((nsec,), signer))
+            if qtype == NSEC:  # the NSEC that says so exists: it is the answer
+                return answer._replace(rcode=NOERROR, answer=proof, authority=())
+            authority = (*self._signed((soa,), signer), *proof)
             return answer._replace(rcode=NOERROR, authority=authority)
         if not answer.aa:  # a referral: DS or the proof there is none, from the parent
             cut = answer.authority[0][0]
