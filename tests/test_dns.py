@@ -39,6 +39,7 @@ import redis
 from cityid.identifiers import Identifier, mint_suffix, parse_identifier
 from cityid.records import Record, Value
 from resolver.dns.answers import ZoneConfig, chunks
+from resolver.dns.dnssec import ZoneKey
 from resolver.dns.server import DnsOptions, DnsServer, Listeners, bind_sockets, start_dns
 from resolver.dns.signer import Signer
 from resolver.store import IdChange, PrefixChange, Store
@@ -136,6 +137,7 @@ class DnsHarness:
         apex: str = APEX,
         host: str = "127.0.0.1",
         port: int = 0,
+        next_keys: tuple[ZoneKey, ...] = (),
     ) -> None:
         self.url = url
         self.host = host
@@ -143,7 +145,8 @@ class DnsHarness:
         self.signer = signer
         key = signer.zone_key if signer is not None else None
         ns = [f"ns1={host}"] if host != "127.0.0.1" else []  # the address to find us at
-        self.cfg = ZoneConfig.make(apex, [ROOT], ns, identity="test-server", key=key)
+        self.cfg = ZoneConfig.make(apex, [ROOT], ns, identity="test-server", key=key,
+                                   next_keys=next_keys)  # fmt: skip
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: DnsServer | None = None
         self.listeners: Listeners | None = None

@@ -527,10 +527,17 @@ def test_cli_signs_with_the_configs_key(signed: DnsHarness, tmp_path: Path) -> N
     )  # fmt: skip
     path = cfg.save(tmp_path)
     assert ResolverConfig.load(path).dnssec_key_path() == str(tmp_path / "dnssec.key")
-    with cli_server(signed.url, "--config", str(path), "--rrl-rate", "0") as port:
-        q = dns.message.make_query(zone_of(CITY), "DNSKEY", want_dnssec=True)
-        r = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
-        assert r.answer[0][0].key == KEY.public_key and len(r.answer) == 2  # and its RRSIG
+    nxt = SigningKey.generate("next")
+    nxt.write(tmp_path / "next.key")
+    both = [KEY.public_key, nxt.public_key]
+    for extra, keys in (([], [KEY.public_key]),
+                        (["--dnssec-next-key", str(nxt.verifier)], both),
+                        (["--dnssec-next-key", str(tmp_path / "next.key")], both)):  # fmt: skip
+        with cli_server(signed.url, "--config", str(path), "--rrl-rate", "0", *extra) as port:
+            q = dns.message.make_query(zone_of(CITY), "DNSKEY", want_dnssec=True)
+            r = dns.query.udp(q, "127.0.0.1", port=port, timeout=3)
+            assert sorted(rd.key for rd in r.answer[0]) == sorted(keys)
+            assert r.answer[1].rdtype == dns.rdatatype.RRSIG and len(r.answer[1]) == 1
     # A key file that others may read, or none: refused before anything starts.
     (tmp_path / "dnssec.key").chmod(0o644)
     for key_arg, rule in ((str(tmp_path / "dnssec.key"), "key-permissions"),
@@ -539,3 +546,28 @@ def test_cli_signs_with_the_configs_key(signed: DnsHarness, tmp_path: Path) -> N
                   "--dnssec-key", key_arg)  # fmt: skip
         assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
         assert f"[rule: {rule}]" in res.stderr and "key file" in res.stderr, res.stderr
+
+
+@needs_delv
+def test_key_roll(valkey_url: str, tmp_path: Path) -> None:
+    # A double-DS roll with the next key published first: at each step, validators that
+    # hold the anchors of that step validate.
+    old, new = KEY, SigningKey.generate("dnssec-next")
+    zold, znew = ZoneKey(old.public_key), ZoneKey(new.public_key)
+    anchors = {}
+    for label, keys in (("old", (zold,)), ("both", (zold, znew)), ("new", (znew,))):
+        anchors[label] = tmp_path / f"{label}.conf"
+        anchors[label].write_text(anchor_file(APEX, *keys))
+    steps = (
+        (Signer(old), (znew,), {"old": True, "both": True, "new": False}),  # 1. publish new
+        (Signer(new), (zold,), {"old": False, "both": True, "new": True}),  # 2. sign with new
+        (Signer(new), (), {"old": False, "both": True, "new": True}),  # 3. retire old
+    )
+    for signer, published, validates in steps:
+        with DnsHarness(valkey_url, signer=signer, next_keys=published) as h:
+            keys = query(h, zone_of(DEPT), "DNSKEY")
+            assert len(keys.answer[0]) == 1 + len(published)
+            assert len(query(h, zone_of(DEPT), "DS").answer[0]) == 1 + len(published)
+            for label, ok in validates.items():
+                out = delv(h, anchors[label], "TXT", ident_name(W127))
+                assert out.startswith("; fully validated") == ok, (label, out)

@@ -157,6 +157,7 @@ class ZoneConfig:
     expire: int = 1_209_600
     identity: str = ""  # the CH TXT id.server answer (RFC 4892); "" refuses it
     key: ZoneKey | None = None  # DNSSEC: every zone publishes it and answers DS for its children
+    next_keys: tuple[ZoneKey, ...] = ()  # published beside it, not signing: a key roll
     apex_wire: bytes = field(default=b"", init=False)
     own_hosts: frozenset[bytes] = field(default=frozenset(), init=False)
     root_labels: tuple[tuple[Prefix, tuple[bytes, ...]], ...] = field(default=(), init=False)
@@ -188,6 +189,7 @@ class ZoneConfig:
         hostmaster: str = "",
         identity: str = "",
         key: ZoneKey | None = None,
+        next_keys: Sequence[ZoneKey] = (),
     ) -> ZoneConfig:
         """From text: ``nameservers`` default to ``ns1.<apex>`` at 127.0.0.1."""
         text = apex.strip().strip(".").lower()
@@ -206,6 +208,7 @@ class ZoneConfig:
             negative_ttl=negative_ttl,
             identity=identity,
             key=key,
+            next_keys=tuple(next_keys) if key is not None else (),
         )
 
 
@@ -542,8 +545,11 @@ def _apex_answer(
         return Answer(NOERROR, True, ns_rrs(zname, ns, cfg.ttl), zone=zone, signer=zname)
     key = cfg.key
     if key is not None and qtype in (DNSKEY, CDS, CDNSKEY):
-        rdata = key.ds(zname) if qtype == CDS else key.dnskey
-        return Answer(NOERROR, True, ((zname, qtype, cfg.ttl, rdata),), zone=zone, signer=zname)
+        rrs = tuple(
+            (zname, qtype, cfg.ttl, k.ds(zname) if qtype == CDS else k.dnskey)
+            for k in (key, *cfg.next_keys)
+        )
+        return Answer(NOERROR, True, rrs, zone=zone, signer=zname)
     present = (SOA, NS, *((DNSKEY, CDS, CDNSKEY) if key is not None else ()))
     if record is not None:
         return _data_answer(qname, record, qtype, cfg, serial, zone, zname, ns, present)
@@ -553,8 +559,8 @@ def _apex_answer(
 def _ds_answer(qname: bytes, parent: bytes, cfg: ZoneConfig, zone: str) -> Answer:
     """The DS of a zone served here, from its parent zone (RFC 4035 §3.1.4.1)."""
     assert cfg.key is not None
-    ds = (qname, DS, cfg.ttl, cfg.key.ds(qname))
-    return Answer(NOERROR, True, (ds,), zone=zone, signer=parent)
+    ds = tuple((qname, DS, cfg.ttl, k.ds(qname)) for k in (cfg.key, *cfg.next_keys))
+    return Answer(NOERROR, True, ds, zone=zone, signer=parent)
 
 
 def _data_answer(

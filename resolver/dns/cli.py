@@ -75,11 +75,17 @@ def add_commands(sub: Subparsers) -> None:
         help="sign answers to DO queries with this Ed25519 key (made with 'cityid keygen', "
         "kept 0600); see docs/dns.md#dnssec. Default: the config's [dns] dnssec_key, or unsigned",
     )  # fmt: skip
+    s.add_argument(
+        "--dnssec-next-key", action="append", default=[], metavar="KEY",
+        help="publish this key too (DNSKEY, CDS and DS), without signing with it: the first "
+        "step of a key roll (repeatable; a key file or a verifier key); see docs/dns.md#dnssec",
+    )  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cityid.valkey import redis_url
+    from ledger.cli import read_vkey
 
     from ..config import setting
     from .server import DEFAULT_PORT, DnsOptions, DnsSpec, serve
@@ -134,6 +140,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         negative_ttl=pick(args.negative_ttl, "negative_ttl_s", 60),
         identity=pick(args.identity, "identity", "{hostname}/{index}"),
         dnssec_key=args.dnssec_key or (cfg.dnssec_key_path() if cfg else ""),
+        dnssec_next_keys=tuple(str(read_vkey(k)) for k in args.dnssec_next_key),
         options=options,
         processes=processes,
         redis_cluster=bool(cfg and cfg.redis_cluster),

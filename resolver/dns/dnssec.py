@@ -150,13 +150,18 @@ def ds_record(apex: str, key: ZoneKey) -> str:
     return f"{owner} IN DS {key.ds_text(wire)}"
 
 
-def anchor_file(apex: str, key: ZoneKey) -> str:
-    """A BIND ``trust-anchors`` file for the apex, as ``delv -a FILE +root=APEX`` reads it."""
-    owner, _, _, ds = ds_record(apex, key).split(" ", 3)
-    tag, alg, digest_type, digest = ds.split()
+def anchor_file(apex: str, *keys: ZoneKey) -> str:
+    """A BIND ``trust-anchors`` file for the apex, as ``delv -a FILE +root=APEX`` reads it
+    (several keys during a roll: any of them validates)."""
+    lines = []
+    for key in keys:
+        owner, _, _, ds = ds_record(apex, key).split(" ", 3)
+        tag, alg, digest_type, digest = ds.split()
+        lines.append(f'    {owner} static-ds {tag} {alg} {digest_type} "{digest}";\n')
+    owner = apex.strip(".").lower() + "."
     return (
         f"# The DNSSEC trust anchor of {owner} (its DS); see docs/dns.md#dnssec\n"
-        f'trust-anchors {{\n    {owner} static-ds {tag} {alg} {digest_type} "{digest}";\n}};\n'
+        f"trust-anchors {{\n{''.join(lines)}}};\n"
     )
 
 

@@ -48,7 +48,7 @@ import dns.message
 
 from cityid.errors import CityIdError, ListenError
 from cityid.identifiers import split_minted
-from cityid.keys import SigningKey
+from cityid.keys import SigningKey, VerifierKey
 from cityid.valkey import redact
 
 from .. import stats, workers
@@ -82,6 +82,7 @@ from .answers import (
     text_name,
 )
 from .cache import AnswerCache
+from .dnssec import ZoneKey
 from .rrl import SLIP, RateLimiter
 from .signer import SIGNED_CACHE_TTL, Signer
 
@@ -875,6 +876,7 @@ class DnsSpec:
     negative_ttl: int = 60
     identity: str = "{hostname}/{index}"  # CH TXT id.server; "" refuses it
     dnssec_key: str = ""  # the signing key file (cityid.keys format, 0600); "" = unsigned
+    dnssec_next_keys: tuple[str, ...] = ()  # verifier keys published beside it (a roll)
     options: DnsOptions = field(default_factory=DnsOptions)
     processes: int = 1
     index: int = 0
@@ -889,8 +891,9 @@ class DnsSpec:
         identity = self.identity.format(hostname=socket.gethostname(), index=self.index)
         key = signer.zone_key if signer is not None else None
         return ZoneConfig.make(self.apex, self.roots, self.nameservers, ttl=self.ttl,
-                               negative_ttl=self.negative_ttl, identity=identity,
-                               key=key)  # fmt: skip
+                               negative_ttl=self.negative_ttl, identity=identity, key=key,
+                               next_keys=[ZoneKey(VerifierKey.parse(k).public_key)
+                                          for k in self.dnssec_next_keys])  # fmt: skip
 
 
 async def run_worker(spec: DnsSpec, stop: asyncio.Event | None = None) -> None:
