@@ -137,6 +137,14 @@ def add_commands(sub: Subparsers) -> None:
         metavar="'HOST [ADDR...]'",
         help="a DNS name server for referrals, with optional glue (repeat)",
     )
+    d.add_argument(
+        "--ds",
+        action="append",
+        default=[],
+        metavar="'TAG ALG DIGEST-TYPE HEX'",
+        help="the DS of the child's DNSSEC key, for a prefix whose --ns servers sign its zone "
+        "(repeat; as the child's server prints it: see docs/dns.md#dnssec)",
+    )
     _value_args(d)
     d.set_defaults(func=cmd_delegate)
 
@@ -360,7 +368,14 @@ def cmd_delegate(args: argparse.Namespace) -> int:
                 raise CityIdError(f"--site {s!r} is not ROLE=URL", rule="usage")
             sites[role] = url
         extra.append(("HS_SITE", sites))
+    if args.ds and not args.ns:
+        raise CityIdError(
+            "--ds goes with --ns: a DS vouches for the key of the name servers the prefix is "
+            "delegated to; a prefix served by this deployment's resolvers has its DS already",
+            rule="usage",
+        )
     extra += [("NS", ns) for ns in args.ns]
+    extra += [("DS", ds) for ds in args.ds]
     extra.append(("HS_PUBKEY", str(child_key)))
     if args.log_key:
         if not args.origin:
