@@ -37,8 +37,8 @@ def add_commands(sub: Subparsers) -> None:
             "(only when every node below --root is a canonical integer). For a minted suffix "
             "(letters, digits, check character) the MOD 37,36 check character is verified. "
             "On a broken rule it prints the rule and exits 1; a suffix shaped like a minted "
-            "one (letters, digits, one more character) whose check character is wrong also "
-            "exits 1, as it is most likely misread or mistyped."
+            "one (letters, then digits, then one more character) whose check character is wrong "
+            "also exits 1, as it is most likely misread or mistyped."
         ),
         epilog=(
             "examples:\n"
@@ -118,8 +118,13 @@ def identifier_forms(
 
 def misread_check(ident: Identifier) -> str | None:
     """Why ``ident``'s suffix, shaped like a minted one, fails its check character (the
-    resolver's words for it); None when it passes or is not minted-shaped."""
-    if ident.is_prefix_record or split_minted(ident.suffix) is None:
+    resolver's words for it); None when it passes or is not minted-shaped.
+
+    Minted-shaped here means letters, digits and one more character, as ``id mint
+    --count`` makes them: all-digit suffixes are common free-form names (house and
+    meter numbers), so they are not taken for misread minted ones."""
+    parts = None if ident.is_prefix_record else split_minted(ident.suffix)
+    if parts is None or not parts[0]:
         return None
     try:
         parse_minted(ident.suffix)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlencode
 
 import pytest
 from test_resolver_http import LOG_KEY, ORIGIN, PFX, ROOT, TS, Served, _note, _record, _serve
@@ -147,9 +148,10 @@ async def test_explorer_lists_logs_checkpoints_and_recent_batches(city: Served) 
     assert "<dd class=size>13</dd>" in section and "witness.test" in section
     assert "http://127.0.0.1:9/log/checkpoint" in section
     # The batch written for entries 11-12: leaves 11-12, one identifier and one prefix record.
-    assert "<td class=n>11&ndash;12</td><td>2</td>" in section
-    assert "1 identifiers, 1 prefix records" in section
-    assert f'href="/{PFX}/LAMP-1?noredirect"' in section
+    assert '<td class="n head" data-label="leaves">11&ndash;12</td>' in section
+    assert '<td class=small data-label="entries">2</td>' in section
+    assert "1 identifier, 1 prefix record<" in section  # singular for one
+    assert f'href="/{PFX}/LAMP-1?noredirect&amp;lang=en"' in section
     assert '<form class=search action="/explorer"' in text and "name=q" in text
 
 
@@ -176,3 +178,54 @@ async def test_explorer_search_refuses_what_is_not_an_identifier(city: Served) -
     assert "<script>" not in text and "&lt;script&gt;" in text
     status, _, page = await city.get("/explorer?q=" + "A" * 5000)
     assert status == 400 and b"too-long" in page
+
+
+# -- what a newcomer meets (issue 16) ---------------------------------------------------------
+
+
+async def test_one_server_value_everywhere_without_versions(city: Served) -> None:
+    for path in ("/", "/explorer", "/scan", "/openapi.json", f"/api/proofs/{BUS}", f"/{BUS}",
+                 f"/{PFX}/NEVER", "/favicon.ico", "/robots.txt", f"/{BUS}?noredirect"):  # fmt: skip
+        _, h, _ = await city.get(path)
+        assert h.getall("Server") == ["cityid"], (path, h.getall("Server"))
+
+
+async def test_favicon_and_robots_are_served(city: Served) -> None:
+    status, h, body = await city.get("/favicon.ico")
+    assert status == 200 and h["Content-Type"] == "image/x-icon"
+    assert body[:6] == b"\x00\x00\x01\x00\x01\x00" and b"\x89PNG\r\n\x1a\n" in body
+    assert "max-age" in h["Cache-Control"] and h["ETag"]
+    status, h, body = await city.get("/robots.txt")
+    assert status == 200 and h["Content-Type"].startswith("text/plain")
+    assert body.startswith(b"User-agent: *\n")
+
+
+async def test_a_prefix_without_a_slash_goes_to_its_page(city: Served) -> None:
+    status, h, _ = await city.get(f"/{CITY.lower()}", Accept="text/html")
+    assert status == 302 and h["Location"] == f"/0.NA/{CITY}?noredirect"
+    status, h, _ = await city.get(f"/{CITY}", Accept="application/json")
+    assert status == 302 and h["Location"] == f"/0.NA/{CITY}"
+    # A word that is no known prefix: the error page, with a search box and a way back.
+    status, _, page = await city.get("/GARBAGE", Accept="text/html")
+    text = page.decode()
+    assert status == 400 and '<form class=search action="/explorer"' in text
+    assert 'href="/"' in text
+
+
+@pytest.mark.parametrize("how", ["pasted", "scanned"])
+async def test_explorer_search_takes_a_url_of_this_resolver(city: Served, how: str) -> None:
+    url = f"{city.base}/{BUS.lower()}?noredirect" if how == "pasted" else f"{city.base}/{BUS}"
+    if how == "scanned":
+        url = url.upper()  # a 2D code's URL is all upper case
+    status, h, _ = await city.get("/explorer?" + urlencode({"q": url}))
+    assert status == 303 and h["Location"] == f"/{BUS}?noredirect"
+
+
+async def test_explorer_says_plainly_what_is_not_an_identifier(city: Served) -> None:
+    status, _, page = await city.get("/explorer?q=garbage")
+    text = page.decode()
+    assert status == 400 and "&#x27;garbage&#x27; is not an identifier" in text
+    assert "not-an-identifier" in text and "0.NA/GARBAGE" not in text
+    q = urlencode({"q": f"https://elsewhere.example/{BUS}"})
+    status, _, page = await city.get(f"/explorer?{q}")
+    assert status == 400 and b"not on this resolver" in page

@@ -17,6 +17,7 @@
   var VIDEO_MAX = 800; // longest side of a camera frame given to jsQR, in pixels
   var PHOTO_MAX = [1024, 2048]; // sizes a photo is tried at, smallest first
   var INTERVAL = 100; // ms between two decodes of the camera
+  var PROMPT_WAIT = 2500; // ms before an unanswered camera prompt is explained
 
   var video = document.getElementById("video");
   var statusEl = document.getElementById("status");
@@ -191,12 +192,21 @@
       return;
     }
     say("Starting the camera\u2026");
+    // A permission prompt left unanswered keeps getUserMedia pending for good:
+    // after a short wait, say what the page needs instead of "starting" forever.
+    var waiting = setTimeout(function () {
+      if (!stream && !done) {
+        say("Allow the camera when the browser asks, or pick a photo below.", "waiting");
+      }
+    }, PROMPT_WAIT);
     try {
       stream = await navigator.mediaDevices.getUserMedia({
         video: { facingMode: "environment" },
         audio: false,
       });
+      clearTimeout(waiting);
     } catch (e) {
+      clearTimeout(waiting);
       stream = null;
       if (e.name === "NotAllowedError" || e.name === "SecurityError") {
         say("Camera access was denied: allow it for this site, or choose a photo.", "bad");
