@@ -154,6 +154,8 @@ def _add_sample(sample: list[str], ident: str) -> None:
     if len(records) > 1:
         del sample[records[-1]]
         sample.append(ident)
+
+
 # Failures that say nothing about the log's honesty: retry on the next poll.
 TRANSIENT = {"tile-fetch", "tile-missing", "bundle-missing", "checkpoint-fetch"}
 
