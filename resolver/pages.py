@@ -11,6 +11,7 @@ default-src 'none'`` (:data:`CSP`).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,7 +45,8 @@ h2{font-size:16px;margin:22px 0 8px}
 .top{display:flex;flex-direction:column;gap:12px}
 .top .card{margin:0}
 .qr{background:#fff;border:1px solid #dde1e6;border-radius:10px;padding:10px;text-align:center}
-.qr svg{display:block;margin:0 auto;width:min(100%,220px);height:auto}
+.qr svg{display:block;margin:0 auto;width:200px;max-width:100%;height:auto}
+.seg{display:inline-block;max-width:100%}
 .qr small{display:block;margin:6px auto 0;color:#555;font-size:12px;max-width:240px;
 overflow-wrap:anywhere;font-family:ui-monospace,monospace}
 table{border-collapse:collapse;width:100%}
@@ -166,9 +168,11 @@ def switch_to(path: str, lang: str, *params: str) -> str:
 
 
 def breakable(text: str) -> str:
-    """``text`` escaped, with line-break chances after each '/' and '.': an identifier
-    or URL wraps between its parts, never inside a node code or a suffix."""
-    return escape(text).replace("/", "/<wbr>").replace(".", ".<wbr>")
+    """``text`` escaped, to wrap at its slashes first and then at its dots, never inside
+    a node code or a suffix: each part up to a '/' is a box that moves to the next line
+    whole, and breaks after its dots only when it is wider than the line."""
+    parts = re.findall(r"[^/]*/+|[^/]+$", text) or [text]
+    return "<wbr>".join(f"<span class=seg>{escape(p).replace('.', '.<wbr>')}</span>" for p in parts)
 
 
 @functools.lru_cache(maxsize=2048)
@@ -177,7 +181,9 @@ def qr_svg(url: str) -> str:
     import segno
 
     # Medium error correction, never boosted: the same level as printed codes.
-    return str(segno.make_qr(url, error="m", boost_error=False).svg_inline(scale=4, border=2))
+    # A viewBox and no fixed size: the page's CSS sizes it for the screen.
+    qr = segno.make_qr(url, error="m", boost_error=False)
+    return str(qr.svg_inline(scale=4, border=2, omitsize=True))
 
 
 def _data_html(v: Value) -> str:
