@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Sequence
 from json.encoder import encode_basestring
@@ -28,6 +27,7 @@ from cityid.records import STRUCTURED_TYPES, Record, iso_timestamp
 
 from . import i18n, pages
 from .layout import StoreError
+from .qvalues import weighted
 from .reply import Reply
 from .store import Entry
 
@@ -60,21 +60,9 @@ def _prefers_json(accept: str) -> bool:
     so a garbled header gets the default (the redirect or the page).
     """
     best: dict[str, tuple[int, float]] = {}  # type -> (specificity, q) of the best match
-    for item in accept.split(",")[:32]:
-        media, *params = item.strip().split(";")
-        media = media.strip().lower()
+    for media, q in weighted(accept):
         if media.count("/") != 1:
             continue
-        q = 1.0
-        for p in params:
-            k, _, v = p.strip().partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0 or math.isnan(q):
-                    q = 0.0
         for want in ("application/json", "text/html"):
             top, sub = want.split("/")
             mt, ms = media.split("/")

@@ -11,7 +11,8 @@ chosen from the header say ``Vary: Accept-Language``; every page says
 from __future__ import annotations
 
 import functools
-import math
+
+from .qvalues import weighted
 
 EN, ZH = "en", "zh"
 LANGS = (EN, ZH)
@@ -226,18 +227,8 @@ def negotiate(accept_language: str | None) -> str:
     if not accept_language or len(accept_language) > 1024:
         return DEFAULT
     best, best_q = DEFAULT, 0.0
-    for item in accept_language.split(",")[:32]:
-        tag, *params = item.strip().split(";")
-        tag = tag.strip().lower()
-        q = 1.0
-        for p in params:
-            k, _, v = p.strip().partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-        if not 0.0 < q <= 1.0 or math.isnan(q):
+    for tag, q in weighted(accept_language):
+        if q == 0.0:
             continue
         lang = next((lg for lg in LANGS if tag == lg or tag.startswith(lg + "-")), None)
         if tag == "*":

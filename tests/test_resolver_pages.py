@@ -310,3 +310,31 @@ def test_city_names_in_both_scripts() -> None:
     record = Record((Value.make(1, "GEO", "38.04,114.51", timestamp=TS),))
     card = _map_card(BUS, record, Area("石家庄市", parse_box(BOX), None), "en")
     assert "inside 石家庄市 Shijiazhuang" in card and ">石家庄市 Shijiazhuang</text>" in card
+
+
+@pytest.mark.parametrize(
+    ("header", "lang"),
+    [
+        ("zh-CN,zh;q=0.9,en;q=0.8", "zh"),
+        ("zh-TW", "zh"),
+        ("en-US,en;q=0.9,zh;q=0.5", "en"),
+        ("de, zh;q=0.1", "zh"),  # the only one of ours it takes
+        ("zh;q=0, en", "en"),  # q=0: not acceptable
+        ("fr", "en"),
+        ("", "en"),
+        ("zh;q=x, ;;, ,=", "en"),  # garbled: ignored, never an error
+        ("*", "en"),
+    ],
+)
+def test_accept_language_negotiation(header: str, lang: str) -> None:
+    from resolver.i18n import negotiate, request_lang
+
+    assert negotiate(header) == lang
+    assert request_lang("zh", header) == ("zh", False)  # the switch wins
+    assert request_lang("xx", header) == (lang, True)
+
+
+def test_every_text_has_both_languages() -> None:
+    from resolver.i18n import TEXT
+
+    assert TEXT["en"].keys() == TEXT["zh"].keys()
