@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from browser_harness import System, running_system
@@ -72,14 +73,39 @@ def test_mint_says_minted_only_after_the_receipt(system: System) -> None:
 
 
 def test_mint_without_a_registrar_names_where_to_look(system: System) -> None:
-    """No registrar given and no resolver answering: the refusal says what to give."""
-    closed = f"http://127.0.0.1:{free_port()}"
-    res = cli("id", "mint", f"{TRAFFIC}/NEWCOMER-2", "--key", traffic_key(system),
-              "--resolver", closed, "--url", "https://x.example/")  # fmt: skip
-    assert res.returncode == 1 and "minted" not in res.stdout
-    err = one_error_line(res.stderr)
-    # Whatever answers (or not) on the default port, the user learns what to give.
-    assert "--registrar" in err or "cannot reach the registrar" in err, err
+    """No registrar given and no resolver answering: the default registrar, and a refusal
+    that says what to give. (The default's port may be another system's: the refusal is
+    taken from this system's root registrar, which does not host the department.)"""
+    import argparse
+
+    from cityid.identifiers import Identifier, Prefix
+    from cityid.keys import SigningKey
+    from cityid.ops import Mint, MintItem, now
+    from registrar.cli import DEFAULT_REGISTRAR, _registrar_url, _run
+    from registrar.client import RegistrarClient, RegistrarError
+
+    args = argparse.Namespace(registrar=None, resolver=f"http://127.0.0.1:{free_port()}")
+    assert _registrar_url(args, Prefix.parse(TRAFFIC)) == DEFAULT_REGISTRAR
+    assert args.registrar_fallback
+
+    key = SigningKey.read(traffic_key(system))
+    ident = Identifier(Prefix.parse(TRAFFIC), "NEWCOMER-2")
+
+    async def mint_on_the_root() -> None:
+        async with RegistrarClient(system.ready["root"]) as client:
+            op = Mint(ident.prefix, (MintItem(ident.suffix, 0, _record()),), now())
+            await client.submit_ops([op], key)
+
+    with pytest.raises(RegistrarError) as e:
+        _run(mint_on_the_root(), args)
+    assert e.value.rule == "prefix-not-delegated"
+    assert "--registrar" in e.value.message and "--resolver" in e.value.message
+
+
+def _record() -> Any:
+    from cityid.records import Record, Value
+
+    return Record((Value.make(1, "URL", "https://x.example/", timestamp=1),))
 
 
 # -- 3: id check ------------------------------------------------------------------------
