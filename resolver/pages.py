@@ -198,8 +198,6 @@ def _data_html(v: Value) -> str:
         return _link_or_text(text)
     if v.type == "EMAIL":
         return f'<a href="mailto:{escape(text)}">{escape(text)}</a>'
-    if v.type == "NAME":
-        return escape(both_scripts(text))
     return escape(text)
 
 
