@@ -29,7 +29,6 @@ gets 304. Typed errors become answers in one place,
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -173,9 +172,7 @@ ROBOTS = b"User-agent: *\nDisallow: /api/\nDisallow: /metrics\n"
 
 
 def _fixed(body: bytes, content_type: str) -> Reply:
-    etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-    head = [("Content-Type", content_type), ("Cache-Control", "public, max-age=86400")]
-    return Reply.make(200, head, body, etag=etag)
+    return assets.fixed_reply(body, content_type, cache_control="public, max-age=86400")
 
 
 async def prefix_page(request: web.Request) -> web.StreamResponse | None:

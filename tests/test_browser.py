@@ -252,7 +252,7 @@ def test_camera_scan_opens_the_landing_page(
         wait_for_landing(page, system)
         took = time.monotonic() - t0
         print(f"camera scan: landing page after {took:.1f} s")
-        assert urlsplit(page.url).query == "noredirect"
+        assert urlsplit(page.url).query == "noredirect&lang=en"  # the reader's language kept
         screenshot(page, "camera-scan-after")
         assert watch.problems() == []
         context.close()
@@ -290,7 +290,7 @@ def test_photo_scan_opens_the_landing_page(
     screenshot(page, f"photo-scan-{code}-before")
     page.set_input_files("#photo", str(png))
     wait_for_landing(page, system, asked)
-    assert urlsplit(page.url).query == "noredirect"
+    assert urlsplit(page.url).query == "noredirect&lang=en"
     screenshot(page, f"photo-scan-{code}-after")
     assert watch.problems() == []
 
@@ -512,3 +512,25 @@ def test_scanner_explains_a_pending_camera_prompt(phone: Any, system: System) ->
     )
     fits_the_screen(phone)
     screenshot(phone, "phone-scanner-waiting")
+
+
+@needs_browser
+def test_scanner_in_chinese(browser: Any, system: System) -> None:
+    """The scanner page and its script's messages follow the language, with the switch."""
+    context = new_context(browser, locale="zh-CN")
+    try:
+        page = context.new_page()
+        page.set_viewport_size(PHONE)
+        watch = PageWatch(page)
+        page.add_init_script(_PROMPT_PENDING)
+        resp = page.goto(system.base + "/scan")
+        assert resp is not None and resp.headers["content-language"] == "zh-Hans"
+        assert "扫描" in page.locator("h1").inner_text()
+        expect(page.locator("#status")).to_have_text(re.compile("允许使用摄像头"), timeout=6000)
+        screenshot(page, "phone-scanner-zh")
+        page.locator("nav a.lang").click()
+        page.wait_for_load_state("load")
+        assert page.locator("h1").inner_text().startswith("Scan")
+        assert watch.problems() == []
+    finally:
+        context.close()
