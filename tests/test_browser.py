@@ -14,6 +14,7 @@ scanner's script.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import subprocess
@@ -380,14 +381,29 @@ _BREAKS_JS = """(el) => {
 }"""
 
 
+@contextlib.contextmanager
+def phone_page(browser: Any, locale: str) -> Iterator[Any]:
+    """A page 390 px wide in a fresh context whose browser asks for ``locale``."""
+    context = new_context(browser, locale=locale)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        page.set_viewport_size(PHONE)
+        yield page
+    finally:
+        context.close()
+
+
 @pytest.fixture
 def phone(browser: Any) -> Iterator[Any]:
-    context = new_context(browser, locale="en-US")
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    page.set_viewport_size(PHONE)
-    yield page
-    context.close()
+    with phone_page(browser, "en-US") as page:
+        yield page
+
+
+@pytest.fixture
+def zh_phone(browser: Any) -> Iterator[Any]:
+    with phone_page(browser, "zh-CN") as page:
+        yield page
 
 
 def fits_the_screen(page: Any) -> None:
@@ -471,28 +487,23 @@ def test_not_found_page_on_a_phone_offers_search_and_a_way_back(phone: Any, syst
 
 
 @needs_browser
-def test_chinese_pages_on_a_phone(browser: Any, system: System) -> None:
-    context = new_context(browser, locale="zh-CN")
-    try:
-        page = context.new_page()
-        page.set_viewport_size(PHONE)
-        watch = PageWatch(page)
-        page.goto(landing(system))
-        assert page.locator("html").get_attribute("lang") == "zh-Hans"
-        assert "数据值" in page.locator("main").inner_text()
-        fits_the_screen(page)
-        screenshot(page, "phone-landing-page-zh")
-        page.goto(system.base + "/explorer")
-        assert "账本浏览" in page.locator("h1").inner_text()
-        fits_the_screen(page)
-        screenshot(page, "phone-explorer-zh")
-        # The switch: the same page in English.
-        page.locator("nav a.lang").click()
-        page.wait_for_load_state("load")
-        assert page.locator("h1").inner_text().strip() == "Ledger explorer"
-        assert watch.problems() == []
-    finally:
-        context.close()
+def test_chinese_pages_on_a_phone(zh_phone: Any, system: System) -> None:
+    page = zh_phone
+    watch = PageWatch(page)
+    page.goto(landing(system))
+    assert page.locator("html").get_attribute("lang") == "zh-Hans"
+    assert "数据值" in page.locator("main").inner_text()
+    fits_the_screen(page)
+    screenshot(page, "phone-landing-page-zh")
+    page.goto(system.base + "/explorer")
+    assert "账本浏览" in page.locator("h1").inner_text()
+    fits_the_screen(page)
+    screenshot(page, "phone-explorer-zh")
+    # The switch: the same page in English.
+    page.locator("nav a.lang").click()
+    page.wait_for_load_state("load")
+    assert page.locator("h1").inner_text().strip() == "Ledger explorer"
+    assert watch.problems() == []
 
 
 # A permission prompt nobody answers: getUserMedia neither resolves nor rejects.
@@ -515,22 +526,17 @@ def test_scanner_explains_a_pending_camera_prompt(phone: Any, system: System) ->
 
 
 @needs_browser
-def test_scanner_in_chinese(browser: Any, system: System) -> None:
+def test_scanner_in_chinese(zh_phone: Any, system: System) -> None:
     """The scanner page and its script's messages follow the language, with the switch."""
-    context = new_context(browser, locale="zh-CN")
-    try:
-        page = context.new_page()
-        page.set_viewport_size(PHONE)
-        watch = PageWatch(page)
-        page.add_init_script(_PROMPT_PENDING)
-        resp = page.goto(system.base + "/scan")
-        assert resp is not None and resp.headers["content-language"] == "zh-Hans"
-        assert "扫描" in page.locator("h1").inner_text()
-        expect(page.locator("#status")).to_have_text(re.compile("允许使用摄像头"), timeout=6000)
-        screenshot(page, "phone-scanner-zh")
-        page.locator("nav a.lang").click()
-        page.wait_for_load_state("load")
-        assert page.locator("h1").inner_text().startswith("Scan")
-        assert watch.problems() == []
-    finally:
-        context.close()
+    page = zh_phone
+    watch = PageWatch(page)
+    page.add_init_script(_PROMPT_PENDING)
+    resp = page.goto(system.base + "/scan")
+    assert resp is not None and resp.headers["content-language"] == "zh-Hans"
+    assert "扫描" in page.locator("h1").inner_text()
+    expect(page.locator("#status")).to_have_text(re.compile("允许使用摄像头"), timeout=6000)
+    screenshot(page, "phone-scanner-zh")
+    page.locator("nav a.lang").click()
+    page.wait_for_load_state("load")
+    assert page.locator("h1").inner_text().startswith("Scan")
+    assert watch.problems() == []
