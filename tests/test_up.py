@@ -317,4 +317,7 @@ def test_up_rebuilds_a_lost_valkey_before_it_says_ready(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "redis holds no resolver state: rebuilding it from the logs" in out
-    assert out.index("loading the logs") < out.index("cityid is up")
+    # The progress line shows only when the first look finds entries still to load (a
+    # quick rebuild may be done by then); the lookups above show it was done before.
+    if "loading the logs" in out:
+        assert out.index("loading the logs") < out.index("cityid is up")
