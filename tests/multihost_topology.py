@@ -26,6 +26,7 @@ configuration is written by ``ResolverConfig.save`` and the trust policy by
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 import urllib.error
@@ -40,9 +41,9 @@ import registrar_harness as rh
 from netns_harness import Host, Net, wait_for
 
 from cityid.identifiers import Prefix
+from cityid.keys import ALG_COSIGNATURE_V1, SigningKey
 from cityid.ops import Mint, MintItem, now
 from cityid.records import Record, Value
-from cityid.keys import ALG_COSIGNATURE_V1, SigningKey
 from cityid.valkey import find_binary
 from ledger.policy import Policy
 from registrar.config import RegistrarConfig
@@ -108,7 +109,13 @@ class Topology:
 
     def url(self, name: str) -> str:
         """The base URL of the HTTP service on host ``name``."""
-        port = WITNESS_PORT if name in WITNESSES else HTTP_PORT if name in RESOLVERS else REGISTRAR_PORT
+        port = (
+            WITNESS_PORT
+            if name in WITNESSES
+            else HTTP_PORT
+            if name in RESOLVERS
+            else REGISTRAR_PORT
+        )
         return f"http://{self.host(name).addr}:{port}"
 
     @property
@@ -166,7 +173,7 @@ class Topology:
         for name in VALKEYS:
             wait_for(lambda n=name: self._ping(n), 20, f"valkey on {name}")
         cli = str(Path(binary).with_name("valkey-cli"))
-        out = __import__("subprocess").run(
+        out = subprocess.run(
             [cli, "--cluster", "create", *(f"{a}:{VALKEY_PORT}" for a in self.valkey_addrs),
              "--cluster-replicas", "1", "--cluster-yes"],
             capture_output=True, text=True, timeout=60, check=False,
@@ -230,7 +237,9 @@ class Topology:
             self.registrars[name] = cfg
 
     def _start_witnesses(self) -> None:
-        logs = [a for cfg in self.registrars.values() for a in ("--log", str(cfg.log_key().verifier))]
+        logs = [
+            a for cfg in self.registrars.values() for a in ("--log", str(cfg.log_key().verifier))
+        ]
         for w in WITNESSES:
             self.host(w).spawn([
                 *CLI, "ledger", "witness", "serve", "--key", str(self.work / "keys" / f"{w}.key"),
@@ -309,8 +318,10 @@ class Topology:
     def start_resolver(self, name: str) -> None:
         conf = str(self.resolver_configs[name])
         host = self.host(name)
-        self.procs[name] = host.spawn([*CLI, "resolver", "serve", "--config", conf],
-                                      log=self.log(name), env=rh.cli_env(), cwd=rh.REPO)  # fmt: skip
+        self.procs[name] = host.spawn(
+            [*CLI, "resolver", "serve", "--config", conf],
+            log=self.log(name), env=rh.cli_env(), cwd=rh.REPO,
+        )  # fmt: skip
         self.procs[f"{name}-dns"] = host.spawn(
             [*CLI, "resolver", "dns", "serve", "--config", conf],
             log=self.log(f"{name}-dns"), env=rh.cli_env(), cwd=rh.REPO,

@@ -115,7 +115,12 @@ class Host:
         return _run(*args, ns=self.ns, check=check, timeout=timeout)
 
     def spawn(
-        self, args: Sequence[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+        self,
+        args: Sequence[str],
+        *,
+        log: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start ``args`` in this host's namespace, output appended to ``log``."""
         log.parent.mkdir(parents=True, exist_ok=True)
