@@ -109,13 +109,12 @@ class Topology:
 
     def url(self, name: str) -> str:
         """The base URL of the HTTP service on host ``name``."""
-        port = (
-            WITNESS_PORT
-            if name in WITNESSES
-            else HTTP_PORT
-            if name in RESOLVERS
-            else REGISTRAR_PORT
-        )
+        if name in WITNESSES:
+            port = WITNESS_PORT
+        elif name in RESOLVERS or name in self.resolver_configs:
+            port = HTTP_PORT
+        else:
+            port = REGISTRAR_PORT
         return f"http://{self.host(name).addr}:{port}"
 
     @property
@@ -315,13 +314,44 @@ class Topology:
             )
             self.resolver_configs[name] = cfg.save(self.work / f"{name}.toml")
 
-    def start_resolver(self, name: str) -> None:
+    def add_resolver(self, name: str, **overrides: Any) -> None:
+        """One more resolver host (HTTP and sync), configured as the others but for
+        ``overrides`` (``redis_url=""``: a private embedded Valkey inside its host; its DNS
+        front would need that server's URL, so it has none)."""
+        import dataclasses
+
+        host = self.net.add(name)
+        cfg = ResolverConfig.load(self.resolver_configs[RESOLVERS[0]])
+        cfg = dataclasses.replace(
+            cfg,
+            http_listen=f"{host.addr}:{HTTP_PORT}",
+            dns_listen=f"{host.addr}:{DNS_PORT}",
+            nameservers=[f"ns1.{APEX}={host.addr}"],
+            path=None,
+            **overrides,
+        )
+        self.resolver_configs[name] = cfg.save(self.work / f"{name}.toml")
+        self.start_resolver(name, dns=bool(cfg.redis_url))
+
+    def status(self, name: str) -> dict[str, Any]:
+        """A resolver's ``GET /`` as JSON: per log its size, state, reason and URL (no logs
+        while it does not answer)."""
+        req = urllib.request.Request(f"{self.url(name)}/", headers={"Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return dict(json.loads(r.read()))
+        except (urllib.error.URLError, OSError):
+            return {"logs": []}  # not answering (yet)
+
+    def start_resolver(self, name: str, *, dns: bool = True) -> None:
         conf = str(self.resolver_configs[name])
         host = self.host(name)
         self.procs[name] = host.spawn(
             [*CLI, "resolver", "serve", "--config", conf],
             log=self.log(name), env=rh.cli_env(), cwd=rh.REPO,
         )  # fmt: skip
+        if not dns:
+            return
         self.procs[f"{name}-dns"] = host.spawn(
             [*CLI, "resolver", "dns", "serve", "--config", conf],
             log=self.log(f"{name}-dns"), env=rh.cli_env(), cwd=rh.REPO,

@@ -159,6 +159,108 @@ def http_metrics(t: Topology, name: str) -> list[str]:
         return r.read().decode().splitlines()
 
 
+def test_a_split_view_is_refused_by_witnesses_and_caught_by_resolver_and_monitor(
+    topo: Topology,
+) -> None:
+    """The ts registrar, holding its log key, forks its log and shows the fork to one
+    resolver (res3, with its own Valkey): the witnesses refuse to cosign it, res3's sync
+    raises the alarm, and the monitor comparing res1's and res3's views finds the fork."""
+    import asyncio
+    import shutil
+    import sys
+
+    import aiohttp
+    import registrar_harness as rh
+    from multihost_topology import REGISTRARS, url_record
+
+    from cityid.ops import Mint, MintItem, now
+    from ledger.client import LogClient
+    from ledger.monitor import View, compare
+    from ledger.storage import Log
+    from ledger.witness import WitnessClient, WitnessError
+
+    prefix, origin = REGISTRARS["ts"]
+    cfg = topo.registrars["ts"]
+    fork_dir = topo.work / "evil" / "log"
+    shutil.copytree(cfg.log_dir, fork_dir)  # the log as it is now: nobody writes to ts
+    for n in (1, 2):  # the real log grows on; the witnesses cosign it
+        assert topo.mint("ts", f"REAL-{n}", f"https://real.example/{n}")[0] == 200
+    fork = Log.open(fork_dir, cfg.log_key())
+    base = fork.checkpoint
+    leaf = rh.sign(Mint(prefix, (MintItem("FORGED", 0, url_record("https://evil.example")),),
+                        now()), topo.keys["ts-admin"])  # fmt: skip
+    fork_note = fork.append([leaf])
+    fork.close()
+    evil = topo.net.add("evil")
+    evil.spawn([sys.executable, "-m", "http.server", "--bind", evil.addr, "8000",
+                "--directory", str(fork_dir.parent)], log=topo.log("evil"))  # fmt: skip
+    fork_url = f"http://{evil.addr}:8000/log"
+    vkey = cfg.log_key().verifier
+
+    async def witnesses_refuse() -> list[str]:
+        async with aiohttp.ClientSession() as session:
+            forked = LogClient(fork_url, vkey, session)
+            await topo_wait(lambda: forked.fetch_checkpoint(), 15)
+            cp, _ = await forked.fetch_checkpoint()
+            proof = await forked.check_consistency(base, cp)
+            refusals = []
+            for w, wkey in topo.witness_vkeys().items():
+                client = WitnessClient(topo.url(w), wkey, session=session)
+                for old in (base.size, base.size + 2):  # from where it forked; from the real head
+                    with pytest.raises(WitnessError) as e:
+                        await client.add_checkpoint(
+                            fork_note, old, proof if old == base.size else []
+                        )
+                    refusals.append(f"{w} (old {old}): {e.value.message}")
+            return refusals
+
+    refusals = asyncio.run(witnesses_refuse())
+    print("\nwitnesses refusing the forked checkpoint:\n  " + "\n  ".join(refusals))
+
+    load = Load(topo)
+    with load.running(limit=90):
+        topo.add_resolver("res3", redis_url="", redis_cluster=False, log_urls={origin: fork_url})
+        try:
+            topo.wait(lambda: alarm(topo, "res3", origin), 60, "res3 raising the alarm")
+        except TimeoutError as e:
+            raise AssertionError(f"{e}: {topo.status('res3')}") from None
+        body = topo.healthz("res3")[1]
+        print(f"res3 /healthz: {body['status']}: {body.get('reasons')}")
+        assert topo.healthz("res1")[0] == 200 and not alarm(topo, "res1", origin)
+
+        views = [View(r, lg["url"]) for r in ("res1", "res3")
+                 for lg in topo.status(r)["logs"] if lg["origin"] == origin]  # fmt: skip
+        result = asyncio.run(compare(views, vkey))
+    print(f"monitor: {[str(d) for d in result.divergences]}")
+    print(load.summary("split view of ts shown to res3"))
+    assert [(d.first, d.second) for d in result.divergences] == [("res3", "res1")], result
+    assert not load.wrong, load.wrong[:5]
+    # res3 never served the forged identifier: it stopped at the alarm.
+    assert load.lookup_http("res3", f"{prefix}/FORGED", "https://evil.example") != "ok"
+
+
+def alarm(t: Topology, resolver: str, origin: str) -> bool:
+    return any(
+        lg["origin"] == origin and lg["state"] == "alarm" for lg in t.status(resolver)["logs"]
+    )
+
+
+async def topo_wait(make: object, timeout: float) -> None:
+    """Await ``make()`` until it stops raising, for at most ``timeout`` seconds."""
+    import asyncio
+
+    assert callable(make)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await make()
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
 def test_killing_a_valkey_primary_fails_over_without_wrong_answers(topo: Topology) -> None:
     before = epoch(topo)
     nodes = topo.cluster_nodes()
