@@ -50,6 +50,10 @@ class Load:
     acked: dict[str, tuple[str, float]] = field(default_factory=dict)  # ident -> (url, when)
     refused: list[tuple[float, int, str]] = field(default_factory=list)  # writes not acked
     outcomes: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    #: (resolver, protocol, "first" or "again") -> seconds of each successful lookup; a
+    #: resolver's first lookup of an identifier misses its cache, a later one may hit it
+    latencies: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    asked: set[tuple[str, str, str]] = field(default_factory=set)
     error_times: list[float] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     served: set[tuple[str, str, str]] = field(default_factory=set)
@@ -131,7 +135,16 @@ class Load:
                 self.stop.wait(0.05)
                 continue
             ident, url = pick
-            self._record(res, proto, ident, look(res, ident, url))
+            start = time.monotonic()
+            outcome = look(res, ident, url)
+            took = time.monotonic() - start
+            key = (res, proto, ident)
+            with self.lock:
+                kind = "again" if key in self.asked else "first"
+                self.asked.add(key)
+                if outcome == "ok":
+                    self.latencies.setdefault((res, proto, kind), []).append(took)
+            self._record(res, proto, ident, outcome)
             self.stop.wait(0.01)
 
     @contextlib.contextmanager
@@ -170,6 +183,21 @@ class Load:
         """From the first error to the last (0 without errors)."""
         times = [t for t in self.error_times if t >= since]
         return max(times) - min(times) if times else 0.0
+
+    def p99(self, proto: str, kind: str) -> float | None:
+        """The 99th percentile (s) of successful lookups over ``proto``, first or repeated."""
+        times = sorted(t for (_, p, k), ts in self.latencies.items() if (p, k) == (proto, kind)
+                       for t in ts)  # fmt: skip
+        return times[min(len(times) - 1, int(len(times) * 0.99))] if times else None
+
+    def latency_summary(self) -> str:
+        parts = []
+        for proto in ("http", "dns"):
+            for kind, what in (("first", "first lookup (cache miss)"), ("again", "repeated")):
+                p = self.p99(proto, kind)
+                parts.append(f"{proto} {what} p99 {p * 1000:.1f} ms" if p is not None else
+                             f"{proto} {what}: none")  # fmt: skip
+        return "; ".join(parts)
 
     def totals(self) -> Counter[str]:
         out: Counter[str] = Counter()

@@ -88,6 +88,18 @@ def test_harness_hosts_are_isolated_and_swept(netns: netns_harness.Net, tmp_path
     assert get() == "200"
     # Nothing listens on b's loopback from a's point of view: namespaces are separate.
     assert a.run("curl", "-s", "--max-time", "1", "http://127.0.0.1:8000/", check=False) == ""
+    # What a crashed run leaves (a namespace and a link named with the prefix) goes at the
+    # next start, with the processes inside it.
+    stale = f"{netns_harness.PREFIX}-stale"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    left = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "300"])  # a lost server
+    netns_harness.wait_for(
+        lambda: subprocess.run(["ip", "netns", "pids", stale], capture_output=True).stdout,
+        5,
+        "the stand-in server in its namespace",
+    )
+    netns_harness.sweep()
+    assert left.wait(timeout=10) != 0  # killed, by its pid, with its namespace
     netns.close()
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
@@ -116,6 +128,7 @@ def test_a_city_cut_from_its_witnesses_fails_writes_clearly_and_loses_nothing(
                                "a write acknowledged after the witnesses came back")  # fmt: skip
         time.sleep(SETTLE_AFTER)
     print("\n" + load.summary("city registrar cut from its 3 witnesses for 5 s"))
+    print(f"lookup latency (no resolver fault, no netem): {load.latency_summary()}")
     wait_served(topo, load)
     assert not load.wrong, load.wrong[:5]
     assert load.totals()["ok"] > 0
@@ -303,7 +316,11 @@ def test_latency_between_resolvers_and_valkey(topo: Topology) -> None:
         with load.running(limit=60):
             time.sleep(20)
         print("\n" + load.summary("netem 50±10 ms between resolvers and the cluster"))
+        print(load.latency_summary())
         assert not load.wrong
+        first, again = load.p99("http", "first"), load.p99("http", "again")
+        assert first is not None and first >= 0.04  # a miss crosses the delayed link
+        assert again is not None
     finally:
         for name in RESOLVERS:
             topo.host(name).undelay()
