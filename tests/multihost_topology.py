@@ -83,8 +83,9 @@ def _body(data: bytes) -> Any:
         return data.decode(errors="replace")
 
 
-def http_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
-    """GET ``url``: (status, the body parsed as JSON, or its text); (0, error) if unreachable."""
+def http_json(url: str | urllib.request.Request, timeout: float = 2.0) -> tuple[int, Any]:
+    """GET ``url`` (or send a request): (status, the body parsed as JSON, or its text);
+    (0, error) if unreachable."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, _body(r.read())
@@ -277,13 +278,7 @@ class Topology:
             f"{self.url(name)}/api/ops", data=msgpack.packb([leaf], use_bin_type=True),
             headers={"Content-Type": rh.MSGPACK}, method="POST",
         )  # fmt: skip
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                return r.status, _body(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, _body(e.read())
-        except (urllib.error.URLError, OSError) as e:
-            return 0, str(e)
+        return http_json(req, timeout)
 
     # -- resolvers -----------------------------------------------------------------------
 
