@@ -294,11 +294,13 @@ def test_killing_a_valkey_primary_fails_over_without_wrong_answers(topo: Topolog
                                NODE_TIMEOUT_MS / 1000 * 10, f"{replica} promoted")  # fmt: skip
         promoted_at = load.now()
         time.sleep(6)
-    seconds = load.error_seconds(killed_at)
+    # Seconds of errors: from the first failed lookup to the last. (Counting the distinct
+    # clock seconds touched, also printed, rounds a 4.0 s window up to 5.)
+    span = load.error_span(killed_at)
     print(f"\n{load.summary(f'primary {victim} killed, {replica} promoted')}; "
           f"promoted {promoted_at - killed_at:.1f} s after the kill")  # fmt: skip
     assert not load.wrong, load.wrong[:5]
-    assert seconds <= 5, f"{seconds} s with errors (goal: at most 5)"
+    assert span <= 5.0, f"errors for {span:.1f} s (goal: at most 5)"
     wait_served(topo, load)  # sync resumed: every acknowledged write is served
     assert epoch(topo) == before  # and without a rebuild
     assert all(topo.resolver_ready(r) for r in RESOLVERS)

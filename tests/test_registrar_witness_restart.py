@@ -86,3 +86,29 @@ async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: 
             assert published(note) == (2, ["sjz.test/log", "witness.test"])
             await submit(http, run.url, [mint(admin, "A-3")])
             assert published(await checkpoint_bytes(http, run.url))[0] == 3
+
+
+async def test_an_empty_log_is_cosigned_at_start(tmp_path: Path) -> None:
+    """A city delegated before its first write: its empty checkpoint meets the quorum, so a
+    resolver holding every log to the witnesses does not put it in alarm."""
+    admin = SigningKey.generate("city-admin")
+    spec = make_registrar(tmp_path / "reg", PREFIX, "sjz.test/log", admin=admin)
+    wkey, wport = SigningKey.generate("witness.test"), free_port()
+    cfg = RegistrarConfig.load(spec.directory)
+    cfg.witnesses = [(f"http://{HOST}:{wport}", wkey.verifier.with_alg(ALG_COSIGNATURE_V1))]
+    cfg.quorum = 1
+    cfg.witness_timeout_ms = 500
+    cfg.save()
+    async with aiohttp.ClientSession() as http:
+        async with serve(spec) as run:  # the witness is away: published bare, as before
+            assert published(await checkpoint_bytes(http, run.url)) == (0, ["sjz.test/log"])
+        async with witness_on(wport, wkey, [spec.vkey], tmp_path / "w"), serve(spec) as run:
+            note = await checkpoint_bytes(http, run.url)
+            assert published(note) == (0, ["sjz.test/log", "witness.test"])
+            # and it extends as usual from there
+            await submit(http, run.url, [mint(admin, "A-1")])
+            assert published(await checkpoint_bytes(http, run.url)) == (
+                1, ["sjz.test/log", "witness.test"],
+            )  # fmt: skip
+        async with witness_on(wport, wkey, [spec.vkey], tmp_path / "w"), serve(spec) as run:
+            assert published(await checkpoint_bytes(http, run.url))[0] == 1  # not redone
