@@ -28,6 +28,7 @@ from multihost_topology import (
 )
 from multihost_topology import start as start_topology
 
+from cityid.valkey import ValkeyError, find_binary
 from resolver.layout import EPOCH
 
 pytestmark = pytest.mark.timeout(240)
@@ -41,6 +42,10 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     reason = netns_harness.unavailable_reason()
     if reason:
         pytest.skip(reason)
+    try:
+        find_binary()
+    except ValkeyError as e:
+        pytest.skip(f"no valkey-server for the cluster: {e}")
     net = netns_harness.Net()
     try:
         net.open()
