@@ -15,7 +15,15 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from registrar_harness import HOST, checkpoint_bytes, free_port, make_registrar, post_ops, submit
+from registrar_harness import (
+    HOST,
+    RegistrarSpec,
+    checkpoint_bytes,
+    free_port,
+    make_registrar,
+    post_ops,
+    submit,
+)
 from registrar_harness import serve_in_process as serve
 
 from cityid.identifiers import Prefix
@@ -54,7 +62,9 @@ def published(note: bytes) -> tuple[int, list[str]]:
     return Checkpoint.parse(text).size, [s.name for s in sigs]
 
 
-async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: Path) -> None:
+def witnessed_registrar(tmp_path: Path) -> tuple[SigningKey, RegistrarSpec, SigningKey, int]:
+    """A registrar asking one witness (quorum 1, 500 ms) on a free port, not started yet:
+    (admin key, registrar, witness key, witness port)."""
     admin = SigningKey.generate("city-admin")
     spec = make_registrar(tmp_path / "reg", PREFIX, "sjz.test/log", admin=admin)
     wkey, wport = SigningKey.generate("witness.test"), free_port()
@@ -63,6 +73,11 @@ async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: 
     cfg.quorum = 1
     cfg.witness_timeout_ms = 500
     cfg.save()
+    return admin, spec, wkey, wport
+
+
+async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: Path) -> None:
+    admin, spec, wkey, wport = witnessed_registrar(tmp_path)
     state = tmp_path / "witness"
     async with aiohttp.ClientSession() as http:
         async with witness_on(wport, wkey, [spec.vkey], state), serve(spec) as run:
@@ -91,14 +106,7 @@ async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: 
 async def test_an_empty_log_is_cosigned_at_start(tmp_path: Path) -> None:
     """A city delegated before its first write: its empty checkpoint meets the quorum, so a
     resolver holding every log to the witnesses does not put it in alarm."""
-    admin = SigningKey.generate("city-admin")
-    spec = make_registrar(tmp_path / "reg", PREFIX, "sjz.test/log", admin=admin)
-    wkey, wport = SigningKey.generate("witness.test"), free_port()
-    cfg = RegistrarConfig.load(spec.directory)
-    cfg.witnesses = [(f"http://{HOST}:{wport}", wkey.verifier.with_alg(ALG_COSIGNATURE_V1))]
-    cfg.quorum = 1
-    cfg.witness_timeout_ms = 500
-    cfg.save()
+    admin, spec, wkey, wport = witnessed_registrar(tmp_path)
     async with aiohttp.ClientSession() as http:
         async with serve(spec) as run:  # the witness is away: published bare, as before
             assert published(await checkpoint_bytes(http, run.url)) == (0, ["sjz.test/log"])
