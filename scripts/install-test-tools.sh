@@ -9,7 +9,8 @@
 # own). On a host with systemd, Debian also starts unbound.service on port 53; stop it with
 # `systemctl disable --now unbound` if that host needs the port. (dnsviz is not used: its
 # probe hangs against loopback name servers, see docs/dns.md.)
+# iproute2: ip netns, veth, bridge and tc for the simulated hosts of tests/test_multihost.py.
 exec sh "$(dirname "$0")/apt-install.sh" install-test-tools required \
     "tests that need them will skip" \
     golang-go golang-golang-x-mod-dev zbar-tools poppler-utils bind9-dnsutils curl chromium \
-    fonts-dejavu-core fonts-wqy-microhei redis-tools unbound
+    fonts-dejavu-core fonts-wqy-microhei redis-tools unbound iproute2

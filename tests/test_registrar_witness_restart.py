@@ -15,7 +15,15 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from registrar_harness import HOST, checkpoint_bytes, free_port, make_registrar, post_ops, submit
+from registrar_harness import (
+    HOST,
+    RegistrarSpec,
+    checkpoint_bytes,
+    free_port,
+    make_registrar,
+    post_ops,
+    submit,
+)
 from registrar_harness import serve_in_process as serve
 
 from cityid.identifiers import Prefix
@@ -54,7 +62,9 @@ def published(note: bytes) -> tuple[int, list[str]]:
     return Checkpoint.parse(text).size, [s.name for s in sigs]
 
 
-async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: Path) -> None:
+def witnessed_registrar(tmp_path: Path) -> tuple[SigningKey, RegistrarSpec, SigningKey, int]:
+    """A registrar asking one witness (quorum 1, 500 ms) on a free port, not started yet:
+    (admin key, registrar, witness key, witness port)."""
     admin = SigningKey.generate("city-admin")
     spec = make_registrar(tmp_path / "reg", PREFIX, "sjz.test/log", admin=admin)
     wkey, wport = SigningKey.generate("witness.test"), free_port()
@@ -63,6 +73,11 @@ async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: 
     cfg.quorum = 1
     cfg.witness_timeout_ms = 500
     cfg.save()
+    return admin, spec, wkey, wport
+
+
+async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: Path) -> None:
+    admin, spec, wkey, wport = witnessed_registrar(tmp_path)
     state = tmp_path / "witness"
     async with aiohttp.ClientSession() as http:
         async with witness_on(wport, wkey, [spec.vkey], state), serve(spec) as run:
@@ -86,3 +101,22 @@ async def test_restart_without_witnesses_keeps_the_checkpoint_pending(tmp_path: 
             assert published(note) == (2, ["sjz.test/log", "witness.test"])
             await submit(http, run.url, [mint(admin, "A-3")])
             assert published(await checkpoint_bytes(http, run.url))[0] == 3
+
+
+async def test_an_empty_log_is_cosigned_at_start(tmp_path: Path) -> None:
+    """A city delegated before its first write: its empty checkpoint meets the quorum, so a
+    resolver holding every log to the witnesses does not put it in alarm."""
+    admin, spec, wkey, wport = witnessed_registrar(tmp_path)
+    async with aiohttp.ClientSession() as http:
+        async with serve(spec) as run:  # the witness is away: published bare, as before
+            assert published(await checkpoint_bytes(http, run.url)) == (0, ["sjz.test/log"])
+        async with witness_on(wport, wkey, [spec.vkey], tmp_path / "w"), serve(spec) as run:
+            note = await checkpoint_bytes(http, run.url)
+            assert published(note) == (0, ["sjz.test/log", "witness.test"])
+            # and it extends as usual from there
+            await submit(http, run.url, [mint(admin, "A-1")])
+            assert published(await checkpoint_bytes(http, run.url)) == (
+                1, ["sjz.test/log", "witness.test"],
+            )  # fmt: skip
+        async with witness_on(wport, wkey, [spec.vkey], tmp_path / "w"), serve(spec) as run:
+            assert published(await checkpoint_bytes(http, run.url))[0] == 1  # not redone
