@@ -79,6 +79,8 @@ class ServeOptions:
     status_ttl: float = 1.0  # how long a sync status read is reused
     proof_cache: int = 256
     fast_path: bool = True
+    search_index: str = ""  # the search index file sync writes (resolver.search_api reads it)
+    search_deadline: float = 2.0  # seconds a search may take before it is stopped (503)
 
 
 def ask_of(asked: str) -> Ask:

@@ -36,6 +36,7 @@ class FrontsSpec:
     roots: tuple[str, ...]
     identity: str  # CH TXT id.server
     base_url: str  # where 2D codes point
+    search_index: str = ""  # the search index sync writes ("" for none)
 
 
 def _main(spec: FrontsSpec, said: Connection | None) -> None:
@@ -45,7 +46,7 @@ def _main(spec: FrontsSpec, said: Connection | None) -> None:
 async def _run(spec: FrontsSpec, said: Connection | None) -> None:
     from .dns.answers import ZoneConfig
     from .dns.server import DnsServer, start_dns
-    from .http import Resolver
+    from .http import Resolver, ServeOptions
     from .server import keep_gc_young, start_http
     from .store import Store
 
@@ -54,7 +55,8 @@ async def _run(spec: FrontsSpec, said: Connection | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     store = await Store.connect(spec.redis_url)
-    resolver = Resolver(store, base_url=spec.base_url)
+    resolver = Resolver(store, ServeOptions(search_index=spec.search_index),
+                        base_url=spec.base_url)  # fmt: skip
     closers: list[Any] = [store.close, resolver.close]
     try:
         which = "http"

@@ -36,7 +36,7 @@ from aiohttp import web
 from cityid.errors import CityIdError
 from cityid.handle import error_body
 
-from . import assets, explorer, openapi, pages, scanner
+from . import assets, explorer, openapi, pages, scanner, search_api
 from .answers import Resolver, ServeOptions, log
 from .encode import HTML, NO_STORE, RECORD_JSON, choose, dumps
 from .metrics import ROUTES, Metrics
@@ -49,7 +49,7 @@ ALLOW = "GET, HEAD, OPTIONS"
 
 
 def _route(request: web.Request) -> str:
-    name = request.match_info.route.name
+    name = (request.match_info.route.name or "").partition("-")[0]  # search-*: "search"
     return name if name in ROUTES else "other"
 
 
@@ -177,6 +177,7 @@ def make_app(resolver: Resolver) -> web.Application:
     explorer.add_routes(r, resolver.store, resolver.status)
     openapi.add_routes(r)
     scanner.add_routes(r)
+    search_api.add_routes(app, resolver)
     r.add_get(r"/{id:[\s\S]+}", get_id, name="resolve")
     # Other methods reach the middleware (405 or the CORS preflight) on every path.
     r.add_route("*", "/{tail:.*}", _unreachable)

@@ -407,7 +407,7 @@ def encode_cursor(handle: str) -> str:
 
 def decode_cursor(text: str) -> str:
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         return raw.decode()
     except (ValueError, UnicodeDecodeError):
         raise QueryError("cursor is not one this server gave", rule="bad-cursor") from None

@@ -49,10 +49,15 @@ class Indexer:
         except sqlite3.Error as e:
             self._fail(e)
 
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None or self.failed
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self.failed = False
 
     def applied(self, origin: str) -> int:
         """How many of ``origin``'s entries the index holds (a failed index: all of them,

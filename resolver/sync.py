@@ -323,8 +323,6 @@ class Sync:
     async def start(self) -> None:
         """Run in the background until :meth:`stop`."""
         self._stop.clear()
-        if self.index is not None:
-            await asyncio.to_thread(self.index.open)
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self.run())
         # Counters for any resolver's /metrics (this process serves none of its own).
@@ -405,6 +403,8 @@ class Sync:
     async def _begin(self) -> bool:
         """Become the leader and line up with what Redis holds."""
         writer = self._writer or self.store.writer(resize_grace=self.resize_grace)
+        if self.index is not None and not self.index.is_open:
+            await asyncio.to_thread(self.index.open)
         if not await writer.acquire(self.instance, int(self.lock_ttl * 1000)):
             if self._leader:
                 log.warning("sync lock taken by another instance; standing by")
