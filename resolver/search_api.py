@@ -39,7 +39,6 @@ from .encode import JSON, NO_STORE, RECORD_JSON, dumps, encode_problem
 from .reply import Reply
 from .search_index import (
     MAX_LIMIT,
-    IndexUnavailable,
     Query,
     QueryError,
     SearchBusy,
@@ -69,8 +68,9 @@ class Searcher:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             if not self.path:
-                raise IndexUnavailable(
-                    "this resolver keeps no search index ([search] index in resolver.toml)"
+                raise NotFoundError(
+                    "this resolver keeps no search index ([search] index in resolver.toml)",
+                    rule="no-search-index",
                 )
             conn = self._local.conn = search_index.open_reader(self.path)
         return conn
@@ -93,10 +93,6 @@ def _reply(body: dict[str, Any] | list[Any], status: int = 200) -> Reply:
     head = [("Content-Type", JSON), ("Cache-Control", NO_STORE),
             ("Access-Control-Allow-Origin", "*")]  # fmt: skip
     return Reply.make(status, head, data)
-
-
-def _truthy(args: MultiMapping[str], name: str) -> bool:
-    return args.get(name, "false").lower() not in ("false", "0", "no", "")
 
 
 def _values(record: bytes) -> list[dict[str, Any]]:
@@ -126,7 +122,7 @@ def handler(
 async def search(request: web.Request, searcher: Searcher) -> Reply:
     args = request.query
     q = search_index.parse_query(args)
-    records = _truthy(args, "records")
+    records = search_index.flag(args, "records")
     hits, cursor = await searcher.run(search_index.search, q)
     results = [
         {"handle": h.handle, **({"values": _values(h.record)} if records else {})} for h in hits
@@ -143,7 +139,7 @@ async def search(request: web.Request, searcher: Searcher) -> Reply:
 
 def _page_args(args: MultiMapping[str], size_name: str, default: int) -> tuple[int, int]:
     size = parse_limit(args.get(size_name), default, size_name)
-    raw = args.get("page", "0") or "0"
+    raw = args.get("page", "0")
     if not raw.isdigit() or len(raw) > 9:
         raise QueryError(f"page={raw[:20]!r} is not a whole number", rule="bad-page")
     page = int(raw)
@@ -183,14 +179,14 @@ def hrls_query(args: MultiMapping[str], prefix: str = "") -> tuple[Query, int, i
         vtype = search_index.parse_types([k])[0]
         if vtype in fields:
             raise QueryError(f"{vtype} is given twice", rule="duplicate-key")
-        fields[vtype] = term(v, whole=True)
+        fields[vtype] = term(search_index.bounded(vtype, v, search_index.MAX_QUERY), whole=True)
     if not fields:
         raise QueryError("give at least one TYPE=pattern, e.g. URL=*example.org*",
                          rule="empty-query")  # fmt: skip
     page, size = _page_args(args, "limit", MAX_LIMIT)
     exact = parse_prefix(prefix) if prefix else ""
     q = Query(fields=fields, exact_prefix=exact, limit=min(MAX_LIMIT, (page + 1) * size))
-    return q, page * size, size, _truthy(args, "retrieverecords")
+    return q, page * size, size, search_index.flag(args, "retrieverecords")
 
 
 async def _hrls(request: web.Request, searcher: Searcher, prefix: str) -> Reply:

@@ -37,7 +37,7 @@ import math
 import re
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,9 @@ MAX_LIMIT = 1000  # results per page
 DEFAULT_LIMIT = 100
 MAX_RADIUS_KM = 500.0
 MAX_TERMS = 8
-MAX_QUERY = 1024  # characters of q
+MAX_TYPES = 32  # type parameters
+MAX_CURSOR = 512  # characters of a cursor
+MAX_QUERY = 256  # characters of q, and of each B2HANDLE pattern
 MIN_RUN = 3  # a term needs this many characters in a row without a wildcard (one trigram)
 DEADLINE_S = 2.0  # a query taking longer is stopped (503, Retry-After)
 EARTH_KM = 6371.0088
@@ -373,7 +375,7 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 
 def parse_limit(text: str | None, default: int = DEFAULT_LIMIT, what: str = "limit") -> int:
-    if text is None or text == "":
+    if text is None:
         return default
     if not text.isdigit() or len(text) > 9:
         raise QueryError(f"{what}={text[:20]!r} is not a whole number", rule="bad-limit")
@@ -390,9 +392,12 @@ def parse_prefix(text: str) -> str:
         raise QueryError(f"prefix={text[:60]!r}: {e.message}", rule="bad-prefix") from e
 
 
-def parse_types(values: Iterable[str]) -> tuple[str, ...]:
+def parse_types(values: Sequence[str]) -> tuple[str, ...]:
+    if len(values) > MAX_TYPES:
+        raise QueryError(f"{len(values)} type parameters (at most {MAX_TYPES})", rule="bad-type")
     out: list[str] = []
     for v in values:
+        bounded("type", v, 64)
         for t in v.split(","):
             t = t.strip().upper()
             if not re.fullmatch(r"[A-Z0-9_./]{1,64}", t):
@@ -401,11 +406,26 @@ def parse_types(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def bounded(name: str, text: str, most: int) -> str:
+    if len(text) > most:
+        raise QueryError(f"{name} is over {most} characters", rule="too-long")
+    return text
+
+
+def flag(args: Any, name: str) -> bool:
+    """A ``true``/``false`` parameter (absent: false)."""
+    value = args.get(name, "false")
+    if value not in ("true", "false"):
+        raise QueryError(f"{name}={value[:20]!r} is not true or false", rule="bad-flag")
+    return bool(value == "true")
+
+
 def encode_cursor(handle: str) -> str:
     return base64.urlsafe_b64encode(handle.encode()).decode().rstrip("=")
 
 
 def decode_cursor(text: str) -> str:
+    bounded("cursor", text, MAX_CURSOR)
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
         return raw.decode()
@@ -418,6 +438,8 @@ def parse_query(args: Any) -> Query:
     q = args.get("q", "")
     if len(q) > MAX_QUERY:
         raise QueryError(f"q is over {MAX_QUERY} characters", rule="query-too-long")
+    for name, most in (("near", 64), ("radius", 32), ("bbox", 128)):
+        bounded(name, args.get(name, ""), most)
     words = _words(q)
     if len(words) > MAX_TERMS:
         raise QueryError(f"q has {len(words)} words (at most {MAX_TERMS})", rule="too-many-terms")

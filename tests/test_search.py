@@ -394,11 +394,15 @@ BAD = [
     ("/api/search", {"type": "UR L"}, "bad-type"),
     ("/api/search", {}, "empty-query"),
     ("/api/search", {"q": "x" * 2000}, "query-too-long"),
+    ("/api/search", {"q": "pump", "records": "yes"}, "bad-flag"),
+    ("/api/search", {"near": "38," + "1" * 70, "radius": "1"}, "too-long"),
+    ("/api/search", {"q": "pump", "cursor": "A" * 600}, "too-long"),
     ("/api/handles", {}, "no-prefix"),
     ("/api/handles", {"prefix": str(CITY), "pageSize": "5000"}, "limit-over-cap"),
     ("/api/handles", {"prefix": str(CITY), "page": "99999", "pageSize": "1000"}, "page-too-deep"),
     ("/hrls/handles", {"URL": "*"}, "only-wildcards"),
     ("/hrls/handles", {}, "empty-query"),
+    ("/hrls/handles", {"URL": "*abc*", "retrieverecords": "1"}, "bad-flag"),
     ("/hrls/handles", {"URL": "*abc*", "limit": "0"}, "limit-over-cap"),
 ]
 
