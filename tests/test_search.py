@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,3 +529,34 @@ async def test_pyhandle_search_integration_tests(served: Served, tmp_path: Path)
     code, _, stderr = await run([sys.executable, "-m", "unittest", "-v", "search_it"], cwd=cases)
     assert code == 0, stderr[-3000:]
     assert "Ran 7 tests" in stderr and "OK" in stderr
+
+
+async def test_deletes_and_revocations_leave_the_index_within_a_second(
+    synced: tuple[World, Sync, Store],
+) -> None:
+    world, sync, store = synced
+    model = Model()
+    step(world, model, [("put", CITY, "A-1", "pump station", None, False),
+                        ("put", SIBLING, "B-1", "pump station", None, False)])  # fmt: skip
+    await sync.start()
+    async with (
+        serve(store, world.tmp / "index.sqlite") as base,
+        aiohttp.ClientSession() as http,
+    ):
+
+        async def hits() -> list[str] | None:
+            async with http.get(base + "/api/search", params={"q": "pump"}) as resp:
+                body = await resp.json()  # 503 until sync has made the index
+                return [r["handle"] for r in body["results"]] if resp.status == 200 else None
+
+        async def within(seconds: float, want: list[str]) -> None:
+            t0 = time.monotonic()
+            while (got := await hits()) != want:
+                assert time.monotonic() - t0 < seconds, got
+                await asyncio.sleep(0.02)
+
+        await within(10.0, [f"{CITY}/A-1", f"{SIBLING}/B-1"])
+        step(world, model, [("delete", CITY, "A-1", "", None, False)])
+        await within(1.0, [f"{SIBLING}/B-1"])
+        step(world, model, [("revoke", SIBLING, "", "x", None, False)])
+        await within(1.0, [])
