@@ -12,7 +12,10 @@ Tables (``id`` is an identifier's row):
               version and canonical record bytes.
 ``vals``      one row per value: its type and its data as text (structured data as
               canonical JSON), indexed by an FTS5 table (``text``, trigram
-              tokenizer: substrings and wildcards) that holds no copy of it.
+              tokenizer: substrings and wildcards) that holds no copy of it, and
+              no positions (``detail=none``: a trigram's rows are enough, since
+              FTS5 checks ``LIKE`` on the text itself). Places (GEO, GEO_BOX) are
+              searched by ``geo``, not as text.
 ``geo``       an R*Tree of the GEO points and GEO_BOX extents, one box per value.
 ``revoked``   prefixes under a revoked delegation: their rows stay, hidden from
               every query, so a re-delegation shows them again at no cost.
@@ -41,6 +44,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
+
 from cityid.errors import CityIdError, LedgerError, OperationError
 from cityid.identifiers import Prefix
 from cityid.records import Record, decode_trusted
@@ -67,14 +72,14 @@ CREATE TABLE IF NOT EXISTS cursors(origin TEXT PRIMARY KEY, applied INTEGER NOT 
 CREATE TABLE IF NOT EXISTS ids(
     id INTEGER PRIMARY KEY, handle TEXT NOT NULL UNIQUE, prefix TEXT NOT NULL,
     scope TEXT NOT NULL, origin TEXT NOT NULL, version INTEGER NOT NULL, record BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS ids_prefix ON ids(prefix, handle);
 CREATE INDEX IF NOT EXISTS ids_scope ON ids(scope);
 CREATE TABLE IF NOT EXISTS vals(
     vid INTEGER PRIMARY KEY, id INTEGER NOT NULL, type TEXT NOT NULL, data TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS vals_id ON vals(id);
 CREATE INDEX IF NOT EXISTS vals_type ON vals(type, id);
 CREATE VIRTUAL TABLE IF NOT EXISTS text USING fts5(
-    data, content='vals', content_rowid='vid', tokenize='trigram');
+    data, content='vals', content_rowid='vid', tokenize='trigram', detail='none',
+    columnsize=0);
 CREATE VIRTUAL TABLE IF NOT EXISTS geo USING rtree(vid, s, n, w, e, +id INTEGER);
 CREATE TABLE IF NOT EXISTS revoked(prefix TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS ranges(
@@ -111,6 +116,7 @@ def open_writer(path: str, trust: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")  # the logs, not this file, are the truth
+    conn.execute("PRAGMA cache_size=-65536")  # 64 MiB: a bulk load touches every index
     conn.executescript(SCHEMA)
     have = dict(conn.execute("SELECT k, v FROM meta").fetchall())
     if have and (have.get("schema") != SCHEMA_VERSION or have.get("trust") != trust):
@@ -173,6 +179,10 @@ def cursors(conn: sqlite3.Connection) -> dict[str, int]:
     return dict(conn.execute("SELECT origin, applied FROM cursors").fetchall())
 
 
+#: Values searched by place, never as text.
+PLACES = frozenset({"GEO", "GEO_BOX"})
+
+
 def value_text(data: Any) -> str:
     return data if isinstance(data, str) else json.dumps(data, sort_keys=True, ensure_ascii=False)
 
@@ -187,64 +197,89 @@ def extent(vtype: str, data: Any) -> tuple[float, float, float, float] | None:
     return nums[0], nums[2], nums[1], nums[3]
 
 
-def _drop(conn: sqlite3.Connection, row: int) -> None:
-    for vid, data in conn.execute("SELECT vid, data FROM vals WHERE id = ?", (row,)).fetchall():
-        conn.execute("INSERT INTO text(text, rowid, data) VALUES ('delete', ?, ?)", (vid, data))
-        conn.execute("DELETE FROM geo WHERE vid = ?", (vid,))
-    conn.execute("DELETE FROM vals WHERE id = ?", (row,))
+Row = tuple[str, str, str, int, bytes]  # prefix, scope, origin, version, record
 
 
-def _remove(conn: sqlite3.Connection, handle: str) -> None:
-    got = conn.execute("SELECT id FROM ids WHERE handle = ?", (handle,)).fetchone()
-    if got is not None:
-        _drop(conn, got[0])
-        conn.execute("DELETE FROM ids WHERE id = ?", (got[0],))
+def _wire_values(record: bytes) -> list[tuple[str, Any]]:
+    """(type, data) of each value of a canonical record (sync checked it): msgpack's
+    ``[[index, type, data, ttl, timestamp], ...]``, read without building a Record."""
+    return [(v[1], v[2]) for v in msgpack.unpackb(record, raw=False)]
 
 
-def _put(conn: sqlite3.Connection, handle: str, prefix: str, scope: str, origin: str,
-         version: int, record: bytes) -> None:  # fmt: skip
-    got = conn.execute("SELECT id FROM ids WHERE handle = ?", (handle,)).fetchone()
-    if got is None:
-        row = conn.execute(
-            "INSERT INTO ids(handle, prefix, scope, origin, version, record) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (handle, prefix, scope, origin, version, record),
-        ).lastrowid
-    else:
-        row = got[0]
-        _drop(conn, row)
-        conn.execute("UPDATE ids SET origin = ?, version = ?, record = ? WHERE id = ?",
-                     (origin, version, record, row))  # fmt: skip
-    for v in decode_trusted(record).values:
-        text = value_text(v.data)
-        vid = conn.execute("INSERT INTO vals(id, type, data) VALUES (?, ?, ?)",
-                           (row, v.type, text)).lastrowid  # fmt: skip
-        conn.execute("INSERT INTO text(rowid, data) VALUES (?, ?)", (vid, text))
-        box = extent(v.type, v.data)
-        if box is not None:
-            conn.execute("INSERT INTO geo VALUES (?, ?, ?, ?, ?, ?)", (vid, *box, row))
+def _chunks(items: Sequence[Any], n: int = 500) -> Iterator[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _write_rows(conn: sqlite3.Connection, final: dict[str, Row | None]) -> None:
+    """Make ``ids`` (and its values) hold ``final``: handle -> its row, or None to remove it.
+
+    In bulk: a slice of a CSV mint is thousands of new identifiers, written with a few
+    ``executemany`` rather than statements each.
+    """
+    handles = list(final)
+    have: dict[str, int] = {}
+    for part in _chunks(handles):
+        sql = f"SELECT handle, id FROM ids WHERE handle IN ({_marks(len(part))})"
+        have.update(conn.execute(sql, part).fetchall())
+    old = list(have.values())
+    for part in _chunks(old):
+        got = conn.execute(f"SELECT vid, type, data FROM vals WHERE id IN ({_marks(len(part))})",
+                           part).fetchall()  # fmt: skip
+        texts = [(v, d) for v, t, d in got if t not in PLACES]
+        conn.executemany("INSERT INTO text(text, rowid, data) VALUES ('delete', ?, ?)", texts)
+        conn.executemany("DELETE FROM geo WHERE vid = ?", [(v,) for v, t, _ in got if t in PLACES])
+        conn.execute(f"DELETE FROM vals WHERE id IN ({_marks(len(part))})", part)
+    gone = [(have[h],) for h, row in final.items() if row is None and h in have]
+    conn.executemany("DELETE FROM ids WHERE id = ?", gone)
+    next_id = (conn.execute("SELECT max(id) FROM ids").fetchone()[0] or 0) + 1
+    next_vid = (conn.execute("SELECT max(vid) FROM vals").fetchone()[0] or 0) + 1
+    new_ids, changed, vals, geo = [], [], [], []
+    for h, row in final.items():
+        if row is None:
+            continue
+        prefix, scope, origin, version, record = row
+        rid = have.get(h)
+        if rid is None:
+            rid, next_id = next_id, next_id + 1
+            new_ids.append((rid, h, prefix, scope, origin, version, record))
+        else:
+            changed.append((origin, version, record, rid))
+        for vtype, data in _wire_values(record):
+            vals.append((next_vid, rid, vtype, value_text(data)))
+            box = extent(vtype, data)
+            if box is not None:
+                geo.append((next_vid, *box, rid))
+            next_vid += 1
+    conn.executemany("INSERT INTO ids VALUES (?, ?, ?, ?, ?, ?, ?)", new_ids)
+    conn.executemany("UPDATE ids SET origin = ?, version = ?, record = ? WHERE id = ?", changed)
+    conn.executemany("INSERT INTO vals VALUES (?, ?, ?, ?)", vals)
+    texts = [(v[0], v[3]) for v in vals if v[2] not in PLACES]
+    conn.executemany("INSERT INTO text(rowid, data) VALUES (?, ?)", texts)
+    conn.executemany("INSERT INTO geo VALUES (?, ?, ?, ?, ?, ?)", geo)
 
 
 def apply(conn: sqlite3.Connection, changes: Sequence[Change], origin: str, applied: int) -> None:
     """Write sync's ``changes`` (later ones win) and ``origin``'s cursor, in one transaction."""
+    final: dict[str, Row | None] = {}
     with transaction(conn):
         for c in changes:
             if isinstance(c, MintChange):
+                p = c.prefix
                 for suffix, version, record in c.items:
-                    _put(conn, f"{c.prefix}/{suffix}", c.prefix, c.prefix, c.origin, version,
-                         record)  # fmt: skip
+                    final[f"{p}/{suffix}"] = (p, p, c.origin, version, record)
             elif isinstance(c, IdChange):
-                handle = f"{c.prefix}/{c.suffix}"
-                if c.deleted or c.record is None:
-                    _remove(conn, handle)
-                else:
-                    _put(conn, handle, c.prefix, c.prefix, c.origin, c.version, c.record)
+                row = None if c.deleted or c.record is None else (
+                    c.prefix, c.prefix, c.origin, c.version, c.record)  # fmt: skip
+                final[f"{c.prefix}/{c.suffix}"] = row
             elif isinstance(c, PrefixChange):
-                handle = f"{NA}/{c.prefix}"
-                if c.deleted or c.record is None:
-                    _remove(conn, handle)
-                else:
-                    _put(conn, handle, NA, c.prefix, c.origin, c.version, c.record)
+                row = None if c.deleted or c.record is None else (
+                    NA, c.prefix, c.origin, c.version, c.record)  # fmt: skip
+                final[f"{NA}/{c.prefix}"] = row
             elif isinstance(c, RevokeChange):
                 sql = ("INSERT OR IGNORE INTO revoked VALUES (?)" if c.revoked
                        else "DELETE FROM revoked WHERE prefix = ?")  # fmt: skip
@@ -252,6 +287,7 @@ def apply(conn: sqlite3.Connection, changes: Sequence[Change], origin: str, appl
             elif isinstance(c, RangeChange):
                 row = (c.prefix, c.letters, c.width, c.start, c.count, c.origin)
                 conn.execute("INSERT OR REPLACE INTO ranges VALUES (?, ?, ?, ?, ?, ?)", row)
+        _write_rows(conn, final)
         conn.execute("INSERT OR REPLACE INTO cursors VALUES (?, ?)", (origin, applied))
 
 
@@ -492,11 +528,12 @@ def matches(q: Query, handle: str, prefix: str, scope: str, record: Record) -> b
     pool = [v for v in values if v.type in q.types] if q.types else values
     if q.types and not pool:
         return False
-    texts = [value_text(v.data) for v in pool]
+    texts = [value_text(v.data) for v in pool if v.type not in PLACES]
     if not all(any(t.match(x) for x in texts) for t in q.terms):
         return False
     for vtype, t in q.fields.items():
-        if not any(t.match(value_text(v.data)) for v in values if v.type == vtype):
+        if vtype in PLACES or not any(t.match(value_text(v.data)) for v in values
+                                      if v.type == vtype):  # fmt: skip
             return False
     if q.near or q.bbox:
         boxes = [b for v in values if (b := extent(v.type, v.data)) is not None]
@@ -528,8 +565,8 @@ def candidates_sql(q: Query, batch: int) -> tuple[str, list[Any]]:
         where.append("(i.scope = ? OR (i.scope > ? AND i.scope < ?))")
         args += [q.prefix, q.prefix + ".", q.prefix + "/"]
     if q.exact_prefix:
-        where.append("i.prefix = ?")
-        args.append(q.exact_prefix)
+        where.append("i.handle > ? AND i.handle < ?")
+        args += under(q.exact_prefix)
     for t in q.terms:
         where.append(_text_filter(t, q.types, args))
     for vtype, t in q.fields.items():
@@ -591,11 +628,11 @@ def page(conn: sqlite3.Connection, prefix: str, page_no: int, size: int,
         if conn.execute("SELECT EXISTS (SELECT 1 FROM revoked WHERE prefix = ?)",
                         (prefix,)).fetchone()[0]:  # fmt: skip
             return 0, []
-        total = conn.execute("SELECT count(*) FROM ids WHERE prefix = ?", (prefix,)).fetchone()[0]
+        total = count(conn, prefix)
         rows = conn.execute(
-            f"SELECT handle FROM ids WHERE prefix = ? AND NOT {hidden} ORDER BY handle "
-            "LIMIT ? OFFSET ?",
-            (prefix, size, page_no * size),
+            f"SELECT handle FROM ids WHERE handle > ? AND handle < ? AND NOT {hidden} "
+            "ORDER BY handle LIMIT ? OFFSET ?",
+            (*under(prefix), size, page_no * size),
         ).fetchall()
     return int(total), [r[0] for r in rows]
 
@@ -614,11 +651,11 @@ def prefix_summary(conn: sqlite3.Connection, prefix: str,
         lo, hi = prefix + ".", prefix + "/"
         children = [
             s for (s,) in conn.execute(
-                "SELECT scope FROM ids WHERE prefix = ? AND scope > ? AND scope < ? ORDER BY scope",
-                (NA, lo, hi))
+                "SELECT scope FROM ids WHERE handle > ? AND handle < ? ORDER BY handle",
+                (f"{NA}/{lo}", f"{NA}/{hi}"))
             if "." not in s[len(lo):]
         ]  # fmt: skip
-        direct = conn.execute("SELECT count(*) FROM ids WHERE prefix = ?", (prefix,)).fetchone()[0]
+        direct = count(conn, prefix)
         subtree = conn.execute(
             "SELECT count(*) FROM ids "
             "WHERE prefix != ? AND (scope = ? OR (scope > ? AND scope < ?))",
@@ -659,14 +696,22 @@ def cities(conn: sqlite3.Connection, root: str) -> list[tuple[str, int]]:
     """Every prefix delegated under ``root`` (not revoked), with its identifier count."""
     lo, hi = root + ".", root + "/"
     rows = conn.execute(
-        "SELECT scope FROM ids WHERE prefix = ? AND scope > ? AND scope < ? "
-        "AND scope NOT IN (SELECT prefix FROM revoked) ORDER BY scope",
-        (NA, lo, hi),
+        "SELECT scope FROM ids WHERE handle > ? AND handle < ? "
+        "AND scope NOT IN (SELECT prefix FROM revoked) ORDER BY handle",
+        (f"{NA}/{lo}", f"{NA}/{hi}"),
     ).fetchall()
-    return [
-        (s, conn.execute("SELECT count(*) FROM ids WHERE prefix = ?", (s,)).fetchone()[0])
-        for (s,) in rows
-    ]
+    return [(s, count(conn, s)) for (s,) in rows]
+
+
+def under(prefix: str) -> list[str]:
+    """The bounds of the handles directly under ``prefix`` ('/' + 1 is '0')."""
+    return [prefix + "/", prefix + "0"]
+
+
+def count(conn: sqlite3.Connection, prefix: str) -> int:
+    """Identifiers directly under ``prefix`` (a range of the handle index)."""
+    sql = "SELECT count(*) FROM ids WHERE handle > ? AND handle < ?"
+    return int(conn.execute(sql, under(prefix)).fetchone()[0])
 
 
 def size(conn: sqlite3.Connection) -> int:

@@ -560,3 +560,15 @@ async def test_deletes_and_revocations_leave_the_index_within_a_second(
         await within(1.0, [f"{SIBLING}/B-1"])
         step(world, model, [("revoke", SIBLING, "", "x", None, False)])
         await within(1.0, [])
+
+
+async def test_bench_runs_small_and_agrees_with_the_scan() -> None:
+    """bench/search_bench.py at a small size: it checks every answer against a LIKE scan."""
+    bench = Path(__file__).resolve().parents[1] / "bench" / "search_bench.py"
+    code, out, err = await run([sys.executable, str(bench), "--ids", "1500", "--queries", "10",
+                                "--runs", "1"])  # fmt: skip
+    assert code == 0, err[-3000:]
+    figures = json.loads(out)["min_median_max"]
+    assert figures["build_ids_per_s"][0] > 0 and figures["bytes_per_id"][0] > 0
+    assert {f"{k}_{w}_p99_ms" for k in ("exact", "wildcard", "radius", "listing")
+            for w in ("index", "like_scan")} <= set(figures)  # fmt: skip
