@@ -37,6 +37,7 @@ class FrontsSpec:
     identity: str  # CH TXT id.server
     base_url: str  # where 2D codes point
     search_index: str = ""  # the search index sync writes ("" for none)
+    apply_url: str = ""  # where the home page sends a city to apply for its code
 
 
 def _main(spec: FrontsSpec, said: Connection | None) -> None:
@@ -55,8 +56,8 @@ async def _run(spec: FrontsSpec, said: Connection | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     store = await Store.connect(spec.redis_url)
-    resolver = Resolver(store, ServeOptions(search_index=spec.search_index),
-                        base_url=spec.base_url)  # fmt: skip
+    options = ServeOptions(search_index=spec.search_index, apply_url=spec.apply_url)
+    resolver = Resolver(store, options, base_url=spec.base_url)
     closers: list[Any] = [store.close, resolver.close]
     try:
         which = "http"

@@ -36,7 +36,7 @@ from aiohttp import web
 from cityid.errors import CityIdError
 from cityid.handle import error_body
 
-from . import assets, explorer, openapi, pages, scanner, search_api
+from . import assets, explorer, openapi, pages, scanner, search_api, search_pages
 from .answers import Resolver, ServeOptions, log
 from .encode import HTML, NO_STORE, RECORD_JSON, choose, dumps
 from .metrics import ROUTES, Metrics
@@ -150,7 +150,7 @@ async def index(request: web.Request) -> web.Response:
     if choose(request.headers.get("Accept"), True) == RECORD_JSON:
         body = dumps({"service": "cityid resolver", **st})
         return web.Response(body=body, content_type="application/json")
-    page = pages.index_page(st.get("logs", []), bool(st.get("redis")))
+    page = await search_pages.overview(request.app[RESOLVER_KEY], st)
     return web.Response(
         body=page,
         headers={"Content-Type": HTML, "Content-Security-Policy": pages.CSP},
@@ -178,6 +178,7 @@ def make_app(resolver: Resolver) -> web.Application:
     openapi.add_routes(r)
     scanner.add_routes(r)
     search_api.add_routes(app, resolver)
+    search_pages.add_routes(app, resolver)
     r.add_get(r"/{id:[\s\S]+}", get_id, name="resolve")
     # Other methods reach the middleware (405 or the CORS preflight) on every path.
     r.add_route("*", "/{tail:.*}", _unreachable)

@@ -106,6 +106,11 @@ def _page(title: str, body: str) -> bytes:
     ).encode()
 
 
+def page(title: str, body: str) -> bytes:
+    """A page of the resolver's, around ``body`` (for the pages other modules draw)."""
+    return _page(title, body)
+
+
 @functools.lru_cache(maxsize=2048)
 def qr_svg(url: str) -> str:
     """The QR code of ``url`` as inline SVG (segno takes ~5 ms: memoised)."""
@@ -222,9 +227,10 @@ def landing_page(
     proof_url: str,
     json_url: str,
     area: Area | None = None,
+    nearby: str = "",
 ) -> bytes:
     """The page of a registered identifier: its values, its place, where they come from, its
-    2D code."""
+    2D code. ``nearby``: the card of what is registered near it (resolver.search_pages)."""
     assert entry.record is not None
     ident = entry.ident
     record = entry.record
@@ -249,6 +255,7 @@ def landing_page(
         + _values_table(record)
         + "</div>"
         + _map_card(ident, record, area)
+        + nearby
         + "<h2>Where this answer comes from</h2>"
         + _log_card(log, proof_url)
     )

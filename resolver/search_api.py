@@ -19,13 +19,9 @@ the resolver's one place, :func:`resolver.encode.encode_problem`.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import sqlite3
-import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -47,45 +43,11 @@ from .search_index import (
     parse_prefix,
     term,
 )
+from .search_reader import Searcher
 
-T = TypeVar("T")
 MAX_DEPTH = 10_000  # page * pageSize a page-numbered listing may reach; deeper: use a cursor
-THREADS = 2
 #: What a client of B2HANDLE's servlet may search by (any value type works the same way).
 HRLS_RESERVED = {"limit", "page", "retrieverecords"}
-
-
-class Searcher:
-    """Read-only queries of the index at ``path``, in threads, one connection per thread."""
-
-    def __init__(self, path: str, seconds: float = search_index.DEADLINE_S) -> None:
-        self.path = path
-        self.seconds = seconds
-        self._local = threading.local()
-        self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="cityid-search")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if not self.path:
-                raise NotFoundError(
-                    "this resolver keeps no search index ([search] index in resolver.toml)",
-                    rule="no-search-index",
-                )
-            conn = self._local.conn = search_index.open_reader(self.path)
-        return conn
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        def call() -> T:
-            return fn(self._conn(), *args, seconds=self.seconds)
-
-        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-SEARCHER_KEY: web.AppKey[Searcher] = web.AppKey("searcher", Searcher)
 
 
 def _reply(body: dict[str, Any] | list[Any], status: int = 200) -> Reply:
@@ -106,7 +68,7 @@ def handler(
 
     async def handle(request: web.Request) -> web.Response:
         try:
-            reply = await answer(request, request.app[SEARCHER_KEY])
+            reply = await answer(request, request.app[RESOLVER_KEY].searcher)
         except CityIdError as e:
             if isinstance(e, SearchBusy):
                 request.app[RESOLVER_KEY].metrics.inc("search_deadline")
@@ -243,14 +205,7 @@ RESOLVER_KEY: web.AppKey[Resolver] = web.AppKey("search-resolver", Resolver)
 
 def add_routes(app: web.Application, resolver: Resolver) -> None:
     """The discovery routes, before the application's catch-all identifier route."""
-    searcher = Searcher(resolver.options.search_index, resolver.options.search_deadline)
-    app[SEARCHER_KEY] = searcher
     app[RESOLVER_KEY] = resolver
-
-    async def close(_: web.Application) -> None:
-        searcher.close()
-
-    app.on_cleanup.append(close)
     r = app.router
     r.add_get("/api/search", handler(search), name="search")
     r.add_get("/api/handles", handler(list_handles), name="search-listing")

@@ -486,7 +486,7 @@ def parse_query(args: Any) -> Query:
     query = Query(
         terms=tuple(term(w) for w in words),
         types=parse_types(args.getall("type", [])),
-        prefix=parse_prefix(args["prefix"]) if args.get("prefix") else "",
+        prefix=parse_prefix(args["prefix"]) if "prefix" in args else "",
         near=parse_near(near, radius) if near is not None else None,
         bbox=parse_bbox(args["bbox"]) if args.get("bbox") is not None else None,
         limit=parse_limit(args.get("limit")),
@@ -692,15 +692,15 @@ def prefix_summary(conn: sqlite3.Connection, prefix: str,
     return out
 
 
-def cities(conn: sqlite3.Connection, root: str) -> list[tuple[str, int]]:
-    """Every prefix delegated under ``root`` (not revoked), with its identifier count."""
-    lo, hi = root + ".", root + "/"
-    rows = conn.execute(
-        "SELECT scope FROM ids WHERE handle > ? AND handle < ? "
-        "AND scope NOT IN (SELECT prefix FROM revoked) ORDER BY handle",
-        (f"{NA}/{lo}", f"{NA}/{hi}"),
-    ).fetchall()
-    return [(s, count(conn, s)) for (s,) in rows]
+def delegated(conn: sqlite3.Connection, seconds: float = DEADLINE_S) -> list[tuple[str, int]]:
+    """Every prefix delegated (not revoked), with how many identifiers are directly under it."""
+    with deadline(conn, seconds):
+        rows = conn.execute(
+            "SELECT scope FROM ids WHERE handle > ? AND handle < ? "
+            "AND scope NOT IN (SELECT prefix FROM revoked) ORDER BY handle",
+            under(NA),
+        ).fetchall()
+        return [(s, count(conn, s)) for (s,) in rows]
 
 
 def under(prefix: str) -> list[str]:

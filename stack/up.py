@@ -465,6 +465,7 @@ async def _start_fronts(
         identity=f"{socket.gethostname()}/up",
         base_url=f"http://{cfg.get('resolver', 'http')}",
         search_index=str(data / SEARCH_INDEX),
+        apply_url=f"http://{cfg.get('root', 'listen')}/apply",
     )
     fronts = FrontsProcess(spec)
     try:
