@@ -246,10 +246,13 @@ def pins_svg(pins: Sequence[Pin], view: Box | None = None, *, label: str = "map"
     parts += [*g, "</g>", *t, "</g>", _scale_bar(pr)]
     for p in pins:
         x, y = pr.xy(p.lat, p.lon)
+        # Labels never take a click from a pin they overlap.
+        text = (f'<text x="{x + 5}" y="{y + 3}" fill="#1c1c1c" pointer-events="none">'
+                f"{escape(p.label)}</text>") if p.label else ""  # fmt: skip
         parts.append(
             f'<a class="pin" href="{escape(p.href)}"><circle cx="{x}" cy="{y}" r="4" '
             f'fill="#d93025" stroke="#fff" stroke-width="1.2"><title>{escape(p.title)}</title>'
-            f'</circle><text x="{x + 5}" y="{y + 3}" fill="#1c1c1c">{escape(p.label)}</text></a>'
+            f"</circle>{text}</a>"
         )
     parts.append("</svg>")
     return "".join(parts)

@@ -508,10 +508,20 @@ def _km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 2 * EARTH_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
-def _in_circle(box: tuple[float, float, float, float], c: Circle) -> bool:
+def _box_km(box: tuple[float, float, float, float], lat: float, lon: float) -> float:
     s, n, w, e = box
-    # The point of the box nearest the centre (boxes do not cross the antimeridian).
-    return _km(c.lat, c.lon, min(max(c.lat, s), n), min(max(c.lon, w), e)) <= c.km
+    # The point of the box nearest (lat, lon) (boxes do not cross the antimeridian).
+    return _km(lat, lon, min(max(lat, s), n), min(max(lon, w), e))
+
+
+def distance_km(record: Record, lat: float, lon: float) -> float | None:
+    """How far the nearest of ``record``'s places is from (lat, lon); None: it has none."""
+    kms = [_box_km(b, lat, lon) for v in record.values if (b := extent(v.type, v.data))]
+    return min(kms) if kms else None
+
+
+def _in_circle(box: tuple[float, float, float, float], c: Circle) -> bool:
+    return _box_km(box, c.lat, c.lon) <= c.km
 
 
 def _in_bbox(box: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:

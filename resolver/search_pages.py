@@ -40,8 +40,9 @@ log = logging.getLogger("cityid.resolver.search")
 COUNTRY = "MA.156"  # the prefix whose four-digit children are GB/T 2260 cities
 CHINA = Box(17.0, 72.5, 54.5, 135.5)  # the overview map's view
 MAP_WIDTH = 640  # px: the SVG scales down to the page (svg.map's max-width)
-NEARBY_KM = 1.0
-NEARBY = 10
+NEARBY_KM = 10.0
+NEARBY = 10  # the nearest this many within NEARBY_KM
+NEARBY_SCAN = 500  # candidates ranked by distance at most
 RECENT = 8  # batches on the overview
 
 
@@ -84,22 +85,37 @@ def overview_body(
     None without an index; ``batches``: (origin, Batch), newest first."""
     places = city_places()
     pins: list[Pin] = []
-    rows: list[str] = []
+    rows: list[str] = []  # every delegated prefix
+    busy: list[str] = []  # those holding identifiers
     total = 0
+    # A city's count on the map is its subtree's: its departments hold its identifiers.
+    subtree = dict(cities or ())
+    for prefix, count in cities or ():
+        parent = prefix.rpartition(".")[0]
+        while parent:
+            if parent in subtree:
+                subtree[parent] += count
+            parent = parent.rpartition(".")[0]
     for prefix, count in cities or ():
         total += count
         node = prefix.removeprefix(COUNTRY + ".")
         place = places.get(node) if prefix.startswith(COUNTRY + ".") else None
         name = place[0] if place else ""
         if place is not None:
-            pins.append(Pin(place[1], place[2], f"{node} · {count:,}", _link(f"0.NA/{prefix}"),
-                            f"{name} {prefix}: {count:,} identifiers"))  # fmt: skip
+            # Labelled when it holds identifiers: a province's cities would overlap otherwise
+            # (every pin has them in its title, and the table below lists them all).
+            held = subtree[prefix]
+            label = f"{node} · {held:,}" if held else ""
+            pins.append(Pin(place[1], place[2], label, _link(f"0.NA/{prefix}"),
+                            f"{node} {name}: {held:,} identifiers"))  # fmt: skip
         search = "/search?" + urlencode({"prefix": prefix})
         rows.append(
             f'<tr><td class=mono><a href="{escape(_link(f"0.NA/{prefix}"))}">{escape(prefix)}'
             f"</a></td><td>{escape(name)}</td><td class=n>{count:,}</td>"
             f'<td><a href="{escape(search)}">search</a></td></tr>'
         )
+        if count:
+            busy.append(rows[-1])
     apply = (f'<a href="{escape(apply_url)}">Apply for a code</a>' if apply_url
              else "Apply for a code at the root registrar's <code>/apply</code>")  # fmt: skip
     head = (
@@ -111,37 +127,45 @@ def overview_body(
     )
     if cities is None:
         middle = f"<div class=card><p class=sub>{escape(note or 'No search index.')}</p></div>"
+        table = ""
     else:
         svg = maps.pins_svg(pins, CHINA, label="delegated cities", width=MAP_WIDTH)
-        middle = (
-            f"<div class=card id=overview-map>{svg}</div>"
-            "<h2>Cities</h2><div class=card><table><tr><th>prefix</th><th>name</th>"
-            f"<th>identifiers</th><th></th></tr>{''.join(rows)}</table></div>"
+        th = "<tr><th>prefix</th><th>name</th><th>identifiers</th><th></th></tr>"
+        middle = f"<div class=card id=overview-map>{svg}</div>"
+        table = (
+            f"<h2>Publishing</h2><div class=card id=publishing><table>{th}{''.join(busy)}</table>"
+            f"<details><summary>All {len(rows):,} delegated prefixes</summary>"
+            f"<table>{th}{''.join(rows)}</table></details></div>"
         )
-    return head + middle + _batches(batches) + _logs(logs, redis_up)
+    api = (
+        "<p class=sub>API: <code>/PREFIX/SUFFIX</code>, <code>/api/handles/ID</code>, "
+        '<code>/api/search</code>, <code>/api/prefixes/P</code>: <a href="/openapi.json">'
+        "openapi.json</a>.</p>"
+    )
+    return head + middle + _logs(logs, redis_up) + _batches(batches) + table + api
 
 
 def _batches(batches: Sequence[tuple[str, Any]]) -> str:
     rows = []
     for origin, b in batches:
-        sample = " ".join(f'<a class=mono href="{escape(_link(i))}">{escape(i)}</a>'
-                          for i in b.sample[:2])  # fmt: skip
+        sample = "".join(f'<a class=mono href="{escape(_link(i))}">{escape(i)}</a>'
+                         for i in b.sample[:1])  # fmt: skip
         rows.append(
-            f"<tr><td class=mono>{escape(origin)}</td><td class=n>{b.end - b.start:,}</td>"
-            f"<td class=n>{b.identifiers:,}</td><td class=data>{sample}</td></tr>"
+            f"<tr><td class=data>{escape(origin)}</td><td class=n>{b.end - b.start:,}</td>"
+            f"<td class=data>{sample}</td></tr>"
         )
     if not rows:
         return "<h2>Recent batches</h2><div class=card><p class=sub>None yet.</p></div>"
     return (
         "<h2>Recent batches</h2><div class=card><table><tr><th>log</th><th>entries</th>"
-        f"<th>identifiers</th><th>for example</th></tr>{''.join(rows)}</table>"
+        f"<th>for example</th></tr>{''.join(rows)}</table>"
         '<p><a href="/explorer">All batches in the ledger explorer</a></p></div>'
     )
 
 
 def _logs(logs: Sequence[Mapping[str, Any]], redis_up: bool) -> str:
     rows = "".join(
-        f"<tr><td class=mono>{escape(str(lg.get('origin', '')))}</td>"
+        f"<tr><td class=data>{escape(str(lg.get('origin', '')))}</td>"
         f"<td class=n>{escape(str(lg.get('size', '')))}</td>"
         f"<td class={'ok' if lg.get('state') == 'ok' else 'bad'}>"
         f"{escape(str(lg.get('state', '')))}</td>"
@@ -153,9 +177,6 @@ def _logs(logs: Sequence[Mapping[str, Any]], redis_up: bool) -> str:
         f"<h2>Verification</h2><div class=card id=logs><p>Redis: {redis}</p>"
         "<table><tr><th>log</th><th>size</th><th>state</th><th>reason</th></tr>"
         f"{rows}</table></div>"
-        "<p class=sub>API: <code>/PREFIX/SUFFIX</code>, <code>/api/handles/ID</code>, "
-        '<code>/api/search</code>, <code>/api/prefixes/P</code>: <a href="/openapi.json">'
-        "openapi.json</a>.</p>"
     )
 
 
@@ -256,26 +277,33 @@ async def search_page(request: web.Request) -> web.Response:
 
 
 async def nearby_html(searcher: Searcher, entry: Entry) -> str:
-    """What is registered within :data:`NEARBY_KM` of ``entry``'s GEO point, as a card."""
+    """The :data:`NEARBY` identifiers nearest ``entry``'s GEO point within :data:`NEARBY_KM`,
+    as a card (of the first :data:`NEARBY_SCAN` in the circle: the index orders by name)."""
     if not searcher.enabled or entry.record is None:
         return ""
     geo = entry.record.first("GEO")
     point = maps.parse_point(geo.data) if geo is not None else None
     if point is None:
         return ""
-    q = Query(near=Circle(point[0], point[1], NEARBY_KM), limit=NEARBY + 1)
+    q = Query(near=Circle(point[0], point[1], NEARBY_KM), limit=NEARBY_SCAN)
     try:
         hits, _ = await searcher.run(search_index.search, q)
     except CityIdError as e:
         log.debug("nearby %s: %s", entry.ident, e.message)
         return ""
-    rows = []
+    ranked = []
     for h in hits:
-        if h.handle == entry.ident or len(rows) >= NEARBY:
+        if h.handle == entry.ident:
             continue
-        what = _first_text(search_index.decode_trusted(h.record), "NAME", "DESC")
-        rows.append(f'<li><a class=mono href="{escape(_link(h.handle))}">{escape(h.handle)}</a> '
-                    f"{escape(what)}</li>")  # fmt: skip
+        record = search_index.decode_trusted(h.record)
+        km = search_index.distance_km(record, point[0], point[1])
+        if km is not None:
+            ranked.append((km, h.handle, _first_text(record, "NAME", "DESC")))
+    rows = [
+        f'<li><a class=mono href="{escape(_link(handle))}">{escape(handle)}</a> '
+        f"{escape(what)} <span class=sub>{km:.1f} km</span></li>"
+        for km, handle, what in sorted(ranked)[:NEARBY]
+    ]
     if not rows:
         return ""
     more = "/search?" + urlencode({"near": f"{point[0]},{point[1]}", "radius": "5"})
