@@ -15,6 +15,7 @@ keeps in Redis; nothing here writes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ NEARBY_KM = 10.0
 NEARBY = 10  # the nearest this many within NEARBY_KM
 NEARBY_SCAN = 500  # candidates ranked by distance at most
 RECENT = 8  # batches on the overview
+PAGE_LIMIT = 25  # hits on a page of /search unless limit= says
 
 
 @functools.cache
@@ -222,9 +224,12 @@ def results_body(args: Mapping[str, str], hits: Sequence[search_index.Hit], curs
         record = search_index.decode_trusted(h.record)
         what = _first_text(record, "NAME", "DESC")
         url = _first_text(record, "URL")
+        # A list, not a table: a URL needs the whole width of a phone.
         rows.append(
-            f'<tr><td class=mono><a href="{escape(_link(h.handle))}">{escape(h.handle)}</a></td>'
-            f"<td>{escape(what)}</td><td class=data>{escape(url)}</td></tr>"
+            f'<li><a class=mono href="{escape(_link(h.handle))}">{escape(h.handle)}</a> '
+            f"{escape(what)}"
+            + (f'<br><small style="overflow-wrap:anywhere">{escape(url)}</small>' if url else "")
+            + "</li>"
         )
         for v in record.values:
             box = search_index.extent(v.type, v.data)
@@ -239,10 +244,7 @@ def results_body(args: Mapping[str, str], hits: Sequence[search_index.Hit], curs
         more = f'<p><a rel=next href="{escape(nxt)}">Next page</a></p>'
     found = (f"<p class=sub>{len(rows)} shown{' (more on the next page)' if cursor else ''}."
              "</p>")  # fmt: skip
-    table = (
-        "<table><tr><th>identifier</th><th>what</th><th>URL</th></tr>" + "".join(rows) + "</table>"
-        if rows else "<p class=sub>Nothing found.</p>"
-    )  # fmt: skip
+    table = f"<ol id=hits>{''.join(rows)}</ol>" if rows else "<p class=sub>Nothing found.</p>"
     mapped = (f"<div class=card id=hits-map>{maps.pins_svg(pins, label='hits')}</div>"
               if pins else "")  # fmt: skip
     return f"<h1>Search</h1>{form}{found}{mapped}<div class=card>{table}{more}</div>"
@@ -257,6 +259,8 @@ async def search_page(request: web.Request) -> web.Response:
     if args:  # no parameter at all: the empty form
         try:
             q = search_index.parse_query(request.query)
+            if "limit" not in args:  # a page a reader scrolls, not an API client's batch
+                q = dataclasses.replace(q, limit=PAGE_LIMIT)
             hits, cursor = await resolver.searcher.run(search_index.search, q)
         except QueryError as e:
             error, status = f"{e.message} [rule: {e.rule}]", 400
