@@ -221,6 +221,11 @@ async def synced(world: World, redis_db: str) -> AsyncIterator[tuple[World, Sync
         await store.close()
 
 
+@pytest.fixture
+def model() -> Model:
+    return Model()
+
+
 @settings(
     max_examples=20,
     deadline=None,
@@ -228,12 +233,11 @@ async def synced(world: World, redis_db: str) -> AsyncIterator[tuple[World, Sync
 )
 @given(plans=st.lists(actions, min_size=1, max_size=3))
 async def test_index_equals_a_brute_force_scan_after_random_writes(
-    synced: tuple[World, Sync, Store], plans: list[list[Any]]
+    synced: tuple[World, Sync, Store], model: Model, plans: list[list[Any]]
 ) -> None:
-    # One world for every example: the logs only grow, and the index must equal the
-    # scan after each step, whatever came before.
+    # One world and one model for every example (hypothesis reuses a test's fixtures): the
+    # logs only grow, and the index must equal the scan after each step, whatever came before.
     world, sync, _ = synced
-    model = MODELS.setdefault(id(world), Model())
     for plan in plans:
         step(world, model, plan)
         assert await sync.sync_once()
@@ -250,9 +254,6 @@ async def test_index_equals_a_brute_force_scan_after_random_writes(
                 h for h, (_, _, r) in model.rows().items()
                 if any(word.lower() in str(v.data).lower() for v in r.values if v.type == "DESC")
             )  # fmt: skip
-
-
-MODELS: dict[int, Model] = {}
 
 
 async def test_rebuild_from_empty(synced: tuple[World, Sync, Store], redis_db: str) -> None:
