@@ -102,7 +102,7 @@ class SearchBusy(LedgerError):
 
 
 class IndexUnavailable(LedgerError):
-    """No index to read yet (sync has not created it, or none is configured)."""
+    """No index to read yet: sync has not created it."""
 
     rule = "search-unavailable"
 

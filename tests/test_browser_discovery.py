@@ -13,12 +13,12 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
+import test_browser
 from browser_harness import (
     PageWatch,
     System,
     expect,
     get_json,
-    launch,
     new_context,
     running_system,
     safe_name,
@@ -31,7 +31,6 @@ pytestmark = [
     pytest.mark.skipif(bool(WHY_NO_BROWSER), reason=WHY_NO_BROWSER),
     pytest.mark.timeout(300),
 ]
-TIMEOUT_MS = 20_000
 PHONE = {"width": 390, "height": 844}
 
 
@@ -41,23 +40,10 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
         yield s
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as pw:
-        b = launch(pw)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = new_context(browser)
-    context.set_default_timeout(TIMEOUT_MS)
-    yield context.new_page()
-    context.close()
+# The browser and its pages, as test_browser.py makes them (fixtures).
+playwright = test_browser.playwright
+browser = test_browser.browser
+page = test_browser.page
 
 
 def fits(page: Any) -> None:

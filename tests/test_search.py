@@ -573,3 +573,35 @@ async def test_bench_runs_small_and_agrees_with_the_scan() -> None:
     assert figures["build_ids_per_s"][0] > 0 and figures["bytes_per_id"][0] > 0
     assert {f"{k}_{w}_p99_ms" for k in ("exact", "wildcard", "radius", "listing")
             for w in ("index", "like_scan")} <= set(figures)  # fmt: skip
+
+
+async def test_an_index_built_under_another_root_is_emptied(
+    synced: tuple[World, Sync, Store],
+) -> None:
+    world, sync, _ = synced
+    step(world, Model(), [("put", CITY, "A-1", "pump station", None, False)])
+    assert await sync.sync_once()
+    path = world.tmp / "index.sqlite"
+    assert index_rows(path)
+    await sync.stop()
+    other = search_index.open_writer(str(path), "another.root/log MA.156 00")
+    try:
+        assert search_index.size(other) == 0 and search_index.cursors(other) == {}
+    finally:
+        other.close()
+
+
+async def test_a_failing_index_never_stops_sync(
+    world: World, redis_db: str, tmp_path: Path
+) -> None:
+    (tmp_path / "a-directory").mkdir()
+    store = await Store.connect(redis_db)
+    sync = world.make_sync(store, index_path=str(tmp_path / "a-directory"))
+    try:
+        step(world, Model(), [("put", CITY, "A-1", "pump station", None, False)])
+        assert await sync.sync_once()
+        assert await test_resolver_sync.lookup(store, f"{CITY}/A-1") is not None
+        assert sync.metrics()["sync_index_errors_total"] == 1
+    finally:
+        await sync.stop()
+        await store.close()
