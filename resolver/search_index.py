@@ -557,18 +557,48 @@ def matches(q: Query, handle: str, prefix: str, scope: str, record: Record) -> b
 # -- running a query -----------------------------------------------------------------------------
 
 
-def _text_filter(t: Term, types: Sequence[str], args: list[Any]) -> str:
-    likes = " AND ".join("data LIKE ?" for _ in t.runs)
-    args += [f"%{r}%" for r in t.runs]
-    sql = f"SELECT id FROM vals WHERE vid IN (SELECT rowid FROM text WHERE {likes})"
+RARE = 3  # trigrams a term is looked up by
+
+
+def rare_match(t: Term) -> str:
+    """An FTS5 ``MATCH`` for :data:`RARE` of ``t``'s trigrams likely to be rare ("": use
+    ``LIKE``).
+
+    FTS5 intersects every trigram of a ``LIKE`` pattern, and a URL's first ones (``htt``,
+    ``tps``...) are in every row; counting each trigram's rows would read those lists
+    too. Identifiers and URLs are most specific in their digits and at their end, so
+    those trigrams are chosen: the candidates are a superset, and :func:`matches`
+    decides. Only ASCII trigrams are chosen (others fold as SQLite folds them).
+    """
+    grams: dict[str, tuple[int, int]] = {}
+    for r in t.runs:
+        for i in range(len(r) - 2):
+            g = r[i : i + 3].lower()
+            if g.isascii():
+                grams[g] = (-sum(c.isdigit() for c in g), -i)
+    rare = sorted(grams, key=grams.__getitem__)[:RARE]
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in rare)
+
+
+def _text_filter(t: Term, types: Sequence[str], args: list[Any], match: str) -> str:
+    if match:
+        cond = "text MATCH ?"
+        args.append(match)
+    else:
+        cond = " AND ".join("data LIKE ?" for _ in t.runs)
+        args += [f"%{r}%" for r in t.runs]
+    sql = f"SELECT id FROM vals WHERE vid IN (SELECT rowid FROM text WHERE {cond})"
     if types:
-        sql += f" AND type IN ({','.join('?' * len(types))})"
+        # "+type": not by the type index, which would scan every value of the type.
+        sql += f" AND +type IN ({','.join('?' * len(types))})"
         args += types
     return f"i.id IN ({sql})"
 
 
-def candidates_sql(q: Query, batch: int) -> tuple[str, list[Any]]:
-    """The SQL for the next ``batch`` candidate rows of ``q`` after ``q.after``."""
+def candidates_sql(q: Query, batch: int, picks: Sequence[str] = ()) -> tuple[str, list[Any]]:
+    """The SQL for the next ``batch`` candidate rows of ``q`` after ``q.after``; ``picks``:
+    the :func:`rare_match` of each term then each field ("": by ``LIKE``)."""
+    picks = list(picks) or [""] * (len(q.terms) + len(q.fields))
     where = ["i.handle > ?", "i.scope NOT IN (SELECT prefix FROM revoked)"]
     args: list[Any] = [q.after]
     if q.prefix:
@@ -577,10 +607,10 @@ def candidates_sql(q: Query, batch: int) -> tuple[str, list[Any]]:
     if q.exact_prefix:
         where.append("i.handle > ? AND i.handle < ?")
         args += under(q.exact_prefix)
-    for t in q.terms:
-        where.append(_text_filter(t, q.types, args))
-    for vtype, t in q.fields.items():
-        where.append(_text_filter(t, (vtype,), args))
+    for t, pick in zip(q.terms, picks, strict=False):
+        where.append(_text_filter(t, q.types, args, pick))
+    for (vtype, t), pick in zip(q.fields.items(), picks[len(q.terms) :], strict=False):
+        where.append(_text_filter(t, (vtype,), args, pick))
     if q.types and not q.terms:
         marks = ",".join("?" * len(q.types))
         where.append(f"i.id IN (SELECT id FROM vals WHERE type IN ({marks}))")
@@ -610,8 +640,9 @@ def search(
     after = q.after
     batch = min(4 * (q.limit + 1), 4000)
     with deadline(conn, seconds):
+        picks = [rare_match(t) for t in (*q.terms, *q.fields.values())]
         while len(hits) <= q.limit:
-            sql, args = candidates_sql(_after(q, after), batch)
+            sql, args = candidates_sql(_after(q, after), batch, picks)
             rows = conn.execute(sql, args).fetchall()
             for handle, prefix, scope, record in rows:
                 if matches(q, handle, prefix, scope, decode_trusted(record)):
