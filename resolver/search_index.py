@@ -687,24 +687,25 @@ def prefix_summary(conn: sqlite3.Connection, prefix: str,
         ).fetchone()
         revoked = bool(conn.execute("SELECT EXISTS (SELECT 1 FROM revoked WHERE prefix = ?)",
                                     (prefix,)).fetchone()[0])  # fmt: skip
-        if row is None and not revoked:
-            return None
         lo, hi = prefix + ".", prefix + "/"
+        shown = "scope NOT IN (SELECT prefix FROM revoked)"
         children = [
             s for (s,) in conn.execute(
-                "SELECT scope FROM ids WHERE handle > ? AND handle < ? ORDER BY handle",
-                (f"{NA}/{lo}", f"{NA}/{hi}"))
+                f"SELECT scope FROM ids WHERE handle > ? AND handle < ? AND {shown} "
+                "ORDER BY handle", (f"{NA}/{lo}", f"{NA}/{hi}"))
             if "." not in s[len(lo):]
         ]  # fmt: skip
+        if row is None and not revoked and not children:
+            return None
         direct = count(conn, prefix)
         subtree = conn.execute(
             "SELECT count(*) FROM ids "
-            "WHERE prefix != ? AND (scope = ? OR (scope > ? AND scope < ?))",
+            f"WHERE prefix != ? AND (scope = ? OR (scope > ? AND scope < ?)) AND {shown}",
             (NA, prefix, lo, hi),
         ).fetchone()[0]
         box = conn.execute(
             "SELECT min(g.s), max(g.n), min(g.w), max(g.e) FROM geo g JOIN ids i ON i.id = g.id "
-            "WHERE i.scope = ? OR (i.scope > ? AND i.scope < ?)",
+            f"WHERE (i.scope = ? OR (i.scope > ? AND i.scope < ?)) AND i.{shown}",
             (prefix, lo, hi),
         ).fetchone()
         ranges = conn.execute(
@@ -714,7 +715,8 @@ def prefix_summary(conn: sqlite3.Connection, prefix: str,
         ).fetchall()
     out: dict[str, Any] = {
         "prefix": prefix,
-        "status": "revoked" if revoked else "delegated",
+        # "anchor": no log holds its record (a root of trust), only its children's.
+        "status": "revoked" if revoked else "delegated" if row is not None else "anchor",
         "children": [{"prefix": c, "url": f"/api/prefixes/{c}"} for c in children],
         "identifiers": int(direct),
         "identifiers_in_subtree": int(subtree),

@@ -359,8 +359,10 @@ async def test_handle_listing_and_prefix_summary(served: Served) -> None:
     assert body["identifiers"] == 6 and body["log_status"]["state"] == "ok"
     assert body["extent"]["south"] == pytest.approx(38.0, abs=1e-4)
     assert body["extent"]["north"] == pytest.approx(38.06, abs=1e-4)
-    status, body, _ = await get(served, "/api/prefixes/MA.156")
-    assert status == 404 or body["children"]  # the root's own record is not in any log
+    status, body, _ = await get(served, "/api/prefixes/MA.156")  # no log holds its record
+    assert status == 200 and body["status"] == "anchor" and "record" not in body
+    assert [c["prefix"] for c in body["children"]] == [str(CITY), str(SIBLING)]
+    assert body["identifiers_in_subtree"] == 6
     status, body, _ = await get(served, "/api/prefixes/MA.156.9999")
     assert status == 404 and body["rule"] == "not-found"
 
