@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "ledger.cli",
     "registrar.cli",
     "registrar.qr_cli",
+    "registrar.apply_cli",
     "resolver.cli",
     "resolver.dns.cli",
     "stack.up",

@@ -28,6 +28,7 @@ SCHEMA: dict[str, Any] = {
     ),
     "batch": dict.fromkeys(("max_size", "max_delay_ms"), VALUE),
     "snapshot": dict.fromkeys(("every",), VALUE),
+    "applications": dict.fromkeys(("per_hour",), VALUE),
     "anchor": [dict.fromkeys(("prefix", "key"), VALUE)],
     "witness": [dict.fromkeys(("url", "key"), VALUE)],
 }
@@ -40,6 +41,8 @@ class ConfigError(CityIdError):
 #: Replay work (leaves plus explicitly minted identifiers) between two namespace
 #: snapshots: what a start after a crash replays at most (docs/registrar.md).
 DEFAULT_SNAPSHOT_EVERY = 250_000
+#: Applications (``POST /api/applications``) one client address may send an hour.
+DEFAULT_APPLICATIONS_PER_HOUR = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +67,7 @@ class RegistrarConfig:
     quorum: int = 0
     witness_timeout_ms: int = 5000
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    applications_per_hour: int = DEFAULT_APPLICATIONS_PER_HOUR
 
     @property
     def log_dir(self) -> Path:
@@ -108,6 +112,7 @@ class RegistrarConfig:
             witnesses = [(w["url"], VerifierKey.parse(w["key"])) for w in raw.get("witness", [])]
             batch = raw.get("batch", {})
             snapshot = raw.get("snapshot", {})
+            applications = raw.get("applications", {})
             cfg = cls(
                 directory=d,
                 origin=raw["origin"],
@@ -121,6 +126,9 @@ class RegistrarConfig:
                 quorum=int(raw.get("quorum", len(witnesses))),
                 witness_timeout_ms=int(raw.get("witness_timeout_ms", 5000)),
                 snapshot_every=int(snapshot.get("every", DEFAULT_SNAPSHOT_EVERY)),
+                applications_per_hour=int(
+                    applications.get("per_hour", DEFAULT_APPLICATIONS_PER_HOUR)
+                ),
             )
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}", rule="bad-config") from e
@@ -130,6 +138,8 @@ class RegistrarConfig:
             raise ConfigError(f"{path}: no [[anchor]]: a registrar hosts at least one prefix")
         if not 0 <= cfg.quorum <= len(witnesses):
             raise ConfigError(f"{path}: quorum {cfg.quorum} but {len(witnesses)} witnesses")
+        if cfg.applications_per_hour < 1:
+            raise ConfigError(f"{path}: applications.per_hour must be 1 or more")
         if cfg.snapshot_every < 0:
             raise ConfigError(f"{path}: snapshot.every must be 0 (only at a clean stop) or more")
         return cfg
@@ -155,6 +165,9 @@ class RegistrarConfig:
             "",
             "[snapshot]  # of the namespace, in snapshot/: derived from the log, safe to delete",
             f"every = {self.snapshot_every}  # leaves + minted ids between two (0: at stop only)",
+            "",
+            "[applications]  # for child prefixes (docs/onboarding.md)",
+            f"per_hour = {self.applications_per_hour}  # from one client address at most",
         ]
         for a in self.anchors:
             lines += [

@@ -29,8 +29,8 @@ from cityid import demo
 from cityid.errors import CityIdError
 from cityid.records import Record
 
-from . import explorer, maps, pages, search_index
-from .encode import HTML
+from . import explorer, i18n, maps, pages, search_index
+from .encode import choose, page_headers
 from .maps import Box, Pin
 from .search_index import Circle, Query, QueryError
 from .search_reader import Searcher
@@ -182,7 +182,7 @@ def _logs(logs: Sequence[Mapping[str, Any]], redis_up: bool) -> str:
     )
 
 
-async def overview(resolver: Any, st: Mapping[str, Any]) -> bytes:
+async def overview(resolver: Any, st: Mapping[str, Any], lang: str = i18n.EN) -> bytes:
     """The home page, from the index (its cities) and Redis (logs and their batches)."""
     searcher: Searcher = resolver.searcher
     cities: list[tuple[str, int]] | None = None
@@ -197,7 +197,7 @@ async def overview(resolver: Any, st: Mapping[str, Any]) -> bytes:
                      key=lambda ob: -ob[1].applied_at)[:RECENT]  # fmt: skip
     body = overview_body(cities, st.get("logs", []), bool(st.get("redis")), batches,
                          resolver.options.apply_url, note)  # fmt: skip
-    return pages.page("cityid: national overview", body)
+    return pages.page("cityid: national overview", body, lang, pages.switch_to("/", lang))
 
 
 # -- search results ----------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def results_body(args: Mapping[str, str], hits: Sequence[search_index.Hit], curs
 
 async def search_page(request: web.Request) -> web.Response:
     resolver = request.app[RESOLVER_KEY]
-    args = {k: v for k, v in request.query.items()}
+    args = {k: v for k, v in request.query.items() if k != "lang"}  # lang: the page's only
     status = 200
     hits: list[search_index.Hit] = []
     cursor = error = ""
@@ -269,9 +269,12 @@ async def search_page(request: web.Request) -> web.Response:
             error = f"{e.message} [rule: {e.rule}]"
             if e.rule == "search-deadline":
                 resolver.metrics.inc("search_deadline")
-    body = pages.page("cityid: search", results_body(args, hits, cursor, error))
-    headers = {"Content-Type": HTML, "Content-Security-Policy": pages.CSP,
-               "Cache-Control": "no-store"}  # fmt: skip
+    lang, _ = i18n.request_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
+    switch = pages.switch_to("/search", lang, *(f"{k}={quote(v, safe='')}"
+                                                for k, v in args.items()))  # fmt: skip
+    body = pages.page("cityid: search", results_body(args, hits, cursor, error), lang, switch)
+    headers = dict(page_headers(choose(None, True, lang)))
+    headers["Cache-Control"] = "no-store"
     if status == 503:
         headers["Retry-After"] = "2"
     return web.Response(status=status, body=body, headers=headers)
