@@ -354,7 +354,9 @@ class Resolver:
         assert entry is not None and entry.record is not None
         # One event-loop pass: the store sends the prefix lookups in one pipeline.
         view, area, nearby = await asyncio.gather(
-            self.log_view(entry), self.area(entry), search_pages.nearby_html(self.searcher, entry)
+            self.log_view(entry),
+            self.area(entry),
+            search_pages.nearby_html(self.searcher, entry, lang_of(rep)),
         )
         body = pages.landing_page(
             entry,

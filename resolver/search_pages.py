@@ -31,6 +31,7 @@ from cityid.records import Record
 
 from . import explorer, i18n, maps, pages, search_index
 from .encode import choose, page_headers
+from .i18n import t
 from .maps import Box, Pin
 from .search_index import Circle, Query, QueryError
 from .search_reader import Searcher
@@ -61,8 +62,8 @@ def city_places() -> dict[str, tuple[str, float, float]]:
 
 
 def _first_text(record: Record, *types: str) -> str:
-    for t in types:
-        v = record.first(t)
+    for vtype in types:
+        v = record.first(vtype)
         if v is not None and isinstance(v.data, str):
             return v.data
     return ""
@@ -82,6 +83,7 @@ def overview_body(
     batches: Sequence[tuple[str, Any]],
     apply_url: str,
     note: str = "",
+    lang: str = i18n.EN,
 ) -> str:
     """The home page's body. ``cities``: (prefix, identifiers) of every delegated prefix, or
     None without an index; ``batches``: (origin, Batch), newest first."""
@@ -118,25 +120,26 @@ def overview_body(
         )
         if count:
             busy.append(rows[-1])
-    apply = (f'<a href="{escape(apply_url)}">Apply for a code</a>' if apply_url
-             else "Apply for a code at the root registrar's <code>/apply</code>")  # fmt: skip
+    apply = (f'<a href="{escape(apply_url)}">{t(lang, "disc.apply")}</a>' if apply_url
+             else escape(t(lang, "disc.apply_at")))  # fmt: skip
+    summary = t(lang, "disc.summary", prefixes=f"{len(rows):,}", ids=f"{total:,}")
     head = (
-        "<h1>cityid</h1>"
-        f"<p class=sub>{len(rows):,} prefixes delegated, {total:,} identifiers. {apply}.</p>"
-        '<form class=search action="/search" method=get role=search>'
-        '<input name=q aria-label="search" placeholder="words, https://example.org/*, ...">'
-        "<button>Search</button></form>"
+        f"<h1>{escape(t(lang, 'home.title'))}</h1>"
+        f"<p class=sub>{escape(summary)} {apply}</p>" + _form("", lang)
     )
     if cities is None:
         middle = f"<div class=card><p class=sub>{escape(note or 'No search index.')}</p></div>"
         table = ""
     else:
         svg = maps.pins_svg(pins, CHINA, label="delegated cities", width=MAP_WIDTH)
-        th = "<tr><th>prefix</th><th>name</th><th>identifiers</th><th></th></tr>"
+        th = "".join(f"<th>{t(lang, k)}</th>" for k in ("disc.prefix", "disc.name",
+                                                         "disc.identifiers"))  # fmt: skip
+        th = f"<tr>{th}<th></th></tr>"
         middle = f"<div class=card id=overview-map>{svg}</div>"
         table = (
-            f"<h2>Publishing</h2><div class=card id=publishing><table>{th}{''.join(busy)}</table>"
-            f"<details><summary>All {len(rows):,} delegated prefixes</summary>"
+            f"<h2>{t(lang, 'disc.publishing')}</h2><div class=card id=publishing>"
+            f"<table>{th}{''.join(busy)}</table>"
+            f"<details><summary>{t(lang, 'disc.all', n=f'{len(rows):,}')}</summary>"
             f"<table>{th}{''.join(rows)}</table></details></div>"
         )
     api = (
@@ -144,10 +147,23 @@ def overview_body(
         '<code>/api/search</code>, <code>/api/prefixes/P</code>: <a href="/openapi.json">'
         "openapi.json</a>.</p>"
     )
-    return head + middle + _logs(logs, redis_up) + _batches(batches) + table + api
+    return head + middle + _logs(logs, redis_up, lang) + _batches(batches, lang) + table + api
 
 
-def _batches(batches: Sequence[tuple[str, Any]]) -> str:
+def _form(q: str, lang: str, hidden: Mapping[str, str] | None = None) -> str:
+    """The search box; ``hidden``: the other parameters of the search it repeats."""
+    keep = "".join(f'<input type=hidden name="{escape(k)}" value="{escape(v)}">'
+                   for k, v in (hidden or {}).items() if k not in ("q", "cursor"))  # fmt: skip
+    return (
+        '<form class=search action="/search" method=get role=search>'
+        f'<input name=q aria-label="{t(lang, "disc.search")}" value="{escape(q)}" '
+        f'placeholder="{escape(t(lang, "disc.placeholder"))}">{keep}'
+        f"<input type=hidden name=lang value={lang}>"
+        f"<button>{t(lang, 'disc.search')}</button></form>"
+    )
+
+
+def _batches(batches: Sequence[tuple[str, Any]], lang: str) -> str:
     rows = []
     for origin, b in batches:
         sample = "".join(f'<a class=mono href="{escape(_link(i))}">{escape(i)}</a>'
@@ -156,16 +172,17 @@ def _batches(batches: Sequence[tuple[str, Any]]) -> str:
             f"<tr><td class=data>{escape(origin)}</td><td class=n>{b.end - b.start:,}</td>"
             f"<td class=data>{sample}</td></tr>"
         )
+    h2 = f"<h2>{t(lang, 'disc.batches')}</h2>"
     if not rows:
-        return "<h2>Recent batches</h2><div class=card><p class=sub>None yet.</p></div>"
+        return f"{h2}<div class=card><p class=sub>{t(lang, 'disc.none_yet')}</p></div>"
+    th = "".join(f"<th>{t(lang, k)}</th>" for k in ("disc.log", "disc.entries", "disc.example"))
     return (
-        "<h2>Recent batches</h2><div class=card><table><tr><th>log</th><th>entries</th>"
-        f"<th>for example</th></tr>{''.join(rows)}</table>"
-        '<p><a href="/explorer">All batches in the ledger explorer</a></p></div>'
+        f"{h2}<div class=card><table><tr>{th}</tr>{''.join(rows)}</table>"
+        f'<p><a href="/explorer?lang={lang}">{t(lang, "disc.all_batches")}</a></p></div>'
     )
 
 
-def _logs(logs: Sequence[Mapping[str, Any]], redis_up: bool) -> str:
+def _logs(logs: Sequence[Mapping[str, Any]], redis_up: bool, lang: str) -> str:
     rows = "".join(
         f"<tr><td class=data>{escape(str(lg.get('origin', '')))}</td>"
         f"<td class=n>{escape(str(lg.get('size', '')))}</td>"
@@ -174,11 +191,13 @@ def _logs(logs: Sequence[Mapping[str, Any]], redis_up: bool) -> str:
         f"<td>{escape(str(lg.get('reason', '')))}</td></tr>"
         for lg in logs
     )
-    redis = "<span class=ok>up</span>" if redis_up else "<span class=bad>unreachable</span>"
+    redis = (f"<span class=ok>{t(lang, 'home.up')}</span>" if redis_up
+             else f"<span class=bad>{t(lang, 'home.down')}</span>")  # fmt: skip
+    th = "".join(f"<th>{t(lang, k)}</th>"
+                 for k in ("disc.log", "home.size", "home.state", "home.reason"))  # fmt: skip
     return (
-        f"<h2>Verification</h2><div class=card id=logs><p>Redis: {redis}</p>"
-        "<table><tr><th>log</th><th>size</th><th>state</th><th>reason</th></tr>"
-        f"{rows}</table></div>"
+        f"<h2>{t(lang, 'disc.verification')}</h2><div class=card id=logs>"
+        f"<p>{t(lang, 'home.redis')}: {redis}</p><table><tr>{th}</tr>{rows}</table></div>"
     )
 
 
@@ -196,28 +215,19 @@ async def overview(resolver: Any, st: Mapping[str, Any], lang: str = i18n.EN) ->
     batches = sorted(((s.origin, b) for s in summaries for b in s.batches),
                      key=lambda ob: -ob[1].applied_at)[:RECENT]  # fmt: skip
     body = overview_body(cities, st.get("logs", []), bool(st.get("redis")), batches,
-                         resolver.options.apply_url, note)  # fmt: skip
-    return pages.page("cityid: national overview", body, lang, pages.switch_to("/", lang))
+                         resolver.options.apply_url, note, lang)  # fmt: skip
+    return pages.page(t(lang, "home.title"), body, lang, pages.switch_to("/", lang))
 
 
 # -- search results ----------------------------------------------------------------------------
 
 
 def results_body(args: Mapping[str, str], hits: Sequence[search_index.Hit], cursor: str,
-                 error: str = "") -> str:  # fmt: skip
-    q = args.get("q", "")
-    form = (
-        '<form class=search action="/search" method=get role=search>'
-        f'<input name=q aria-label="search" value="{escape(q)}">'
-        + "".join(
-            f'<input type=hidden name="{escape(k)}" value="{escape(v)}">'
-            for k, v in args.items()
-            if k not in ("q", "cursor")
-        )
-        + "<button>Search</button></form>"
-    )
+                 error: str = "", lang: str = i18n.EN) -> str:  # fmt: skip
+    form = _form(args.get("q", ""), lang, args)
+    h1 = f"<h1>{t(lang, 'disc.search')}</h1>"
     if error:
-        return f"<h1>Search</h1>{form}<div class=card><p class=bad>{escape(error)}</p></div>"
+        return f"{h1}{form}<div class=card><p class=bad>{escape(error)}</p></div>"
     rows: list[str] = []
     pins: list[Pin] = []
     for h in hits:
@@ -240,14 +250,15 @@ def results_body(args: Mapping[str, str], hits: Sequence[search_index.Hit], curs
     more = ""
     if cursor:
         nxt = "/search?" + urlencode([*((k, v) for k, v in args.items() if k != "cursor"),
-                                      ("cursor", cursor)])  # fmt: skip
-        more = f'<p><a rel=next href="{escape(nxt)}">Next page</a></p>'
-    found = (f"<p class=sub>{len(rows)} shown{' (more on the next page)' if cursor else ''}."
-             "</p>")  # fmt: skip
-    table = f"<ol id=hits>{''.join(rows)}</ol>" if rows else "<p class=sub>Nothing found.</p>"
+                                      ("cursor", cursor), ("lang", lang)])  # fmt: skip
+        more = f'<p><a rel=next href="{escape(nxt)}">{t(lang, "disc.next")}</a></p>'
+    shown = t(lang, "disc.shown", n=len(rows)) + (t(lang, "disc.more") if cursor else "")
+    found = f"<p class=sub>{escape(shown)}</p>"
+    table = (f"<ol id=hits>{''.join(rows)}</ol>" if rows
+             else f"<p class=sub>{t(lang, 'disc.nothing')}</p>")  # fmt: skip
     mapped = (f"<div class=card id=hits-map>{maps.pins_svg(pins, label='hits')}</div>"
               if pins else "")  # fmt: skip
-    return f"<h1>Search</h1>{form}{found}{mapped}<div class=card>{table}{more}</div>"
+    return f"{h1}{form}{found}{mapped}<div class=card>{table}{more}</div>"
 
 
 async def search_page(request: web.Request) -> web.Response:
@@ -272,7 +283,8 @@ async def search_page(request: web.Request) -> web.Response:
     lang, _ = i18n.request_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
     switch = pages.switch_to("/search", lang, *(f"{k}={quote(v, safe='')}"
                                                 for k, v in args.items()))  # fmt: skip
-    body = pages.page("cityid: search", results_body(args, hits, cursor, error), lang, switch)
+    body = pages.page(t(lang, "disc.search"), results_body(args, hits, cursor, error, lang),
+                      lang, switch)  # fmt: skip
     headers = dict(page_headers(choose(None, True, lang)))
     headers["Cache-Control"] = "no-store"
     if status == 503:
@@ -283,7 +295,7 @@ async def search_page(request: web.Request) -> web.Response:
 # -- nearby, on the landing page -----------------------------------------------------------------
 
 
-async def nearby_html(searcher: Searcher, entry: Entry) -> str:
+async def nearby_html(searcher: Searcher, entry: Entry, lang: str = i18n.EN) -> str:
     """The :data:`NEARBY` identifiers nearest ``entry``'s GEO point within :data:`NEARBY_KM`,
     as a card (of the first :data:`NEARBY_SCAN` in the circle: the index orders by name)."""
     if not searcher.enabled or entry.record is None:
@@ -313,10 +325,13 @@ async def nearby_html(searcher: Searcher, entry: Entry) -> str:
     ]
     if not rows:
         return ""
-    more = "/search?" + urlencode({"near": f"{point[0]},{point[1]}", "radius": "5"})
+    more = "/search?" + urlencode({"near": f"{point[0]},{point[1]}", "radius": "5",
+                                   "lang": lang})  # fmt: skip
     return (
-        f"<h2>Nearby</h2><div class=card id=nearby><p class=sub>Within {NEARBY_KM:g} km.</p>"
-        f'<ul>{"".join(rows)}</ul><p><a href="{escape(more)}">More around here</a></p></div>'
+        f"<h2>{t(lang, 'disc.nearby')}</h2><div class=card id=nearby>"
+        f"<p class=sub>{t(lang, 'disc.within', km=f'{NEARBY_KM:g}')}</p>"
+        f'<ul>{"".join(rows)}</ul><p><a href="{escape(more)}">{t(lang, "disc.more_here")}</a>'
+        "</p></div>"
     )
 
 

@@ -97,7 +97,7 @@ def test_search_from_the_home_page_lists_and_maps_hits(page: Any, system: System
     page.goto(system.base + "/")
     page.locator("form.search input[name=q]").fill("sjz")
     page.get_by_role("button", name="Search").click()
-    page.wait_for_url(re.compile(r"/search\?q=sjz$"))
+    page.wait_for_url(re.compile(r"/search\?q=sjz&lang=en$"))
     want = get_json(f"{system.base}/api/search?q=sjz&limit=25")  # the page's size
     rows = page.locator("#hits li > a")
     expect(rows).to_have_count(want["count"])
