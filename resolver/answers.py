@@ -29,7 +29,7 @@ from cityid.identifiers import IdentifierError, parse_identifier, parse_minted, 
 from ledger.client import LogClient
 from ledger.tlogproof import TlogProof
 
-from . import explorer, maps, pages, stats
+from . import explorer, maps, pages, search_pages, stats
 from .cache import ABSENT, RECORD, ResponseCache, kind, location_of, read
 from .encode import (
     AS_PAGE,
@@ -52,6 +52,7 @@ from .encode import (
 from .layout import MAX_BATCH, REDIS_ERRORS, StoreError, log_key
 from .metrics import Metrics
 from .reply import Reply
+from .search_reader import Searcher
 from .store import Ask, Entry, Store, ask_id
 
 log = logging.getLogger("cityid.resolver.http")
@@ -83,6 +84,9 @@ class ServeOptions:
     status_ttl: float = 1.0  # how long a sync status read is reused
     proof_cache: int = 256
     fast_path: bool = True
+    search_index: str = ""  # the search index file sync writes (resolver.search_api reads it)
+    search_deadline: float = 2.0  # seconds a search may take before it is stopped (503)
+    apply_url: str = ""  # where the home page sends a city to apply for its code
 
 
 def ask_of(asked: str) -> Ask:
@@ -143,6 +147,7 @@ class Resolver:
         self._clients: dict[tuple[str, str, str], LogClient] = {}
         self._session: aiohttp.ClientSession | None = None
         self._proof_sem = asyncio.Semaphore(4)
+        self.searcher = Searcher(o.search_index, o.search_deadline)
         store.subscribe(self._invalidate)
 
     def _invalidate(self, idents: list[str]) -> None:
@@ -157,6 +162,7 @@ class Resolver:
             self._flushing.cancel()
         for task in list(self._batches):
             task.cancel()
+        self.searcher.close()
         for client in self._clients.values():
             await client.close()
         if self._session is not None:
@@ -347,7 +353,11 @@ class Resolver:
         entry = self.cache.entry(key, blob)
         assert entry is not None and entry.record is not None
         # One event-loop pass: the store sends the prefix lookups in one pipeline.
-        view, area = await asyncio.gather(self.log_view(entry), self.area(entry))
+        view, area, nearby = await asyncio.gather(
+            self.log_view(entry),
+            self.area(entry),
+            search_pages.nearby_html(self.searcher, entry, lang_of(rep)),
+        )
         body = pages.landing_page(
             entry,
             view,
@@ -355,6 +365,7 @@ class Resolver:
             resolver_url=f"{self.base_url}/{entry.ident}".upper(),
             proof_url=f"/api/proofs/{entry.ident}",
             json_url=f"/api/handles/{entry.ident}",
+            nearby=nearby,
             lang=lang_of(rep),
         )
         reply = Reply.make(

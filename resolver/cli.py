@@ -149,6 +149,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cache_size=setting(args.cache_size, cfg, "cache_size", 100_000),
         cache_ttl=args.cache_ttl,
         fast_path=not args.no_fast_path,
+        search_index=cfg.search_index_path() if cfg else "",
     )
     embedded = None
     if not url:
@@ -231,6 +232,7 @@ def _sync_starter(cfg: Any, url: str) -> Starter:
             lock_ttl=cfg.lock_ttl_ms / 1000,
             chunk=cfg.chunk,
             resize_grace=cfg.resize_grace_s,
+            index_path=cfg.search_index_path(),
         )
         await sync.start()
 

@@ -50,6 +50,7 @@ SCHEMA: dict[str, Any] = {
         VALUE,
     ),
     "serve": dict.fromkeys(("processes", "cache_size", "meta_ttl_s"), VALUE),
+    "search": dict.fromkeys(("index",), VALUE),
 }
 
 
@@ -131,6 +132,9 @@ class ResolverConfig:
     processes: int = 1  # processes sharing the ports with SO_REUSEPORT
     cache_size: int = 100_000  # answers kept per process
     meta_ttl_s: float = 1.0  # how long a process trusts a cached prefix layout
+    # [search]: the SQLite search index sync writes and the fronts read; relative to
+    # this file's directory; "" for none.
+    search_index: str = "search.sqlite"
     path: Path | None = None
 
     # -- derived ------------------------------------------------------------------------
@@ -181,6 +185,18 @@ class ResolverConfig:
     def dns_address(self) -> tuple[str, int]:
         return _listen(self.dns_listen, "dns.listen")
 
+    def search_index_path(self) -> str:
+        """Where the search index lives ("" for none: also when a relative path has no
+        config file to be relative to)."""
+        if not self.search_index:
+            return ""
+        p = Path(self.search_index)
+        if not p.is_absolute():
+            if self.path is None:
+                return ""
+            p = self.path.parent / p
+        return str(p)
+
     def effective_redis_url(self) -> str:
         return os.environ.get("REDIS_URL") or self.redis_url
 
@@ -211,6 +227,7 @@ class ResolverConfig:
         http = raw.get("http", {})
         dns = raw.get("dns", {})
         serve = raw.get("serve", {})
+        search = raw.get("search", {})
         d = cls.__dataclass_fields__
         try:
             cfg = cls(
@@ -244,6 +261,7 @@ class ResolverConfig:
                 processes=int(serve.get("processes", 1)),
                 cache_size=int(serve.get("cache_size", 100_000)),
                 meta_ttl_s=float(serve.get("meta_ttl_s", 1.0)),
+                search_index=str(search.get("index", d["search_index"].default)),
                 path=path,
             )
         except KeyError as e:
@@ -315,6 +333,9 @@ class ResolverConfig:
             f"processes = {self.processes}  # share the ports with SO_REUSEPORT",
             f"cache_size = {self.cache_size}  # answers cached per process",
             f"meta_ttl_s = {self.meta_ttl_s}  # prefix layouts cached per process",
+            "",
+            "[search]",
+            f'index = {_q(self.search_index)}  # SQLite file beside this one; "" for none',
             "",
             "[log_urls]  # origin = URL: where to fetch a log instead of its delegation's URL",
         ]

@@ -44,10 +44,10 @@ IDLE_TIMEOUT = 75.0  # seconds a keep-alive connection may sit idle
 HEAD_TIMEOUT = 10.0  # seconds to finish sending request headers (slowloris)
 # The simple case, whole: GET or HEAD of /{id} or /api/handles/{id} (an identifier has a
 # slash after its prefix; the application's own pages are single segments, and other
-# /api/ routes are its own), no query, no escapes, HTTP/1.1, well-formed header fields
+# /api/ and /hrls/ routes are its own), no query, no escapes, HTTP/1.1, well-formed header fields
 # (RFC 9110 §5.1 tokens, a colon, no bare CR or LF). Anything else goes to aiohttp.
 _SIMPLE = re.compile(
-    rb"(GET|HEAD) /(?:(api/handles/)|(?!api/))([^\x00-\x20\x7f?%/]+/[^\x00-\x20\x7f?%]*)"
+    rb"(GET|HEAD) /(?:(api/handles/)|(?!api/|hrls/))([^\x00-\x20\x7f?%/]+/[^\x00-\x20\x7f?%]*)"
     rb" HTTP/1\.1((?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*)*)\r\n\r\n"
 )
 _BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding|upgrade|expect):")

@@ -36,6 +36,8 @@ class FrontsSpec:
     roots: tuple[str, ...]
     identity: str  # CH TXT id.server
     base_url: str  # where 2D codes point
+    search_index: str = ""  # the search index sync writes ("" for none)
+    apply_url: str = ""  # where the home page sends a city to apply for its code
     dnssec_key: str = ""  # the DNSSEC signing key file; "" = unsigned
 
 
@@ -49,7 +51,7 @@ async def _run(spec: FrontsSpec, said: Connection | None) -> None:
     from .dns.answers import ZoneConfig
     from .dns.server import DnsServer, start_dns
     from .dns.signer import Signer
-    from .http import Resolver
+    from .http import Resolver, ServeOptions
     from .server import keep_gc_young, start_http
     from .store import Store
 
@@ -58,7 +60,8 @@ async def _run(spec: FrontsSpec, said: Connection | None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     store = await Store.connect(spec.redis_url)
-    resolver = Resolver(store, base_url=spec.base_url)
+    options = ServeOptions(search_index=spec.search_index, apply_url=spec.apply_url)
+    resolver = Resolver(store, options, base_url=spec.base_url)
     closers: list[Any] = [store.close, resolver.close]
     try:
         which = "http"

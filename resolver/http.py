@@ -37,7 +37,7 @@ from cityid.errors import CityIdError
 from cityid.handle import error_body
 from cityid.identifiers import Prefix
 
-from . import assets, explorer, favicon, i18n, openapi, pages, scanner
+from . import assets, explorer, favicon, i18n, openapi, scanner, search_api, search_pages
 from .answers import Resolver, ServeOptions, log
 from .encode import NO_STORE, RECORD_JSON, choose, dumps, page_headers
 from .layout import StoreError
@@ -52,7 +52,7 @@ ALLOW = "GET, HEAD, OPTIONS"
 
 
 def _route(request: web.Request) -> str:
-    name = request.match_info.route.name
+    name = (request.match_info.route.name or "").partition("-")[0]  # search-*: "search"
     return name if name in ROUTES else "other"
 
 
@@ -158,7 +158,7 @@ async def index(request: web.Request) -> web.Response:
         body = dumps({"service": "cityid resolver", **st})
         return web.Response(body=body, content_type="application/json")
     lang, _ = request_lang(request)
-    page = pages.index_page(st.get("logs", []), bool(st.get("redis")), lang)
+    page = await search_pages.overview(request.app[RESOLVER_KEY], st, lang)
     return web.Response(body=page, headers=dict(page_headers(choose(None, True, lang))))
 
 
@@ -221,6 +221,8 @@ def make_app(resolver: Resolver) -> web.Application:
     explorer.add_routes(r, resolver.store, resolver.status)
     openapi.add_routes(r)
     scanner.add_routes(r)
+    search_api.add_routes(app, resolver)
+    search_pages.add_routes(app, resolver)
     r.add_get(r"/{id:[\s\S]+}", get_id, name="resolve")
     # Other methods reach the middleware (405 or the CORS preflight) on every path.
     r.add_route("*", "/{tail:.*}", _unreachable)

@@ -14,6 +14,7 @@ checked by a test that recomputes a marker's position.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
@@ -164,30 +165,8 @@ def map_svg(point: tuple[float, float], area: Area | None = None, *, label: str 
     lat, lon = point
     view, box = _view(point, area)
     pr = Projection.fit(view)
-    parts = [
-        f'<svg class="map" xmlns="http://www.w3.org/2000/svg" width="{pr.width}" '
-        f'height="{pr.height}" viewBox="0 0 {pr.width} {pr.height}" role="img" '
-        f'aria-label="{escape(label or "map")}: {lat:.5f}, {lon:.5f}" '
-        'font-family="system-ui,sans-serif" font-size="10">',
-        f'<rect width="{pr.width}" height="{pr.height}" fill="#eef3f6"/>',
-    ]
-    # Graticule: about five lines each way, labelled at the edges.
-    g = ['<g class="graticule" stroke="#c9d4dc" stroke-width="0.6">']
-    t = [f'<g fill="#6a7780" {LABEL}>']
-    step = _nice_step(view.east - view.west, 5)
-    for i in range(math.ceil(view.west / step), math.floor(view.east / step) + 1):
-        x0 = i * step
-        x, _ = pr.xy(view.south, x0)
-        g.append(f'<line x1="{x}" y1="0" x2="{x}" y2="{pr.height}"/>')
-        if x < pr.width - 48:  # room for the label
-            t.append(f'<text x="{x + 2}" y="{pr.height - 3}">{_deg(x0, "E", "W")}</text>')
-    step = _nice_step(view.north - view.south, 5)
-    for i in range(math.ceil(view.south / step), math.floor(view.north / step) + 1):
-        y0 = i * step
-        _, y = pr.xy(y0, view.west)
-        g.append(f'<line x1="0" y1="{y}" x2="{pr.width}" y2="{y}"/>')
-        if 26 < y < pr.height - 14:  # clear of the scale bar above and the longitudes below
-            t.append(f'<text x="2" y="{y - 2}">{_deg(y0, "N", "S")}</text>')
+    parts = _frame(pr, f"{label or 'map'}: {lat:.5f}, {lon:.5f}")
+    g, t = _graticule(pr)
     parts += [*g, "</g>"]
     if box is not None:
         x1, y1 = pr.xy(box.north, box.west)
@@ -216,6 +195,78 @@ def map_svg(point: tuple[float, float], area: Area | None = None, *, label: str 
         f'<circle class="point" cx="{px}" cy="{py}" r="5" fill="#d93025" stroke="#fff" '
         f'stroke-width="1.5"><title>{lat:.6f}, {lon:.6f}</title></circle>'
     )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _frame(pr: Projection, label: str) -> list[str]:
+    """The opening of a map's SVG: its size, its accessible name and its background."""
+    return [
+        f'<svg class="map" xmlns="http://www.w3.org/2000/svg" width="{pr.width}" '
+        f'height="{pr.height}" viewBox="0 0 {pr.width} {pr.height}" role="img" '
+        f'aria-label="{escape(label)}" font-family="system-ui,sans-serif" font-size="10">',
+        f'<rect width="{pr.width}" height="{pr.height}" fill="#eef3f6"/>',
+    ]
+
+
+def _graticule(pr: Projection) -> tuple[list[str], list[str]]:
+    """About five lines each way (an open group), and their degrees (another), at the edges."""
+    view = pr.view
+    g = ['<g class="graticule" stroke="#c9d4dc" stroke-width="0.6">']
+    t = [f'<g fill="#6a7780" {LABEL}>']
+    step = _nice_step(view.east - view.west, 5)
+    for i in range(math.ceil(view.west / step), math.floor(view.east / step) + 1):
+        x0 = i * step
+        x, _ = pr.xy(view.south, x0)
+        g.append(f'<line x1="{x}" y1="0" x2="{x}" y2="{pr.height}"/>')
+        if x < pr.width - 48:  # room for the label
+            t.append(f'<text x="{x + 2}" y="{pr.height - 3}">{_deg(x0, "E", "W")}</text>')
+    step = _nice_step(view.north - view.south, 5)
+    for i in range(math.ceil(view.south / step), math.floor(view.north / step) + 1):
+        y0 = i * step
+        _, y = pr.xy(y0, view.west)
+        g.append(f'<line x1="0" y1="{y}" x2="{pr.width}" y2="{y}"/>')
+        if 26 < y < pr.height - 14:  # clear of the scale bar above and the longitudes below
+            t.append(f'<text x="2" y="{y - 2}">{_deg(y0, "N", "S")}</text>')
+    return g, t
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A place on a map of many: a link, a short label beside it, a title on hover."""
+
+    lat: float
+    lon: float
+    label: str
+    href: str
+    title: str
+
+
+def pins_svg(pins: Sequence[Pin], view: Box | None = None, *, label: str = "map",
+             width: int = WIDTH) -> str:  # fmt: skip
+    """A map of ``pins`` (each a link), over ``view`` or the box around them."""
+    if view is None:
+        box = Box.around(pins[0].lat, pins[0].lon, 0.005) if pins else Box.around(0, 0)
+        for p in pins:
+            box = box.union(p.lat, p.lon)
+        dy = (box.north - box.south) or 0.1
+        dx = (box.east - box.west) or 0.1
+        view = Box(box.south - dy * MARGIN_BOTTOM, box.west - dx * MARGIN_LEFT,
+                   box.north + dy * MARGIN_TOP, box.east + dx * MARGIN_RIGHT)  # fmt: skip
+    pr = Projection.fit(view, width)
+    parts = _frame(pr, f"{label}: {len(pins)} places")
+    g, t = _graticule(pr)
+    parts += [*g, "</g>", *t, "</g>", _scale_bar(pr)]
+    for p in pins:
+        x, y = pr.xy(p.lat, p.lon)
+        # Labels never take a click from a pin they overlap.
+        text = (f'<text x="{x + 5}" y="{y + 3}" fill="#1c1c1c" pointer-events="none">'
+                f"{escape(p.label)}</text>") if p.label else ""  # fmt: skip
+        parts.append(
+            f'<a class="pin" href="{escape(p.href)}"><circle cx="{x}" cy="{y}" r="4" '
+            f'fill="#d93025" stroke="#fff" stroke-width="1.2"><title>{escape(p.title)}</title>'
+            f"</circle>{text}</a>"
+        )
     parts.append("</svg>")
     return "".join(parts)
 

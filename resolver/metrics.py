@@ -5,7 +5,7 @@ from __future__ import annotations
 import mmap
 from typing import ClassVar
 
-ROUTES = ("resolve", "handles", "proofs", "metrics", "healthz", "index", "other")
+ROUTES = ("resolve", "handles", "proofs", "metrics", "healthz", "index", "search", "other")
 STATUSES = (200, 204, 302, 304, 400, 404, 405, 410, 500, 503, 0)  # 0: any other
 COUNTERS = (
     "cache_hits",
@@ -15,6 +15,7 @@ COUNTERS = (
     "store_errors",
     "fast_requests",
     "handoffs",
+    "search_deadline",
 )
 HELP = {
     "cache_hits": "answers served from the in-process cache",
@@ -24,6 +25,7 @@ HELP = {
     "store_errors": "lookups that failed because Redis was unreachable",
     "fast_requests": "requests answered by the lean fast path",
     "handoffs": "connections handed from the fast path to the full application",
+    "search_deadline": "searches stopped at their deadline (answered 503 with Retry-After)",
 }
 
 

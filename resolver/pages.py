@@ -162,6 +162,12 @@ def _page(title: str, body: str, lang: str, switch: str) -> bytes:
     ).encode()
 
 
+def page(title: str, body: str, lang: str, switch: str) -> bytes:
+    """A page of the resolver's, around ``body`` (for the pages other modules draw);
+    ``switch``: its address in the other language (:func:`switch_to`)."""
+    return _page(title, body, lang, switch)
+
+
 def switch_to(path: str, lang: str, *params: str) -> str:
     """``path`` (with ``params``) in the language other than ``lang``: the switch's link."""
     return _href(quote(path, safe="/:@!$&'()*+,;="), _other(lang), *params)
@@ -299,10 +305,11 @@ def landing_page(
     proof_url: str,
     json_url: str,
     area: Area | None = None,
+    nearby: str = "",
     lang: str = EN,
 ) -> bytes:
     """The page of a registered identifier: its values, its place, where they come from, its
-    2D code."""
+    2D code. ``nearby``: the card of what is registered near it (resolver.search_pages)."""
     assert entry.record is not None
     ident = entry.ident
     record = entry.record
@@ -334,6 +341,7 @@ def landing_page(
         + _values_table(record, lang)
         + "</div>"
         + _map_card(ident, record, area, lang)
+        + nearby
         + f"<h2>{t(lang, 'source')}</h2>"
         + _log_card(log, proof_url, lang)
     )

@@ -126,6 +126,7 @@ from .layout import (
     RevokeChange,
     StoreError,
 )
+from .search_writer import Indexer
 from .store import Store
 from .writer import Writer
 
@@ -188,6 +189,7 @@ class LogState:
     note: bytes = b""
     applied: int = 0  # entries applied to the in-memory namespace
     written: int = 0  # entries whose effects are in Redis
+    indexed: int = 0  # entries whose effects are in the search index
     saved: tuple[int, bytes] | None = None  # (size, root) of the cursor in Redis
     loaded: bool = False
     ready: bool = False  # caught up with a checkpoint in this epoch (marked in Redis)
@@ -252,6 +254,7 @@ class Sync:
         chunk: int = CHUNK,
         resize_grace: float = 10.0,
         instance: str | None = None,
+        index_path: str = "",
     ) -> None:
         self.store = store
         self.root_policy = as_policy(root_policy_or_vkey)
@@ -271,6 +274,11 @@ class Sync:
         if root_vkey is None:
             raise SyncError(f"the root policy has no key for log {self.root_origin!r}")
         self._root_vkey = root_vkey
+        # The search index (resolver.search_writer): written from the same verified
+        # entries as Redis, right after each slice; "" for none.
+        anchor_prefix, anchor_key = root_anchor
+        trust = f"{self.root_origin} {anchor_prefix} {anchor_key.hex()}"
+        self.index = Indexer(index_path, trust) if index_path else None
         self._http: aiohttp.ClientSession | None = None
         self._writer: Writer | None = None
         self._epoch: str | None = None
@@ -304,6 +312,7 @@ class Sync:
             lock_ttl=cfg.lock_ttl_ms / 1000,
             chunk=cfg.chunk,
             resize_grace=cfg.resize_grace_s,
+            index_path=cfg.search_index_path(),
         )
 
     # -- state --------------------------------------------------------------------------
@@ -362,6 +371,8 @@ class Sync:
         if self._http is not None:
             await self._http.close()
             self._http = None
+        if self.index is not None:
+            self.index.close()
 
     async def run(self) -> None:
         backoff = 0.05
@@ -414,6 +425,8 @@ class Sync:
     async def _begin(self) -> bool:
         """Become the leader and line up with what Redis holds."""
         writer = self._writer or self.store.writer(resize_grace=self.resize_grace)
+        if self.index is not None and not self.index.is_open:
+            await asyncio.to_thread(self.index.open)
         if not await writer.acquire(self.instance, int(self.lock_ttl * 1000)):
             if self._leader:
                 log.warning("sync lock taken by another instance; standing by")
@@ -569,6 +582,7 @@ class Sync:
             state.trusted, state.note = cp, cur.note
             state.written, state.saved = cur.applied, (cp.size, cp.root)
             state.ready = cur.ready
+        state.indexed = self.index.applied(state.origin) if self.index is not None else 1 << 62
         state.loaded = True
 
     async def _advance(self, state: LogState, cp: Checkpoint, note: bytes) -> None:
@@ -607,6 +621,8 @@ class Sync:
         """Apply verified ``leaves`` (from ``start``): namespace first, then Redis, or neither."""
         ns = self.namespace
         changes: list[Change] = []
+        indexed: list[Change] = []  # the effects the search index does not hold yet
+        low = min(state.written, state.indexed)
         found: list[Delegate] = []
         bad: _Bad | None = None
         n = 0
@@ -632,13 +648,20 @@ class Sync:
                 n += 1
                 if isinstance(op, Delegate) and op.origin and op.origin != state.origin:
                     found.append(op)
-                if index >= state.written:
-                    changes.extend(self._effects(op, state.origin, index, revoked_before))
+                if index >= low:
+                    effects = self._effects(op, state.origin, index, revoked_before)
+                    if index >= state.written:
+                        changes.extend(effects)
+                    if index >= state.indexed:
+                        indexed.extend(effects)
             end = start + n
             self.counters["sync_entries_applied_total"] += n
             if end > state.written:
                 # A log learnt here starts pending: not "ready" before its prefix shows.
                 await self._write(state, changes, cp, note, end, unready=bool(found))
+        if self.index is not None and end > state.indexed:
+            await self.index.write(indexed, state.origin, end)
+            state.indexed = self.index.applied(state.origin)
         state.applied = end
         for op in found:
             self._discover(op)
@@ -829,6 +852,8 @@ class Sync:
         for name in ("sync_alarms_total", "sync_redis_errors_total", "sync_rebuilds_total",
                      "sync_sessions_lost_total"):  # fmt: skip
             out.setdefault(name, 0)
+        if self.index is not None:
+            out["sync_index_errors_total"] = self.index.errors
         out["sync_leader"] = int(self._leader)
         out["sync_redis_up"] = int(self._redis_up)
         out["sync_last_poll_timestamp_seconds"] = self.last_poll

@@ -42,6 +42,7 @@ class SyncSpec:
     root_key: bytes  # and the key that anchors it
     origin: str  # the root log's origin
     poll_interval: float = 0.2
+    index_path: str = ""  # the search index sync writes ("" for none)
 
 
 #: How much lower than its parent sync runs (nice(2) increments: 0 to 19).
@@ -65,7 +66,8 @@ async def _run(spec: SyncSpec) -> None:
     policy = Policy.parse(spec.policy)
     store = await Store.connect(spec.redis_url)
     sync = Sync(store, spec.root_log_url, policy, (Prefix.parse(spec.root), spec.root_key),
-                spec.origin, spec.poll_interval, child_policy=policy)  # fmt: skip
+                spec.origin, spec.poll_interval, child_policy=policy,
+                index_path=spec.index_path)  # fmt: skip
     try:
         await sync.start()
         await stop.wait()

@@ -36,6 +36,7 @@ from cityid.tomlkeys import unknown_keys_message
 
 CONFIG_NAME = "cityid.toml"
 TRUST_POLICY = "trust.policy"  # the root log key, the witnesses and their quorum
+SEARCH_INDEX = "search.sqlite"  # the resolver's search index (sync writes, the fronts read)
 DNSSEC_KEY = "keys/dnssec.key"  # signs the DNS answers (docs/dns.md#dnssec)
 DNSSEC_ANCHOR = "dnssec-anchor.conf"  # its trust anchor, for `delv -a`
 
@@ -443,7 +444,8 @@ async def _start_sync(
     stack.push_async_callback(store.close)
     sync = SyncProcess(
         SyncSpec(redis_url, f"http://{cfg.get('root', 'listen')}/log", policy.format(),
-                 cfg.get("root", "prefix"), root_admin.public_key, root.config.origin)
+                 cfg.get("root", "prefix"), root_admin.public_key, root.config.origin,
+                 index_path=str(root.config.directory.parent / SEARCH_INDEX))
     )  # fmt: skip
     sync.start()
     stack.push_async_callback(sync.stop)
@@ -466,6 +468,8 @@ async def _start_fronts(
         # Identified as `resolver dns serve` identifies itself (CH TXT id.server).
         identity=f"{socket.gethostname()}/up",
         base_url=f"http://{cfg.get('resolver', 'http')}",
+        search_index=str(data / SEARCH_INDEX),
+        apply_url=f"http://{cfg.get('root', 'listen')}/apply",
         dnssec_key=str(_dnssec_anchor(cfg, data)),
     )
     fronts = FrontsProcess(spec)
