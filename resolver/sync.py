@@ -279,6 +279,7 @@ class Sync:
         anchor_prefix, anchor_key = root_anchor
         trust = f"{self.root_origin} {anchor_prefix} {anchor_key.hex()}"
         self.index = Indexer(index_path, trust) if index_path else None
+        self._indexing: asyncio.Future[None] | None = None  # the index write in flight
         self._http: aiohttp.ClientSession | None = None
         self._writer: Writer | None = None
         self._epoch: str | None = None
@@ -372,6 +373,7 @@ class Sync:
             await self._http.close()
             self._http = None
         if self.index is not None:
+            await self._drain_index()
             self.index.close()
 
     async def run(self) -> None:
@@ -585,7 +587,42 @@ class Sync:
         state.indexed = self.index.applied(state.origin) if self.index is not None else 1 << 62
         state.loaded = True
 
+    async def _index(self, state: LogState, changes: list[Change], end: int) -> None:
+        """Write a slice's effects to the search index while the next slice is decoded and
+        written to Redis: one index write in flight at a time, in order, so lookups never
+        wait for the index (it runs in a thread, and SQLite works without the GIL)."""
+        await self._drain_index()
+        index = self.index
+        assert index is not None
+
+        async def write() -> None:
+            await index.write(changes, state.origin, end)
+            state.indexed = index.applied(state.origin)
+
+        self._indexing = asyncio.ensure_future(write())
+
+    async def _drain_index(self) -> None:
+        """Wait for the index write in flight, if any (its cursor then moves).
+
+        Shielded: a sync cancelled meanwhile (``stop``) leaves the write running, and
+        waits for it again before it closes the index under the thread.
+        """
+        task = self._indexing
+        if task is None:
+            return
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._indexing = None
+
     async def _advance(self, state: LogState, cp: Checkpoint, note: bytes) -> None:
+        try:
+            await self._advance_log(state, cp, note)
+        finally:
+            await self._drain_index()
+
+    async def _advance_log(self, state: LogState, cp: Checkpoint, note: bytes) -> None:
         client = state.client
         assert client is not None
         if state.trusted is not None:
@@ -660,8 +697,7 @@ class Sync:
                 # A log learnt here starts pending: not "ready" before its prefix shows.
                 await self._write(state, changes, cp, note, end, unready=bool(found))
         if self.index is not None and end > state.indexed:
-            await self.index.write(indexed, state.origin, end)
-            state.indexed = self.index.applied(state.origin)
+            await self._index(state, indexed, end)
         state.applied = end
         for op in found:
             self._discover(op)
