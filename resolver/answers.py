@@ -32,7 +32,9 @@ from ledger.tlogproof import TlogProof
 from . import explorer, maps, pages, stats
 from .cache import ABSENT, RECORD, ResponseCache, kind, location_of, read
 from .encode import (
+    HANDLE_API,
     HTML,
+    JSON_REPS,
     PAGE,
     RECORD_JSON,
     REDIRECT,
@@ -171,8 +173,9 @@ class Resolver:
     ) -> Reply | None:
         kind = s[7]
         if kind == RECORD:
-            if rep == RECORD_JSON:
-                return record_json(key, s[3], s[5], blob[s[12] :])
+            if rep in JSON_REPS:
+                # As asked (Handle clients compare), less the white space the parser ignores.
+                return record_json(asked.strip(), s[3], s[5], blob[s[12] :])
             if rep == REDIRECT and s[9]:
                 loc, esc = location_of(blob, s)
                 return redirect(loc, esc, s[5], s[3])
@@ -438,21 +441,21 @@ class Resolver:
             want_types, want_indexes = _filters(types, indexes)
             a = ask_of(asked)
             if not (want_types or want_indexes or pretty or callback or auth):
-                return await self.answer(asked, RECORD_JSON)
+                return await self.answer(asked, HANDLE_API)
             slot = (await self.slots([a], fresh=auth))[0]
             if isinstance(slot, StoreError):
                 raise slot
         except CityIdError as e:
-            return encode_problem(e, asked, RECORD_JSON)
+            return encode_problem(e, asked, HANDLE_API)
         entry = self.cache.entry(a.ident, slot)
         if entry is None or entry.deleted or entry.record is None:
-            return self._error(a.ident, slot, asked, RECORD_JSON)
+            return self._error(a.ident, slot, asked, HANDLE_API)
         record = entry.record
         if want_types or want_indexes:
             record = record.select(want_types, want_indexes)
             if not record.values:
-                return values_not_found(entry, pretty, callback)
-        return encode_record(entry, record, pretty=pretty, callback=callback)
+                return values_not_found(entry, asked.strip(), pretty, callback)
+        return encode_record(entry, record, asked=asked.strip(), pretty=pretty, callback=callback)
 
     # -- proofs -----------------------------------------------------------------------------
 

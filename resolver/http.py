@@ -34,7 +34,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from cityid.errors import CityIdError
-from cityid.handle import error_body
+from cityid.handle import INVALID_REQUEST, error_body
 
 from . import assets, explorer, openapi, pages, scanner
 from .answers import Resolver, ServeOptions, log
@@ -70,8 +70,10 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             },
         )
     elif request.method not in ("GET", "HEAD"):
-        # Read-only: writes go to the registrar, and are never redirected there.
+        # Read-only: writes go to the registrar, and are never redirected there. HANDLE.NET
+        # answers a method it does not serve with 405 and responseCode 4 (protocol error).
         body = {
+            "responseCode": INVALID_REQUEST,
             "message": f"{request.method} is not allowed: the resolver is read-only; write "
             "through the registrar's /api/handles",
             "rule": "read-only",
@@ -88,7 +90,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         except web.HTTPException as e:
             resp = web.Response(
                 status=e.status,
-                body=dumps({"message": e.reason, "rule": "http"}),
+                body=dumps({"responseCode": INVALID_REQUEST, "message": e.reason, "rule": "http"}),
                 content_type="application/json",
                 headers={"Access-Control-Allow-Origin": "*"},
             )
