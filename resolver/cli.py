@@ -27,6 +27,7 @@ from cityid.ops import (
     RotateKey,
     SignedOperation,
     Update,
+    content_of,
     key_fingerprint,
 )
 from cityid.records import Record, render_template
@@ -265,7 +266,8 @@ async def _resolve(args: argparse.Namespace, ident: Identifier) -> int:
             _print_answer(status, answer)
         if not args.verify:
             return 0 if status == 200 else 1
-        if status not in (200, 410):
+        # A tombstone is Handle's 404 with the deletion's fields (deleted: true).
+        if status != 200 and answer.get("deleted") is not True:
             raise NotFoundError(f"{ident}: nothing to verify (HTTP {status})", rule="not-found")
         verifier = Verifier(session, base, _root_policy(args), say=print)
         print("verify:")
@@ -451,8 +453,8 @@ class Verifier:
 
     async def check_answer(self, ident: Identifier, status: int, answer: dict[str, Any]) -> None:
         proven = await self.prove(str(ident))
-        op = proven.signed.op
-        if status == 410:
+        op = content_of(proven.signed.op)
+        if answer.get("deleted") is True:
             if not isinstance(op, Delete) or str(op.ident) != str(ident):
                 raise ProofError(
                     f"the resolver says {ident} is deleted, but leaf {proven.index} is a "

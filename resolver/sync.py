@@ -96,6 +96,7 @@ from cityid.errors import (
 from cityid.identifiers import Prefix
 from cityid.keys import VerifierKey
 from cityid.ops import (
+    Custody,
     Delegate,
     Delete,
     Mint,
@@ -103,6 +104,7 @@ from cityid.ops import (
     Operation,
     RotateKey,
     Update,
+    content_of,
     decode_for_replay,
 )
 from cityid.records import Record
@@ -593,7 +595,7 @@ class Sync:
                 index = start + k
                 try:
                     signed = decode_for_replay(leaf, verified=index < state.written)
-                    op = signed.op
+                    op = content_of(signed.op)  # a custodial write: the write it carries
                     revoked_before = self._was_revoked(op)
                     ns.apply(signed, log=state.origin)
                 except AuthorityError as e:
@@ -688,6 +690,8 @@ class Sync:
 
     def _effects(self, op: Operation, origin: str, index: int, was_revoked: bool) -> list[Change]:
         ns = self.namespace
+        if isinstance(op, Custody):
+            return []  # who may write, not what resolves
         if isinstance(op, Mint):
             items = [(it.suffix, it.prev + 1, it.record.encode()) for it in op.items]
             return [MintChange(str(op.prefix), origin, index, items)]
