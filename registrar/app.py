@@ -32,6 +32,7 @@ from aiohttp import web
 
 from cityid import handle
 from cityid.errors import (
+    AuthenticationRequired,
     CityIdError,
     ConflictError,
     LedgerError,
@@ -53,8 +54,10 @@ from cityid.ops import (
 )
 from cityid.records import Record, values_from_json
 
+from . import handle_api
 from .auth import parse_auth_header, parse_if_match
 from .core import LEAVES, MAX_BODY, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
+from .handle_auth import CHALLENGES, is_handle_auth
 
 log = logging.getLogger("cityid.registrar")
 
@@ -80,10 +83,16 @@ def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
 
 def _error(exc: CityIdError, ident: str | None = None) -> web.Response:
     status, body = error_body(exc, ident)
+    if isinstance(exc, AuthenticationRequired):
+        resp = _json(status, body)
+        for challenge in CHALLENGES:  # the schemes this registrar takes, one a field
+            resp.headers.add("WWW-Authenticate", challenge)
+        return resp
     if not isinstance(exc, EdgeRefusal):
         return _json(status, body)
     # Refused at the edge, for the request's form or the server's load: HTTP says which.
-    body["responseCode"] = handle.SERVER_TOO_BUSY if exc.status == 503 else handle.INVALID_REQUEST
+    busy = exc.status in (429, 503)
+    body["responseCode"] = handle.SERVER_TOO_BUSY if busy else handle.INVALID_REQUEST
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
     resp = _json(exc.status, body, **headers)
     if exc.close:
@@ -328,6 +337,8 @@ async def get_next(request: web.Request) -> web.Response:
 
 
 async def put_handle(request: web.Request) -> web.Response:
+    if is_handle_auth(request.headers.get("Authorization")):
+        return await handle_api.put_handle(request)
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
     # Everything the headers can refuse is refused before the body is read.
@@ -385,6 +396,8 @@ def _put_ops(
 
 
 async def delete_handle(request: web.Request) -> web.Response:
+    if is_handle_auth(request.headers.get("Authorization")):
+        return await handle_api.delete_handle(request)
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
     key, sig, time = parse_auth_header(request.headers.get("Authorization"))
@@ -445,6 +458,7 @@ def make_app(reg: Registrar, edge: Edge | None = None) -> web.Application:
     app.router.add_get("/api/next/{prefix}", get_next)
     app.router.add_put("/api/handles/{id:.+}", put_handle)
     app.router.add_delete("/api/handles/{id:.+}", delete_handle)
+    handle_api.add_routes(app, reg)  # GET /api/handles, and Handle's own authentication
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", info)
