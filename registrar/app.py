@@ -321,6 +321,8 @@ async def get_version(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"handle": str(ident), "version": version, "exists": alive}
     if ident.is_prefix_record and ident.named_prefix is not None:
         body["key_version"] = ns.key_version(ident.named_prefix)
+        st = ns.prefixes.get(ident.named_prefix)
+        body["custody_version"] = st.custody_version if st is not None else 0
     return _json(200, body, ETag=f'"v{version}"')
 
 
@@ -441,6 +443,7 @@ async def info(request: web.Request) -> web.Response:
             "log_key": str(reg.log.verifier),
             "size": reg.log.size,
             "hosts": [{"prefix": str(a.prefix), "key": str(a.key)} for a in reg.config.anchors],
+            **handle_api.announce(request.app),
             "log": "/log/",
         },
     )

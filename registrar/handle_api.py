@@ -309,6 +309,14 @@ async def delete_handle(request: web.Request) -> web.Response:
     return _json(200, {"responseCode": 1, "handle": request.match_info["id"], "index": index})
 
 
+def announce(app: web.Application) -> dict[str, str]:
+    """The custodial key, for ``GET /`` (what a prefix owner grants custody to)."""
+    try:
+        return {"custody_key": str(app[HANDLE_API_KEY].custody_key().verifier)}
+    except AuthorityError:
+        return {}
+
+
 def add_routes(app: web.Application, reg: Registrar) -> None:
     app[HANDLE_API_KEY] = HandleApi(reg)
     app.router.add_get("/api/handles/{id:.+}", get_handle)

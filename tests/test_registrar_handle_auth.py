@@ -29,6 +29,8 @@ from registrar_harness import (
     RegistrarSpec,
     audit,
     checkpoint_bytes,
+    cli,
+    key_path,
     logged_leaf,
     make_registrar,
     new_key,
@@ -66,6 +68,7 @@ class World:
     spec: RegistrarSpec
     traffic: SigningKey
     custody: SigningKey
+    keys: Path
     grants: int = 0
 
     @property
@@ -120,7 +123,7 @@ async def world(tmp_path: Path, *, granted: bool = True) -> AsyncIterator[World]
                 sign(Mint(TRAFFIC, admins, t), traffic),
             ],
         )
-        w = World(session, spec, traffic, custody)
+        w = World(session, spec, traffic, custody, keys)
         if granted:
             await w.grant(ADMIN, OTHER)
         yield w
@@ -241,17 +244,73 @@ async def test_custody_must_be_granted_and_revocation_stops_it(tmp_path: Path) -
         assert body["rule"] == "no-custody" and "grants it with a signed custody" in body["message"]
         assert await checkpoint_bytes(w.session, w.url) == cp
 
-        await w.grant(ADMIN)
+        # The owner grants with the CLI, to the custodial key the registrar announces.
+        key = str(key_path(w.keys, w.traffic))
+        done = await asyncio.to_thread(
+            cli, "handle", "grant", str(TRAFFIC), "--key", key, "--registrar", w.url,
+            "--admin", ADMIN,
+        )  # fmt: skip
+        assert done.returncode == 0 and f"custody for {ADMIN}" in done.stdout, done.stderr
         status, body, _ = await w.request("PUT", bus, ADMIN, json=values)
         assert status == 201, body
         leaf = SignedOperation.decode(logged_leaf(w.spec, body["index"]))
         assert isinstance(leaf.op, Custodial) and leaf.op.admin == ADMIN
         assert leaf.signer == w.custody.public_key
 
-        await w.grant()  # no admins: custody revoked
+        done = await asyncio.to_thread(
+            cli, "handle", "revoke", str(TRAFFIC), "--key", key, "--registrar", w.url
+        )
+        assert done.returncode == 0 and "custody revoked" in done.stdout, done.stderr
         cp = await checkpoint_bytes(w.session, w.url)
         status, body, _ = await w.request("DELETE", bus, ADMIN)
         assert (status, body["rule"]) == (403, "no-custody"), body
         assert await checkpoint_bytes(w.session, w.url) == cp
         # The owner's own signed writes are untouched by custody.
         assert await version(w.session, w.url, Identifier(TRAFFIC, "BUS-1")) == (1, True)
+
+
+async def test_index_overwrite_and_mint_new_suffix(tmp_path: Path) -> None:
+    async with world(tmp_path) as w:
+        bus = f"{TRAFFIC}/BUS-1"
+        values = [
+            {"index": 1, "type": "URL", "data": "https://bus.example/1"},
+            {"index": 2, "type": "DESC", "data": "Bus stop 1"},
+        ]
+        status, body, _ = await w.request("PUT", bus, ADMIN, json=values)
+        assert status == 201, body
+
+        async def types() -> dict[int, str]:
+            status, body, _ = await w.request("GET", bus, None)
+            assert status == 200 and body["handle"] == bus, body
+            return {v["index"]: v["data"]["value"] for v in body["values"]}
+
+        # The creator got an HS_ADMIN value, as HANDLE.NET gives one (index 100).
+        assert (await types())[100]["handle"] == ADMIN_HANDLE  # type: ignore[index]
+        # index=: only those values are written, the others kept.
+        new = [{"index": 2, "type": "DESC", "data": "Stop 1"}, {"index": 3, "type": "EMAIL",
+               "data": "ops@bus.example"}]  # fmt: skip
+        status, body, _ = await w.request("PUT", f"{bus}?index=2", ADMIN, json=new)
+        assert status == 200, body
+        got = await types()
+        assert (got[1], got[2], 3 in got) == ("https://bus.example/1", "Stop 1", False)
+        # overwrite=false with index=: an existing value is a conflict, a new one is added.
+        status, body, _ = await w.request("PUT", f"{bus}?index=2&overwrite=false", ADMIN, json=new)
+        assert (status, body["rule"]) == (409, "value-exists"), body
+        status, body, _ = await w.request("PUT", f"{bus}?index=3&overwrite=false", ADMIN, json=new)
+        assert status == 200 and (await types())[3] == "ops@bus.example", body
+        # DELETE ?index= removes only those values.
+        status, body, _ = await w.request("DELETE", f"{bus}?index=3&index=2", ADMIN)
+        assert status == 200 and sorted(await types()) == [1, 100], body
+
+        # mintNewSuffix: the registrar names the handle, with a check character.
+        made = []
+        for _ in range(2):
+            status, body, _ = await w.request(
+                "PUT", f"{TRAFFIC}/?mintNewSuffix=true", ADMIN, json=values[:1]
+            )
+            assert status == 201, body
+            made.append(body["handle"])
+        assert made[0] != made[1] and all(m.startswith(f"{TRAFFIC}/H") for m in made)
+        for m in made:
+            ident = Identifier(TRAFFIC, m.partition("/")[2])
+            assert await version(w.session, w.url, ident) == (1, True)
