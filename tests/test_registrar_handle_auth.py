@@ -85,8 +85,7 @@ class World:
     ) -> tuple[int, dict[str, Any], Any]:
         headers = {"Content-Type": "application/json"}
         if user is not None:
-            token = base64.b64encode(f"{user}:{secret}".encode()).decode()
-            headers["Authorization"] = f"Basic {token}"
+            headers["Authorization"] = basic(user, secret)
         async with self.session.request(
             method, f"{self.url}/api/handles/{ident}", headers=headers, **kw
         ) as r:
@@ -98,31 +97,45 @@ class World:
         )
 
 
+def setup_leaves(
+    city: SigningKey, traffic: SigningKey, custody: SigningKey | None = None
+) -> list[bytes]:
+    """TRAFFIC delegated with an HS_ADMIN for ADMIN; ADMIN and CLERK minted with the hash of
+    SECRET; and, given ``custody``, ADMIN's custody granted to it."""
+    t = now()
+    prefix_record = Record.of([admin_value(100, ADMIN_HANDLE, "111111111111")])
+    seckey = Value.make(300, "HS_SECKEY", seckey_value(SECRET, iterations=1000), timestamp=t)
+    admins = (MintItem("ADMIN", 0, Record.of([seckey])), MintItem("CLERK", 0, Record.of([seckey])))
+    leaves = [
+        sign(Delegate(TRAFFIC, 0, traffic.public_key, None, prefix_record, t), city),
+        sign(Mint(TRAFFIC, admins, t), traffic),
+    ]
+    if custody is not None:
+        leaves.append(sign(Custody(TRAFFIC, 0, custody.public_key, (ADMIN,), t), traffic))
+    return leaves
+
+
+def with_custody_key(spec: RegistrarSpec) -> SigningKey:
+    """A custodial key for ``spec``'s registrar, named in its registrar.toml."""
+    custody = new_key("custody", spec.directory)
+    cfg = spec.config()
+    cfg.custody_key_file = spec.directory / "custody.key"
+    cfg.save()
+    return custody
+
+
+def basic(user: str, secret: str = SECRET) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{secret}".encode()).decode()
+
+
 @contextlib.asynccontextmanager
 async def world(tmp_path: Path, *, granted: bool = True) -> AsyncIterator[World]:
     keys = tmp_path / "keys"
     city, traffic = new_key("city", keys), new_key("traffic", keys)
     spec = make_registrar(tmp_path / "city", CITY, ORIGIN, admin=city)
-    custody = new_key("custody", spec.directory)
-    cfg = spec.config()
-    cfg.custody_key_file = spec.directory / "custody.key"
-    cfg.save()
+    custody = with_custody_key(spec)
     async with serve_in_process(spec), aiohttp.ClientSession() as session:
-        t = now()
-        prefix_record = Record.of([admin_value(100, ADMIN_HANDLE, "111111111111")])
-        seckey = Value.make(300, "HS_SECKEY", seckey_value(SECRET, iterations=1000), timestamp=t)
-        admins = (
-            MintItem("ADMIN", 0, Record.of([seckey])),
-            MintItem("CLERK", 0, Record.of([seckey])),
-        )
-        await submit(
-            session,
-            spec.url,
-            [
-                sign(Delegate(TRAFFIC, 0, traffic.public_key, None, prefix_record, t), city),
-                sign(Mint(TRAFFIC, admins, t), traffic),
-            ],
-        )
+        await submit(session, spec.url, setup_leaves(city, traffic))
         w = World(session, spec, traffic, custody, keys)
         if granted:
             await w.grant(ADMIN, OTHER)
