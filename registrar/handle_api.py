@@ -153,7 +153,9 @@ async def _authenticated(request: web.Request, api: HandleApi) -> ha.Credentials
             admin = parse_identifier(creds.handle)
         except CityIdError:
             admin = None
-        ha.authenticate(creds, await api.record(admin) if admin is not None else None)
+        record = await api.record(admin) if admin is not None else None
+        # PBKDF2 is slow on purpose: off the event loop, which goes on serving.
+        await asyncio.to_thread(ha.authenticate, creds, record)
     except SignatureError:
         api.limiter.failed(client)
         raise
