@@ -546,22 +546,21 @@ class Namespace:
         op = signed.op
         if isinstance(op, Delegate):
             self._check_delegate(op, signed, log)
-        elif isinstance(op, RotateKey):
+        elif isinstance(op, RotateKey | Custody):
+            # The prefix's own acts, each kind with its own counter.
             st = self.live_prefix(op.prefix)
-            self._require_host(st, log, f"rotate the key of {op.prefix}")
-            self._require_key(st, signed, f"rotate the key of {op.prefix}")
-            if op.prev != st.key_version:
-                raise self._stale(f"the key of {op.prefix}", st.key_version, op.prev)
+            rotate = isinstance(op, RotateKey)
+            action = f"{'rotate the key' if rotate else 'grant custody'} of {op.prefix}"
+            current = st.key_version if rotate else st.custody_version
+            self._require_host(st, log, action)
+            self._require_key(st, signed, action)
+            if op.prev != current:
+                what = "key" if rotate else "custody"
+                raise self._stale(f"the {what} of {op.prefix}", current, op.prev)
         elif isinstance(op, Mint | MintRange):
             self._check_mint(op, signed, log)
         elif isinstance(op, Update | Delete):
             self._check_change(op, signed, log)
-        elif isinstance(op, Custody):
-            st = self.live_prefix(op.prefix)
-            self._require_host(st, log, f"grant custody of {op.prefix}")
-            self._require_key(st, signed, f"grant custody of {op.prefix}")
-            if op.prev != st.custody_version:
-                raise self._stale(f"the custody of {op.prefix}", st.custody_version, op.prev)
         elif isinstance(op, Custodial):
             self._check_custodial(op, signed, log)
         else:  # pragma: no cover - KINDS is closed

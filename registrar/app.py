@@ -37,7 +37,6 @@ from cityid.errors import (
     ConflictError,
     LedgerError,
     OperationError,
-    RecordError,
     SignatureError,
 )
 from cityid.handle import error_body
@@ -52,7 +51,7 @@ from cityid.ops import (
     SignedOperation,
     Update,
 )
-from cityid.records import Record, values_from_json
+from cityid.records import Record
 
 from . import handle_api
 from .auth import parse_auth_header, parse_if_match
@@ -62,8 +61,6 @@ from .handle_auth import CHALLENGES, is_handle_auth
 log = logging.getLogger("cityid.registrar")
 
 REGISTRAR_KEY: web.AppKey[Registrar] = web.AppKey("registrar", Registrar)
-#: A PUT body is one record's values as JSON; a record is at most 8 KiB packed.
-MAX_PUT_BODY = 256 * 1024
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 FEED_SLICE = 64 * 1024
@@ -352,13 +349,7 @@ async def put_handle(request: web.Request) -> web.Response:
         )
     named = parse_if_match(request.headers.get("If-Match"))
     overwrite = request.query.get("overwrite", "true").lower() != "false"
-    async with request.app[EDGE_KEY].body(request, MAX_PUT_BODY) as body:
-        raw = await body.read()
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"body is not JSON: {e}", rule="json") from e
-    record = values_from_json(payload, timestamp=time)
+    record = await handle_api.read_values(request, time)
     version, alive = reg.version(ident)
     if alive and not overwrite:
         raise ConflictError(f"{ident} already exists (version {version})", rule="already-exists")

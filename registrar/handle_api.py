@@ -51,6 +51,7 @@ from .handle_records import RecordIndex
 #: Failed Handle authentications one client may make in WINDOW_S before it waits.
 MAX_FAILURES = 10
 WINDOW_S = 60.0
+#: A PUT body is one record's values as JSON; a record is at most 8 KiB packed.
 MAX_PUT_BODY = 256 * 1024
 #: Suffixes ``mintNewSuffix`` makes: ``H`` + 7 digits + check character.
 MINT_LETTERS, MINT_WIDTH = "H", 7
@@ -197,14 +198,8 @@ async def put_handle(request: web.Request) -> web.Response:
     ident = await _target(request, api)
     overwrite = _flag(request, "overwrite", True)
     indexes = _indexes(request)
-    async with request.app[EDGE_KEY].body(request, MAX_PUT_BODY) as body:
-        raw = await body.read()
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"body is not JSON: {e}", rule="json") from e
     t = now()
-    sent = values_from_json(payload, timestamp=t)
+    sent = await read_values(request, t)
     version, alive = api.reg.version(ident)
     where = str(ident)
     try:
@@ -248,6 +243,17 @@ def _count(request: web.Request, api: HandleApi, e: AuthorityError) -> None:
     # the prefix owner's to fix, not the client's fault.
     if e.rule == "insufficient-permissions":
         api.limiter.failed(request.remote or "?")
+
+
+async def read_values(request: web.Request, timestamp: int) -> Record:
+    """The Handle values a PUT carries (a ``values`` array, or ``{"values": [...]}``)."""
+    async with request.app[EDGE_KEY].body(request, MAX_PUT_BODY) as body:
+        raw = await body.read()
+    try:
+        payload = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RecordError(f"body is not JSON: {e}", rule="json") from e
+    return values_from_json(payload, timestamp=timestamp)
 
 
 def _echo(request: web.Request, ident: Identifier) -> str:
