@@ -63,8 +63,13 @@ class Credentials:
 
     @property
     def admin(self) -> str:
-        """``INDEX:HANDLE``, as HS_ADMIN values and custody grants name an admin."""
-        return f"{self.index}:{self.handle}"
+        """``INDEX:HANDLE``, as HS_ADMIN values and custody grants name an admin (a handle
+        in upper case, as cityid stores it)."""
+        return admin_name(self.index, self.handle)
+
+
+def admin_name(index: int, handle: str) -> str:
+    return f"{index}:{handle.strip().upper()}"
 
 
 def is_handle_auth(header: str | None) -> bool:

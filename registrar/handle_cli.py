@@ -23,7 +23,7 @@ from cityid.ops import Custody, now
 
 from .cli import RAW, _report, _run, _writer_args, read_vkey
 from .client import RegistrarClient
-from .handle_auth import seckey_value
+from .handle_auth import admin_name, seckey_value
 
 
 def add_commands(sub: Subparsers) -> None:
@@ -75,10 +75,17 @@ def cmd_seckey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _admin(text: str) -> str:
+    index, sep, handle = text.partition(":")
+    if not sep or not index.isdigit() or "/" not in handle:
+        raise CityIdError(f"--admin {text!r} is INDEX:HANDLE, e.g. 300:P/ADMIN", rule="usage")
+    return admin_name(int(index), handle)
+
+
 def cmd_grant(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
     prefix = parse_prefix(args.prefix)
-    admins = tuple(sorted(set(getattr(args, "admin", None) or ())))
+    admins = tuple(sorted({_admin(a) for a in getattr(args, "admin", None) or ()}))
 
     async def go() -> dict[str, Any]:
         async with RegistrarClient(args.registrar) as client:

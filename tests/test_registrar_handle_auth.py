@@ -261,7 +261,7 @@ async def test_custody_must_be_granted_and_revocation_stops_it(tmp_path: Path) -
         key = str(key_path(w.keys, w.traffic))
         done = await asyncio.to_thread(
             cli, "handle", "grant", str(TRAFFIC), "--key", key, "--registrar", w.url,
-            "--admin", ADMIN,
+            "--admin", ADMIN.lower(),  # the same admin, however spelt
         )  # fmt: skip
         assert done.returncode == 0 and f"custody for {ADMIN}" in done.stdout, done.stderr
         status, body, _ = await w.request("PUT", bus, ADMIN, json=values)
