@@ -27,7 +27,7 @@ from cityid.ops import (
     now,
 )
 from cityid.progress import Progress
-from cityid.records import DEFAULT_TTL, Record, Value
+from cityid.records import DEFAULT_TTL, PUBKEY, SITE, Record, Value
 
 from .client import RegistrarClient
 from .config import Anchor, RegistrarConfig
@@ -128,7 +128,7 @@ def add_commands(sub: Subparsers) -> None:
         action="append",
         default=[],
         metavar="ROLE=URL",
-        help="HS_SITE entry: registrar=URL, ledger=URL or resolver=URL (repeat)",
+        help="CITYID_SITE entry: registrar=URL, ledger=URL or resolver=URL (repeat)",
     )
     d.add_argument(
         "--ns",
@@ -359,9 +359,9 @@ def cmd_delegate(args: argparse.Namespace) -> int:
             if not sep:
                 raise CityIdError(f"--site {s!r} is not ROLE=URL", rule="usage")
             sites[role] = url
-        extra.append(("HS_SITE", sites))
+        extra.append((SITE, sites))
     extra += [("NS", ns) for ns in args.ns]
-    extra.append(("HS_PUBKEY", str(child_key)))
+    extra.append((PUBKEY, str(child_key)))
     if args.log_key:
         if not args.origin:
             raise CityIdError(
@@ -374,7 +374,7 @@ def cmd_delegate(args: argparse.Namespace) -> int:
                 "checkpoint key is named after its origin",
                 rule="usage",
             )
-        extra.append(("HS_PUBKEY", str(log_vkey)))
+        extra.append((PUBKEY, str(log_vkey)))
     record = _values(args, ts, extra)
 
     async def go() -> dict[str, Any]:

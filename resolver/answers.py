@@ -26,6 +26,7 @@ import aiohttp
 
 from cityid.errors import CityIdError, LedgerError, NotFoundError, OperationError
 from cityid.identifiers import IdentifierError, parse_identifier, parse_minted, split_minted
+from cityid.records import PUBKEY, SITE
 from ledger.client import LogClient
 from ledger.tlogproof import TlogProof
 
@@ -620,7 +621,19 @@ def _filters(types: Sequence[str], indexes: Sequence[str]) -> tuple[list[str], l
     return [t.upper() if t.upper() in _KNOWN else t for t in types], out
 
 
-_KNOWN = {"URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME"}
+_KNOWN = {
+    "URL",
+    "EMAIL",
+    "DESC",
+    "GEO",
+    "HS_ADMIN",
+    "HS_PUBKEY",
+    "HS_SITE",
+    "NS",
+    "NAME",
+    SITE,
+    PUBKEY,
+}
 
 
 __all__ = ["Resolver", "ServeOptions", "ask_of", "internal_error"]

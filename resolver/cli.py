@@ -516,16 +516,15 @@ class Verifier:
 
 
 def _delegated_log_key(op: Delegate, origin: str) -> VerifierKey:
-    # As sync learns it: an HS_PUBKEY value named after the origin, else the
+    # As sync learns it: a CITYID_PUBKEY value named after the origin, else the
     # delegated key under the origin's name.
-    for v in op.record.values:
-        if v.type == "HS_PUBKEY" and isinstance(v.data, str):
-            try:
-                vk = VerifierKey.parse(v.data)
-            except CityIdError:
-                continue
-            if vk.name == origin:
-                return vk
+    for text in op.record.pubkeys():
+        try:
+            vk = VerifierKey.parse(text)
+        except CityIdError:
+            continue
+        if vk.name == origin:
+            return vk
     return VerifierKey(origin, op.key)
 
 

@@ -357,7 +357,7 @@ def test_unhashable_kind_is_an_operation_error(kind: object) -> None:
 
 
 def test_bad_pubkey_in_leaf_is_an_operation_error() -> None:
-    body = ["mint", "MA.156.1301", [["A", 0, [[1, "HS_PUBKEY", "zz", 60, T]]]], T]
+    body = ["mint", "MA.156.1301", [["A", 0, [[1, "CITYID_PUBKEY", "zz", 60, T]]]], T]
     with pytest.raises(OperationError):
         SignedOperation.decode(_leaf(body))
 
