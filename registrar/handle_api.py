@@ -208,17 +208,19 @@ async def put_handle(request: web.Request) -> web.Response:
                 "a prefix record is written by its parent's signed operations, not by PUT",
                 rule="use-delegate",
             )
+        prefix_record = await api.record(ident.prefix.record_id)
         if alive:
             current = await api.record(ident)
             assert current is not None
             record = _merged(current, sent, indexes, overwrite) if indexes else sent
             if not indexes and not overwrite:
                 raise ConflictError(f"{ident} already exists", rule="already-exists")
-            ha.require(creds.admin, current, ha.change_bits(current, record), where)
+            bits = ha.change_bits(current, record)
+            ha.require(creds.admin, (current, prefix_record), bits, where)
             op: Operation = Update(ident, version, record, t)
         else:
-            prefix_record = await api.record(ident.prefix.record_id)
-            ha.require(creds.admin, prefix_record, [ha.ADD_HANDLE], str(ident.prefix.record_id))
+            where = str(ident.prefix.record_id)
+            ha.require(creds.admin, (prefix_record,), [ha.ADD_HANDLE], where)
             record = ha.with_creator_admin(sent, creds.admin, t)
             op = Mint(ident.prefix, (MintItem(ident.suffix, version, record),), t)
         index = await _submit(api, creds, op)
@@ -289,6 +291,7 @@ async def delete_handle(request: web.Request) -> web.Response:
             f"{ident} {'was deleted' if version else 'is not registered'}",
             rule="deleted" if version else "not-found",
         )
+    records = (current, await api.record(ident.prefix.record_id))
     try:
         if indexes:
             gone = {v.index for v in current.values} & indexes
@@ -305,10 +308,10 @@ async def delete_handle(request: web.Request) -> web.Response:
                     },
                 )
             record = Record(tuple(v for v in current.values if v.index not in indexes))
-            ha.require(creds.admin, current, ha.change_bits(current, record), str(ident))
+            ha.require(creds.admin, records, ha.change_bits(current, record), str(ident))
             op: Operation = Update(ident, version, record, now())
         else:
-            ha.require(creds.admin, current, [ha.DELETE_HANDLE], str(ident))
+            ha.require(creds.admin, records, [ha.DELETE_HANDLE], str(ident))
             op = Delete(ident, version, now())
         index = await _submit(api, creds, op)
     except AuthorityError as e:

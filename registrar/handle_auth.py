@@ -9,7 +9,8 @@ Pure functions, no I/O: the HTTP shell is ``registrar/handle_api.py``.
   (:func:`seckey_value`), never the secret.
 * **What they may do:** the ``HS_ADMIN`` values of the record written (or, to
   create a handle, of the prefix's record ``0.NA/P``) name admins ``INDEX:HANDLE``
-  and their permissions, a 12-bit string written as HANDLE.NET writes it: the
+  and their permissions (those of ``0.NA/P`` hold on every handle under ``P``), a 12-bit
+  string written as HANDLE.NET writes it: the
   last character is bit 0 (add handle), the first bit 11 (list handles).
 """
 
@@ -21,7 +22,7 @@ import hashlib
 import hmac
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
@@ -156,12 +157,18 @@ def permitted(admin: str, record: Record | None, bit: int) -> bool:
     return False
 
 
-def require(admin: str, record: Record | None, bits: Iterable[int], where: str) -> None:
-    missing = [NAMES[b] for b in bits if not permitted(admin, record, b)]
+def require(admin: str, records: Sequence[Record | None], bits: Iterable[int], where: str) -> None:
+    """Raise unless an HS_ADMIN value of one of ``records`` gives ``admin`` each of ``bits``.
+
+    The records are the handle's own and its prefix's ``0.NA/P``: an admin the prefix
+    record names holds its permissions on every handle under the prefix, as HANDLE.NET's
+    server administrators hold theirs on every handle the server keeps.
+    """
+    missing = [NAMES[b] for b in bits if not any(permitted(admin, r, b) for r in records)]
     if missing:
         raise AuthorityError(
-            f"{admin} may not {', '.join(missing)} on {where}: no HS_ADMIN value there gives "
-            "it that permission",
+            f"{admin} may not {', '.join(missing)} on {where}: no HS_ADMIN value of it or of "
+            "its prefix record gives it that permission",
             rule="insufficient-permissions",
         )
 
