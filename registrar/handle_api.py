@@ -33,6 +33,7 @@ from cityid.errors import (
     AuthorityError,
     CityIdError,
     ConflictError,
+    LedgerError,
     NotFoundError,
     OperationError,
     RecordError,
@@ -118,8 +119,16 @@ class HandleApi:
         return self._custody_key
 
     async def record(self, ident: Identifier) -> Record | None:
-        await asyncio.to_thread(self.records.catch_up)  # the first one reads the whole log
-        return self.records.record(self.reg.namespace, ident)
+        for attempt in (1, 2):
+            await asyncio.to_thread(self.records.catch_up)  # the first one reads the whole log
+            try:
+                return self.records.record(self.reg.namespace, ident)
+            except LedgerError as e:
+                # Written since the catch-up began, its batch maybe still on its way: once
+                # more, then Handle's "server too busy" (503, responseCode 3).
+                if e.rule != "not-yet-logged" or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
 
 HANDLE_API_KEY: web.AppKey[HandleApi] = web.AppKey("handle_api", HandleApi)

@@ -5,13 +5,14 @@ needs records: to answer ``GET /api/handles`` on the registrar (read your writes
 to find an admin's ``HS_SECKEY``, and the ``HS_ADMIN`` values that say who may
 change a record. This index maps each identifier to the leaf that last set it, and
 reads that one leaf when asked. It follows the log lazily: each lookup first reads
-the leaves signed since the last one, so writes through ``POST /api/ops`` are seen
-too. Memory: one dict entry per identifier written by name (ranges are kept as
-their leaf, searched on a miss).
+the leaves signed since the last one (in a worker thread: the first reads the whole
+log), so writes through ``POST /api/ops`` are seen too. Memory: one dict entry per
+identifier written by name (ranges are kept as their leaf, searched on a miss).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from cityid.authority import Namespace
@@ -37,6 +38,9 @@ class RecordIndex:
     leaf: dict[str, int] = field(default_factory=dict)
     ranges: dict[str, list[int]] = field(default_factory=dict)
     scanned: int = 0
+    # One reader at a time (a worker thread's catch-up, or a request's on the event loop):
+    # two interleaved would let an older leaf overwrite a newer one's index.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _op(self, index: int) -> Operation:
         leaf = next(self.log.entries(index, index + 1, signed=True))
@@ -44,6 +48,10 @@ class RecordIndex:
 
     def catch_up(self) -> None:
         """Index the leaves signed since the last call (the registrar checked them)."""
+        with self._lock:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
         end = self.log.signed_size
         for i, leaf in enumerate(self.log.entries(self.scanned, end, signed=True), self.scanned):
             op = content_of(decode_for_replay(leaf, verified=True).op)
@@ -60,14 +68,14 @@ class RecordIndex:
         self.scanned = end
 
     def record(self, ns: Namespace, ident: Identifier) -> Record | None:
-        """The current record of ``ident``; None if it does not exist (never, or deleted)."""
+        """The current record of ``ident``; None if it does not exist (never, or deleted).
+        Read from the leaves indexed so far: :meth:`catch_up` first."""
         version, alive = ns.version(ident)
         if not alive:
             return None
         named = ident.named_prefix
         if ident.is_prefix_record and named is not None:
             return ns.prefixes[named].record  # kept by the namespace, as for an anchor
-        self.catch_up()
         key = str(ident)
         index = self.leaf.get(key)
         if index is not None:
