@@ -12,6 +12,8 @@ Routes:
   400 malformed (naming the rule; a minted-looking suffix whose check
   character is wrong says so), 410 deleted (the tombstone: the log leaf that
   deleted it, with its proof).
+  ``?urlappend=TEXT`` appends TEXT to the redirect's URL, as the Handle proxy does
+  (only while the URL stays on its site).
 * ``GET /api/handles/{id}``: the Handle REST answer, with ``type``, ``index``,
   ``pretty``, ``callback`` (JSONP) and ``auth`` (bypass the cache).
 * ``GET /api/proofs/{id}``: the ``c2sp.org/tlog-proof`` of the leaf that set
@@ -30,6 +32,7 @@ gets 304. Typed errors become answers in one place,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -38,7 +41,7 @@ from cityid.handle import INVALID_REQUEST, error_body
 
 from . import assets, explorer, openapi, pages, scanner
 from .answers import Resolver, ServeOptions, log
-from .encode import HTML, NO_STORE, RECORD_JSON, choose, dumps
+from .encode import HTML, NO_STORE, RECORD_JSON, choose, dumps, location
 from .metrics import ROUTES, Metrics
 
 # -- aiohttp ------------------------------------------------------------------------------
@@ -105,7 +108,17 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def get_id(request: web.Request) -> web.Response:
     resolver = request.app[RESOLVER_KEY]
     rep = choose(request.headers.get("Accept"), "noredirect" in request.query)
-    return assets.respond(await resolver.answer(request.match_info["id"], rep), request)
+    resp = assets.respond(await resolver.answer(request.match_info["id"], rep), request)
+    tail = request.query.get("urlappend")
+    if tail and resp.status == 302:
+        # The Handle proxy's ?urlappend=: the text goes after the URL, as long as it stays
+        # on the same site (an "@evil.example" would otherwise make the host a user name).
+        target = location(resp.headers["Location"] + tail)
+        if urlsplit(target)[:2] == urlsplit(resp.headers["Location"])[:2]:
+            resp.headers["Location"] = target
+            resp.headers["Cache-Control"] = NO_STORE
+            resp.headers.popall("ETag", None)
+    return resp
 
 
 async def get_handle(request: web.Request) -> web.Response:

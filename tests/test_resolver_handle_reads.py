@@ -16,9 +16,21 @@ from collections.abc import AsyncIterator
 import pytest
 from pyhandle.client.resthandleclient import RESTHandleClient
 from pyhandle.handleexceptions import HandleNotFoundException
-from test_resolver_http import BUS, PFX, URL1, Served, _serve
+from test_resolver_http import (
+    BUS,
+    ORIGIN,
+    PFX,
+    TS,
+    URL1,
+    URL1_LOCATION,
+    Served,
+    _record,
+    _serve,
+)
 
 from cityid import handle
+from cityid.records import Value
+from resolver.store import IdChange
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,3 +106,18 @@ async def test_pyhandle_reads_the_resolver(served: Served) -> None:
             client.get_value_from_handle(f"{PFX}/GONE", "URL")
 
     await asyncio.to_thread(reads)
+
+
+async def test_urlappend_extends_the_redirect_on_its_own_site(served: Served) -> None:
+    status, h, _ = await served.get(f"/{BUS}?urlappend=%26page%3D2")
+    assert (status, h["Location"]) == (302, URL1_LOCATION + "&page=2")
+    assert h["Cache-Control"] == "no-store" and "ETag" not in h
+    # Appended text that would move the redirect to another host is not appended.
+    record = _record(Value.make(1, "URL", "https://bare.example", timestamp=TS))
+    await served.writer.apply([IdChange(PFX, "BARE", 1, False, ORIGIN, 20, record)])
+    status, h, _ = await served.get(f"/{PFX}/BARE?urlappend=%40evil.example")
+    assert (status, h["Location"]) == (302, "https://bare.example")
+    status, h, _ = await served.get(f"/{PFX}/BARE?urlappend=/path")
+    assert (status, h["Location"]) == (302, "https://bare.example/path")
+    status, h, _ = await served.get(f"/{BUS}")  # the plain redirect is unchanged
+    assert h["Location"] == URL1_LOCATION and h["ETag"] == '"v3-r"'
