@@ -40,6 +40,7 @@ from .encode import (
     RECORD_JSON,
     REDIRECT,
     TEXT,
+    encode_alias,
     encode_gone,
     encode_problem,
     encode_record,
@@ -180,6 +181,10 @@ class Resolver:
             if rep == REDIRECT and s[9]:
                 loc, esc = location_of(blob, s)
                 return redirect(loc, esc, s[5], s[3])
+            if rep == REDIRECT:
+                alias = self._alias(key, blob)
+                if alias is not None:
+                    return alias
             rep = PAGE  # no URL, or ?noredirect: the landing page
         elif asked != key:
             return self._error(key, blob, asked, rep)  # echoes the spelling: not kept
@@ -194,6 +199,18 @@ class Resolver:
         reply = self._error(key, blob, asked, rep)
         self._keep(key, rep, blob, reply)
         return reply
+
+    def _alias(self, key: str, blob: bytes) -> Reply | None:
+        """301 to the handle an HS_ALIAS value of a record without URL names, if any."""
+        entry = self.cache.entry(key, blob)
+        alias = entry.record.first("HS_ALIAS") if entry and entry.record else None
+        if entry is None or alias is None or not isinstance(alias.data, str):
+            return None
+        try:
+            target = parse_identifier(alias.data)
+        except IdentifierError:
+            return None  # not a handle this resolver knows how to name: the landing page
+        return encode_alias(entry, f"{self.base_url}/{target}")
 
     def _error(self, key: str, blob: bytes, asked: str, rep: str) -> Reply:
         """404 (not registered) or 410 (deleted), for ``asked`` as spelt."""

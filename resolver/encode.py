@@ -244,6 +244,22 @@ def encode_redirect(entry: Entry, url: str) -> Reply:
     )
 
 
+def encode_alias(entry: Entry, url: str) -> Reply:
+    """301 to ``url``, the resolver's URL of the handle ``entry``'s HS_ALIAS names, as the
+    Handle proxy answers an alias."""
+    return Reply.make(
+        301,
+        [
+            ("Location", location(url)),
+            ("Content-Type", HTML),
+            ("Cache-Control", f"max-age={max_age(entry.record)}"),
+            ("Vary", "Accept"),
+        ],
+        pages.redirect_body(url),
+        etag=f'"v{entry.version}-a"',
+    )
+
+
 def encode_record(
     entry: Entry,
     record: Record,
@@ -355,6 +371,7 @@ __all__: Sequence[str] = [
     "TEXT",
     "choose",
     "dumps",
+    "encode_alias",
     "encode_gone",
     "encode_problem",
     "encode_record",

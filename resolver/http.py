@@ -13,7 +13,8 @@ Routes:
   character is wrong says so), 410 deleted (the tombstone: the log leaf that
   deleted it, with its proof).
   ``?urlappend=TEXT`` appends TEXT to the redirect's URL, as the Handle proxy does
-  (only while the URL stays on its site).
+  (only while the URL stays on its site). A record without URL whose HS_ALIAS names a
+  handle: 301 to that handle on this resolver.
 * ``GET /api/handles/{id}``: the Handle REST answer, with ``type``, ``index``,
   ``pretty``, ``callback`` (JSONP) and ``auth`` (bypass the cache).
 * ``GET /api/proofs/{id}``: the ``c2sp.org/tlog-proof`` of the leaf that set

@@ -121,3 +121,20 @@ async def test_urlappend_extends_the_redirect_on_its_own_site(served: Served) ->
     assert (status, h["Location"]) == (302, "https://bare.example/path")
     status, h, _ = await served.get(f"/{BUS}")  # the plain redirect is unchanged
     assert h["Location"] == URL1_LOCATION and h["ETag"] == '"v3-r"'
+
+
+async def test_an_alias_is_a_301_to_its_target(served: Served) -> None:
+    alias = _record(Value.make(1, "HS_ALIAS", BUS.lower(), timestamp=TS))
+    broken = _record(Value.make(1, "HS_ALIAS", "not a handle", timestamp=TS))
+    await served.writer.apply([
+        IdChange(PFX, "OLD-STOP", 1, False, ORIGIN, 21, alias),
+        IdChange(PFX, "ODD", 1, False, ORIGIN, 22, broken),
+    ])  # fmt: skip
+    for _ in range(2):  # the second from the cache
+        status, h, _ = await served.get(f"/{PFX}/OLD-STOP")
+        assert (status, h["Location"]) == (301, f"{served.resolver.base_url}/{BUS}")
+    # The Handle API shows the alias as a value; ?noredirect shows the page.
+    status, body = await served.json(f"/api/handles/{PFX}/OLD-STOP")
+    assert status == 200 and body["values"][0]["type"] == "HS_ALIAS"
+    assert (await served.get(f"/{PFX}/OLD-STOP?noredirect"))[0] == 200
+    assert (await served.get(f"/{PFX}/ODD"))[0] == 200  # no handle named: the landing page
