@@ -1,6 +1,7 @@
 """The DNS front against NSD, per core, counting Valkey's CPU: hits, misses, NXDOMAIN floods.
 
-    .venv/bin/python bench/dns_bench.py [--ids 1000000] [--workload hit,miss,nxdomain]
+    .venv/bin/python bench/dns_bench.py [--ids 1000000]
+        [--workload hit,miss,nxdomain,hit+do,miss+do,nxdomain+do]
         [--hit-ids 1000000] [--duration 10] [--rounds 3] [--processes 1]
         [--clients 16] [--outstanding 200] [--baseline DIR]
     .venv/bin/python bench/dns_bench.py --steps 1000000 [--baseline DIR]
@@ -28,7 +29,13 @@ binds to 127.0.0.1 and runs on this machine:
    * ``hit``: random names among the first ``--hit-ids`` identifiers, warm cache;
    * ``miss``: random names among all ``--ids`` identifiers, default cache;
    * ``nxdomain``: random names that do not exist under the prefix (a
-     random-subdomain flood: every name is new), default cache.
+     random-subdomain flood: every name is new), default cache;
+   * ``hit+do``, ``miss+do``, ``nxdomain+do``: the same queries with the DNSSEC OK
+     bit (``dnsperf -D``): signed answers, from the same servers (each tree that can
+     sign is started with a DNSSEC key; the answers without DO do not change), the
+     warm servers walked once more with DO so their signed cache is warm too. NSD
+     serves the zone unsigned, so against it these compare a signed answer with an
+     unsigned one; the summary adds, per tree, signed against unsigned per core.
 
 Rates per core come from the CPU time (``/proc``) the servers used during each
 run; cityid's includes its Valkey's (NSD needs none). dnsperf runs on a core of
@@ -74,6 +81,7 @@ import dns.rdata  # noqa: E402
 import msgpack  # noqa: E402
 
 from bench.procstat import cpu_seconds, descendants, rss_mb, valkey_memory, workers_of  # noqa: E402
+from cityid.keys import SigningKey  # noqa: E402
 from cityid.records import Record  # noqa: E402
 from cityid.valkey import EmbeddedValkey  # noqa: E402
 from resolver.dns.answers import txt_rrs  # noqa: E402
@@ -84,7 +92,7 @@ ROOT = "MA.156"
 PREFIX = "MA.156.1301.02"
 ZONE_SUFFIX = "02.1301.156.ma." + APEX
 TTL = 300
-WORKLOADS = ("hit", "miss", "nxdomain")
+WORKLOADS = ("hit", "miss", "nxdomain", "hit+do", "miss+do", "nxdomain+do")
 QUERY_LINES = 2_000_000  # per query file: dnsperf loops over it
 CLI = (
     "import sys; from cityid import cli; m = 'resolver.dns.cli'; "
@@ -364,10 +372,22 @@ class Run:
     valkey: float = 0.0  # of which Valkey's
 
 
+def base(workload: str) -> str:
+    """The queries of a workload: ``hit+do`` asks what ``hit`` asks, with DO."""
+    return workload.split("+")[0]
+
+
+def signs(tree: Path) -> bool:
+    """Whether ``tree``'s DNS front can sign (a baseline from before DNSSEC cannot)."""
+    return (tree / "resolver" / "dns" / "signer.py").exists()
+
+
 def dnsperf(port: int, data: Path, duration: float, clients: int, outstanding: int,
-            pids: list[int], valkey: int | None = None) -> Run:  # fmt: skip
+            pids: list[int], valkey: int | None = None, do: bool = False) -> Run:  # fmt: skip
     cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(data), "-l", str(duration),
            "-c", str(clients), "-q", str(outstanding), "-T", "1", "-t", "2"]  # fmt: skip
+    if do:
+        cmd.append("-D")
     vk = [valkey] if valkey is not None else []
     c0, v0, t0 = cpu_seconds(pids), cpu_seconds(vk), time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60, check=True)
@@ -410,8 +430,9 @@ def process_ports(port: int, processes: int, timeout: float = 30.0) -> dict[str,
     return found
 
 
-def warm(port: int, processes: int, walk: Path) -> float:
-    """Every process answers every name of ``walk`` once (one walk each, in parallel)."""
+def warm(port: int, processes: int, walk: Path, do: bool = False) -> float:
+    """Every process answers every name of ``walk`` once (one walk each, in parallel);
+    ``do``: with the DO bit, filling the cache of signed answers."""
     t0 = time.monotonic()
     ports = process_ports(port, processes)
     if len(ports) < processes:
@@ -421,6 +442,8 @@ def warm(port: int, processes: int, walk: Path) -> float:
         for local in ports.values():
             cmd = ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-x", str(local), "-c", "1",
                    "-n", "1", "-q", "500", "-t", "5", "-d", str(walk)]  # fmt: skip
+            if do:
+                cmd.append("-D")
             procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))  # fmt: skip
         for p in procs:
@@ -462,7 +485,7 @@ class Target:
 
 
 def start_server(tree: Path, url: str, valkey_pid: int, count: int, cache: int | None,
-                 log: object, label: str) -> Server:  # fmt: skip
+                 log: object, label: str, dnssec_key: Path | None = None) -> Server:  # fmt: skip
     port = free_port()
     # The URL carries Valkey's password: in the environment, not on a command line that
     # every local user can read.
@@ -471,6 +494,8 @@ def start_server(tree: Path, url: str, valkey_pid: int, count: int, cache: int |
            "--rrl-rate", "0", "--identity", "{index}"]  # fmt: skip
     if cache is not None:
         cmd += ["--cache-size", str(cache), "--cache-ttl", "86400"]
+    if dnssec_key is not None:
+        cmd += ["--dnssec-key", str(dnssec_key)]
     env = {**os.environ, "REDIS_URL": url, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(cmd, cwd=tree, stdout=log, stderr=subprocess.STDOUT,  # type: ignore[arg-type]
                             env=env)  # fmt: skip
@@ -504,7 +529,7 @@ def main() -> int:
     ap.add_argument("--ids", type=int, default=1_000_000)
     ap.add_argument("--hit-ids", type=int, default=1_000_000,
                     help="names the hit workload draws from (at most --ids)")  # fmt: skip
-    ap.add_argument("--workload", default="hit,miss,nxdomain")
+    ap.add_argument("--workload", default="hit,miss,nxdomain,hit+do,miss+do")
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--processes", type=int, default=1)
@@ -550,7 +575,9 @@ def main() -> int:
             assert v.proc is not None
             mem = valkey_memory(v.url, v.proc.pid, n)
             print(f"{label} ({tree}): populated {n:,} identifiers through its writer in "
-                  f"{took:.1f} s ({n / took:,.0f}/s); Valkey {mem}")  # fmt: skip
+                  f"{took:.1f} s ({n / max(took, 1e-3):,.0f}/s); Valkey {mem}")  # fmt: skip
+        dnssec_key = tmp / "dnssec.key"
+        SigningKey.generate("bench-dnssec").write(dnssec_key)
         files = {
             "hit": write_queries(tmp / "hit.txt", range(hit_n), QUERY_LINES, 1),
             "miss": write_queries(tmp / "miss.txt", range(n), QUERY_LINES, 2),
@@ -587,14 +614,17 @@ def main() -> int:
                 v = valkeys[label]
                 assert v.proc is not None
                 servers: dict[str, Server] = {}
+                bases = {base(w) for w in workloads}
                 for kind in ("warm", "default"):
-                    if kind == "warm" and "hit" not in workloads:
+                    if kind == "warm" and "hit" not in bases:
                         continue
-                    if kind == "default" and not {"miss", "nxdomain"} & set(workloads):
+                    if kind == "default" and not {"miss", "nxdomain"} & bases:
                         continue
                     log = stack.enter_context((tmp / f"{label}-{kind}.log").open("wb"))
                     cache = int(hit_n * 1.05) + 1000 if kind == "warm" else None
-                    s = start_server(tree, v.url, v.proc.pid, args.processes, cache, log, label)
+                    key = dnssec_key if signs(tree) else None
+                    s = start_server(tree, v.url, v.proc.pid, args.processes, cache, log, label,
+                                     key)  # fmt: skip
                     procs.append(s.proc)
                     r = dns.query.udp(dns.message.make_query(qname(hit_n - 1), "TXT"),
                                       "127.0.0.1", port=s.port, timeout=2)  # fmt: skip
@@ -602,6 +632,8 @@ def main() -> int:
                     idle = rss_mb(s.workers) / max(1, len(s.workers))
                     if kind == "warm":
                         secs = warm(s.port, args.processes, walk)
+                        if "hit+do" in workloads and key is not None:
+                            secs += warm(s.port, args.processes, walk, do=True)
                         per = [rss_mb([w]) for w in s.workers]
                         cached = (max(per) - idle) * 2**20 / hit_n
                         print(f"{label}: warmed {hit_n:,} names per process in {secs:.0f} s; "
@@ -613,16 +645,19 @@ def main() -> int:
             print("rounds (per core counts Valkey's CPU for cityid; load = 1-minute average):")
             for rnd_i in range(args.rounds):
                 for w in workloads:
-                    kind = "warm" if w == "hit" else "default"
-                    a = dnsperf(nsd_port, files[w], args.duration, args.clients,
-                                args.outstanding, nsd_pids)  # fmt: skip
+                    kind = "warm" if base(w) == "hit" else "default"
+                    do = w.endswith("+do")
+                    a = dnsperf(nsd_port, files[base(w)], args.duration, args.clients,
+                                args.outstanding, nsd_pids, do=do)  # fmt: skip
                     nsd_t.runs.setdefault(w, []).append(a)
                     line = [f"  round {rnd_i + 1} {w:<8} nsd {a.qps:>8,.0f} qps "
                             f"{a.per_core:>8,.0f}/core"]  # fmt: skip
-                    for t, servers in targets[1:]:
+                    for (t, servers), (_, tree) in zip(targets[1:], trees, strict=True):
+                        if do and not signs(tree):
+                            continue  # it would answer unsigned: nothing to compare
                         s = servers[kind]
-                        b = dnsperf(s.port, files[w], args.duration, args.clients,
-                                    args.outstanding, s.pids, s.valkey)  # fmt: skip
+                        b = dnsperf(s.port, files[base(w)], args.duration, args.clients,
+                                    args.outstanding, s.pids, s.valkey, do=do)  # fmt: skip
                         t.runs.setdefault(w, []).append(b)
                         t.ratio.setdefault(w, []).append(b.per_core / a.per_core)
                         line.append(f"{t.name} {b.qps:>8,.0f} qps {b.per_core:>7,.0f}/core "
@@ -645,12 +680,22 @@ def main() -> int:
           f"{'cores':>5} {'avg ms':>7} {'vs nsd per core':>17}")  # fmt: skip
     for w in workloads:
         for t, _ in targets:
+            if w not in t.runs:
+                continue
             runs = t.runs[w]
             ratio = spread(t.ratio[w], "{:.0%}") if t.ratio else ""
             print(f"{w:<9} {t.name:<7} {spread([r.qps for r in runs]):>26} "
                   f"{spread([r.per_core for r in runs]):>26} "
                   f"{statistics.median(r.cores for r in runs):5.2f} "
                   f"{statistics.median(r.avg_ms for r in runs):7.3f} {ratio:>17}")  # fmt: skip
+    for t, _ in targets[1:]:
+        for w in workloads:
+            if w.endswith("+do") and w in t.runs and base(w) in t.runs:
+                signed = statistics.median(r.per_core for r in t.runs[w])
+                plain = statistics.median(r.per_core for r in t.runs[base(w)])
+                qps = statistics.median(r.qps for r in t.runs[w])
+                print(f"{t.name}: {w} {signed / plain:.0%} of {base(w)} per core (medians); "
+                      f"{qps:,.0f} signed answers a second")  # fmt: skip
     print("\ndnsperf runs on a core of the same machine: where a server's busy cores stay "
           "below 1 the load generator, not the server, set the rate; the rate per core "
           "still compares costs.")  # fmt: skip

@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "registrar.cli",
     "registrar.handle_cli",
     "registrar.qr_cli",
+    "registrar.apply_cli",
     "resolver.cli",
     "resolver.dns.cli",
     "stack.up",

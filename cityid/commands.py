@@ -17,6 +17,7 @@ from .identifiers import (
     oid_form,
     parse_identifier,
     parse_minted,
+    split_minted,
 )
 from .keys import SigningKey
 
@@ -35,7 +36,9 @@ def add_commands(sub: Subparsers) -> None:
             "the resolver URL path, the DNS name under --apex, and the OID under --root-oid "
             "(only when every node below --root is a canonical integer). For a minted suffix "
             "(letters, digits, check character) the MOD 37,36 check character is verified. "
-            "On a broken rule it prints the rule and exits 1."
+            "On a broken rule it prints the rule and exits 1; a suffix shaped like a minted "
+            "one (letters, then digits, then one more character) whose check character is wrong "
+            "also exits 1, as it is most likely misread or mistyped."
         ),
         epilog=(
             "examples:\n"
@@ -106,9 +109,28 @@ def identifier_forms(
         forms["check"] = "not applicable: a prefix record"
     elif has_valid_check(ident.suffix):
         forms["check"] = f"valid: {ident.suffix[-1]} is the check character of {ident.suffix[:-1]}"
+    elif (problem := misread_check(ident)) is not None:
+        forms["check"] = f"fails: {problem}"
     else:
         forms["check"] = "not a minted suffix (no valid check character)"
     return forms
+
+
+def misread_check(ident: Identifier) -> str | None:
+    """Why ``ident``'s suffix, shaped like a minted one, fails its check character (the
+    resolver's words for it); None when it passes or is not minted-shaped.
+
+    Minted-shaped here means letters, digits and one more character, as ``id mint
+    --count`` makes them: all-digit suffixes are common free-form names (house and
+    meter numbers), so they are not taken for misread minted ones."""
+    parts = None if ident.is_prefix_record else split_minted(ident.suffix)
+    if parts is None or not parts[0]:
+        return None
+    try:
+        parse_minted(ident.suffix)
+    except IdentifierError as e:
+        return e.message
+    return None
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -116,15 +138,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.minted and not ident.is_prefix_record:
         parse_minted(ident.suffix)  # raises with the check-character rule
     forms = identifier_forms(ident, args.apex, Prefix.parse(args.root), args.root_oid)
+    failed = str(forms["check"]).startswith("fails:")
     if args.json:
         print(json.dumps(forms, indent=2))
-        return 0
+        return 1 if failed else 0
     print(f"canonical  {forms['canonical']}")
     print(f"url path   {forms['url_path']}")
     print(f"dns        {forms['dns']}")
     print(f"oid        {forms['oid'] or 'none: ' + str(forms['oid_note'])}")
     print(f"check      {forms['check']}")
-    return 0
+    return 1 if failed else 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:

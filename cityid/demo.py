@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 import random
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from importlib import resources
 
@@ -25,6 +25,9 @@ from .records import PUBKEY, SITE, Record, Value
 
 ROOT = Prefix(("MA", "156"))
 SHIJIAZHUANG = Prefix(("MA", "156", "1301"))
+#: Cities the demo leaves out of the first delegation: they apply for their node instead
+#: (``registrar.apply_demo``), so an operator can approve one (Baoding, Tangshan).
+APPLICANTS = ("130600000000", "130200000000")
 
 DEPARTMENTS: tuple[tuple[str, str, str], ...] = (
     ("01", "Urban management bureau", "城市管理局"),
@@ -122,8 +125,10 @@ def city_delegations(
     sites: dict[Prefix, dict[str, str]],
     ts: int,
     log_keys: dict[Prefix, str] | None = None,
+    leave_out: Collection[str] = (),
 ) -> Iterator[Delegate]:
-    """One delegation per city; ``origins`` names the cities hosted elsewhere.
+    """One delegation per city but those ``leave_out`` names (GB/T 2260 codes);
+    ``origins`` names the cities hosted elsewhere.
 
     A city hosted elsewhere also gets its log's checkpoint key (``log_keys``: a
     verifier key named after the origin) as a CITYID_PUBKEY value, so resolvers
@@ -132,6 +137,8 @@ def city_delegations(
     log_keys = log_keys or {}
     rows = divisions()
     for city in cities(rows):
+        if city.code in leave_out:
+            continue
         prefix = city_prefix(city)
         values = [
             Value.make(1, "NAME", city.name, timestamp=ts),

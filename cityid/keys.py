@@ -207,6 +207,17 @@ class SigningKey:
         return p
 
     @classmethod
+    def read_or_create(cls, path: str | os.PathLike[str], name: str) -> SigningKey:
+        """The key in ``path``, or a new one named ``name`` written there (mode 0600)."""
+        p = Path(path)
+        if p.exists():
+            return cls.read(p)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        key = cls.generate(name)
+        key.write(p)
+        return key
+
+    @classmethod
     def read(cls, path: str | os.PathLike[str]) -> SigningKey:
         p = Path(path)
         try:

@@ -178,6 +178,33 @@ def _check_ns(data: str) -> str:
     return " ".join(parts)
 
 
+#: DS digest types (RFC 4034, 4509, 6605) and their digest lengths in octets.
+_DS_DIGESTS = {1: 20, 2: 32, 4: 48}
+
+
+def _check_ds(data: str) -> str:
+    # "TAG ALG DIGEST-TYPE HEX": the DS of a child zone signed elsewhere (DNSSEC), as a
+    # parent zone publishes it; canonical with upper-case hex and single spaces.
+    parts = data.split()
+    rule = "ds-syntax"
+    if len(parts) < 4 or not all(_DIGITS_RE.fullmatch(p) for p in parts[:3]):
+        raise _fail(rule, f"DS {data[:80]!r} must be 'KEYTAG ALGORITHM DIGEST-TYPE HEX'")
+    tag, alg, digest_type = (int(p) for p in parts[:3])
+    if tag > 65535 or not 1 <= alg <= 255:
+        raise _fail(rule, f"DS {data[:80]!r}: key tag is 0..65535, algorithm 1..255")
+    digest = "".join(parts[3:])
+    want = _DS_DIGESTS.get(digest_type)
+    if want is None:
+        raise _fail(rule, f"DS digest type {digest_type} is not 1 (SHA-1), 2 (SHA-256) or 4")
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError as e:
+        raise _fail(rule, f"DS digest {digest[:80]!r} is not hexadecimal") from e
+    if len(raw) != want:
+        raise _fail(rule, f"DS digest type {digest_type} has {want} octets, not {len(raw)}")
+    return f"{tag} {alg} {digest_type} {raw.hex().upper()}"
+
+
 def _check_admin(data: Mapping[str, Any]) -> dict[str, Any]:
     if set(data) != set(_ADMIN_KEYS):
         raise _fail(
@@ -245,6 +272,7 @@ _STRING_CHECKS = {
     "GEO_BOX": _check_geo_box,
     "10320/LOC": _check_loc,
     "NS": _check_ns,
+    "DS": _check_ds,
     PUBKEY: _check_pubkey,
 }
 
@@ -387,7 +415,7 @@ _set_timestamp = Value.timestamp.__set__  # type: ignore[attr-defined]
 # Types whose checks apply in any case: "url" is "URL", so "url" cannot skip them.
 _KNOWN_TYPES = {
     "URL", "EMAIL", "DESC", "GEO", "GEO_BOX", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME",
-    "10320/LOC", SITE, PUBKEY,
+    "10320/LOC", "DS", SITE, PUBKEY,
 }  # fmt: skip
 
 

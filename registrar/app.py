@@ -12,6 +12,8 @@ Routes:
 * ``GET /log/...``: the ledger as tlog-tiles static files.
 * ``GET /healthz``, ``GET /metrics``, ``GET /``: liveness, counters, what this
   registrar hosts.
+* applications for child prefixes, their review and the ``/apply`` form:
+  :mod:`registrar.apply_http` (docs/onboarding.md).
 
 Every body is read through the process's :class:`~cityid.httpedge.Edge`, and only
 once what the headers say has been checked (content type, signature header,
@@ -54,6 +56,7 @@ from cityid.ops import (
 from cityid.records import Record
 
 from . import handle_api
+from .apply_http import add_application_routes
 from .auth import parse_auth_header, parse_if_match
 from .core import LEAVES, MAX_BODY, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
 from .handle_auth import CHALLENGES, is_handle_auth
@@ -471,4 +474,5 @@ def make_app(reg: Registrar, edge: Edge | None = None) -> web.Application:
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
+    add_application_routes(app, reg)  # after on_startup: its store opens once the log is
     return app

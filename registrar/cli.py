@@ -7,13 +7,14 @@ import asyncio
 import itertools
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cityid.cli import Subparsers, group
 from cityid.errors import CityIdError
-from cityid.identifiers import Prefix, parse_identifier, parse_prefix
+from cityid.identifiers import Identifier, Prefix, parse_identifier, parse_prefix
 from cityid.keys import SigningKey, VerifierKey
 from cityid.ops import (
     Delegate,
@@ -29,12 +30,15 @@ from cityid.ops import (
 from cityid.progress import Progress
 from cityid.records import DEFAULT_TTL, PUBKEY, SITE, Record, Value
 
-from .client import RegistrarClient
+from .client import RegistrarClient, RegistrarError
 from .config import Anchor, RegistrarConfig
 from .core import MAX_BODY, not_found
 
 RAW = argparse.RawDescriptionHelpFormatter
 DEFAULT_REGISTRAR = "http://127.0.0.1:8000"
+REGISTRAR_ENV = "CITYID_REGISTRAR"
+DEFAULT_RESOLVER = "http://127.0.0.1:8080"
+RESOLVER_ENV = "CITYID_RESOLVER"
 
 
 def add_commands(sub: Subparsers) -> None:
@@ -137,6 +141,14 @@ def add_commands(sub: Subparsers) -> None:
         metavar="'HOST [ADDR...]'",
         help="a DNS name server for referrals, with optional glue (repeat)",
     )
+    d.add_argument(
+        "--ds",
+        action="append",
+        default=[],
+        metavar="'TAG ALG DIGEST-TYPE HEX'",
+        help="the DS of the child's DNSSEC key, for a prefix whose --ns servers sign its zone "
+        "(repeat; as the child's server prints it: see docs/dns.md#dnssec)",
+    )
     _value_args(d)
     d.set_defaults(func=cmd_delegate)
 
@@ -235,8 +247,16 @@ def _writer_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--registrar",
-        default=os.environ.get("CITYID_REGISTRAR", DEFAULT_REGISTRAR),
-        help="registrar URL (env CITYID_REGISTRAR; default %(default)s)",
+        metavar="URL",
+        help="registrar URL (default: env CITYID_REGISTRAR, else the registrar named in the "
+        "CITYID_SITE of the prefix's delegation, looked up on --resolver, else "
+        f"{DEFAULT_REGISTRAR})",
+    )
+    p.add_argument(
+        "--resolver",
+        metavar="URL",
+        help="resolver to find the prefix's registrar on, without --registrar (default: env "
+        f"{RESOLVER_ENV}, else {DEFAULT_RESOLVER})",
     )
 
 
@@ -284,8 +304,54 @@ def read_vkey(text: str, name: str = "key") -> VerifierKey:
     raise CityIdError(f"{name} {text!r} is neither a verifier key nor a file", rule="usage")
 
 
-def _run(coro: Any) -> Any:
-    return asyncio.run(coro)
+def _registrar_url(args: argparse.Namespace, prefix: Prefix | None) -> str:
+    """Where to write under ``prefix``: --registrar, env, the hosting registrar, or the default.
+
+    The hosting registrar is the one the prefix's delegation names (CITYID_SITE), as
+    the resolver serves it; the choice is said on stderr, so a write never goes
+    somewhere the user did not see.
+    """
+    given = args.registrar or os.environ.get(REGISTRAR_ENV)
+    if given:
+        return str(given)
+    if prefix is not None:
+        from .locate import hosting_registrar
+
+        resolver = args.resolver or os.environ.get(RESOLVER_ENV) or DEFAULT_RESOLVER
+        found = asyncio.run(hosting_registrar(resolver, prefix))
+        if found is not None:
+            print(
+                f"registrar: {found.url} (it hosts {prefix}: CITYID_SITE of {found.named_by}, "
+                f"from the resolver at {resolver})",
+                file=sys.stderr,
+            )
+            return found.url
+    args.registrar_fallback = True
+    return DEFAULT_REGISTRAR
+
+
+def _written_under(ident: Identifier) -> Prefix | None:
+    """The prefix whose registrar records a change of ``ident``: a prefix record (``0.NA/P``)
+    is kept by the registrar of P's parent, which delegated it."""
+    if ident.is_prefix_record:
+        return ident.named_prefix.parent if ident.named_prefix is not None else None
+    return ident.prefix
+
+
+def _run(coro: Any, args: argparse.Namespace | None = None) -> Any:
+    try:
+        return asyncio.run(coro)
+    except RegistrarError as e:
+        if e.rule != "prefix-not-delegated" or not getattr(args, "registrar_fallback", False):
+            raise
+        raise RegistrarError(
+            f"{e.message}, on the default registrar {DEFAULT_REGISTRAR}: if another registrar "
+            "hosts it, give its URL with --registrar (or env CITYID_REGISTRAR), or a resolver "
+            "that serves its delegation with --resolver",
+            rule=e.rule,
+            status=e.status,
+            response_code=e.response_code,
+        ) from e
 
 
 async def _submit(url: str, ops: list[Operation], key: SigningKey) -> dict[str, Any]:
@@ -360,7 +426,14 @@ def cmd_delegate(args: argparse.Namespace) -> int:
                 raise CityIdError(f"--site {s!r} is not ROLE=URL", rule="usage")
             sites[role] = url
         extra.append((SITE, sites))
+    if args.ds and not args.ns:
+        raise CityIdError(
+            "--ds goes with --ns: a DS vouches for the key of the name servers the prefix is "
+            "delegated to; a prefix served by this deployment's resolvers has its DS already",
+            rule="usage",
+        )
     extra += [("NS", ns) for ns in args.ns]
+    extra += [("DS", ds) for ds in args.ds]
     extra.append((PUBKEY, str(child_key)))
     if args.log_key:
         if not args.origin:
@@ -376,14 +449,15 @@ def cmd_delegate(args: argparse.Namespace) -> int:
             )
         extra.append((PUBKEY, str(log_vkey)))
     record = _values(args, ts, extra)
+    url = _registrar_url(args, child.parent)  # the parent's registrar records the delegation
 
     async def go() -> dict[str, Any]:
-        async with RegistrarClient(args.registrar) as client:
+        async with RegistrarClient(url) as client:
             version, _ = await client.version(child.record_id)
             op = Delegate(child, version, child_key.public_key, args.origin, record, ts)
             return await client.submit_ops([op], key)
 
-    _report(_run(go()))
+    _report(_run(go(), args))
     return 0
 
 
@@ -395,14 +469,18 @@ def cmd_mint(args: argparse.Namespace) -> int:
             raise CityIdError("give PREFIX (not PREFIX/SUFFIX) with --count or --csv", rule="usage")
         ident = parse_identifier(args.target)
 
+        record = _values(args, ts)  # bad values are refused before any request
+        url = _registrar_url(args, ident.prefix)
+
         async def one() -> dict[str, Any]:
-            async with RegistrarClient(args.registrar) as client:
+            async with RegistrarClient(url) as client:
                 version, _ = await client.version(ident)
-                op = Mint(ident.prefix, (MintItem(ident.suffix, version, _values(args, ts)),), ts)
+                op = Mint(ident.prefix, (MintItem(ident.suffix, version, record),), ts)
                 return await client.submit_ops([op], key)
 
-        print(f"minted {ident}")
-        _report(_run(one()))
+        result = _run(one(), args)
+        print(f"minted {ident}")  # only once the registrar has acknowledged it
+        _report(result)
         return 0
     prefix = parse_prefix(args.target)
     if args.csv:
@@ -416,13 +494,15 @@ def cmd_mint(args: argparse.Namespace) -> int:
             "a range needs --template (e.g. 'https://x.example/{suffix}')", rule="usage"
         )
     letters = args.letters.upper()
+    record = _values(args, ts)
+    url = _registrar_url(args, prefix)
 
     async def rng() -> dict[str, Any]:
-        async with RegistrarClient(args.registrar) as client:
+        async with RegistrarClient(url) as client:
             start = args.start
             if start is None:
                 start = await client.next_number(prefix, letters, args.width)
-            op = MintRange(prefix, letters, start, args.count, args.width, _values(args, ts), ts)
+            op = MintRange(prefix, letters, start, args.count, args.width, record, ts)
             result = await client.submit_ops([op], key)
             print(
                 f"minted {prefix}/{op.suffix(0)} .. {prefix}/{op.suffix(op.count - 1)} "
@@ -430,7 +510,7 @@ def cmd_mint(args: argparse.Namespace) -> int:
             )
             return result
 
-    _report(_run(rng()))
+    _report(_run(rng(), args))
     return 0
 
 
@@ -438,9 +518,10 @@ def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int
     from .csvmint import CsvMint
 
     letters = args.letters.upper()
+    url = _registrar_url(args, prefix)
 
     async def go() -> list[dict[str, Any]]:
-        async with RegistrarClient(args.registrar) as client:
+        async with RegistrarClient(url) as client:
             start = args.start
             if start is None:
                 start = await client.next_number(prefix, letters, args.width)
@@ -494,7 +575,7 @@ def _mint_csv(args: argparse.Namespace, prefix: Prefix, key: SigningKey, ts: int
             )
             return results
 
-    results = _run(go())
+    results = _run(go(), args)
     lines = results[-1]["checkpoint"].splitlines()
     print(
         f"leaves {results[0]['receipts'][0]['index']}..{results[-1]['receipts'][-1]['index']}; "
@@ -538,30 +619,32 @@ def cmd_update(args: argparse.Namespace) -> int:
     ident = parse_identifier(args.id)
     ts = now()
     record = _values(args, ts)
+    url = _registrar_url(args, _written_under(ident))
 
     async def go() -> dict[str, Any]:
-        async with RegistrarClient(args.registrar) as client:
+        async with RegistrarClient(url) as client:
             version, alive = await client.version(ident)
             if not alive:
                 raise not_found(ident, version, key.public_key)
             return await client.submit_ops([Update(ident, version, record, ts)], key)
 
-    _report(_run(go()))
+    _report(_run(go(), args))
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
     ident = parse_identifier(args.id)
+    url = _registrar_url(args, _written_under(ident))
 
     async def go() -> dict[str, Any]:
-        async with RegistrarClient(args.registrar) as client:
+        async with RegistrarClient(url) as client:
             version, alive = await client.version(ident)
             if not alive:
                 raise not_found(ident, version, key.public_key)
             return await client.submit_ops([Delete(ident, version, now())], key)
 
-    _report(_run(go()))
+    _report(_run(go(), args))
     return 0
 
 
@@ -569,12 +652,13 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     key = SigningKey.read(args.key)
     prefix = parse_prefix(args.prefix)
     new = read_vkey(args.new_key, "--new-key")
+    url = _registrar_url(args, prefix)
 
     async def go() -> dict[str, Any]:
-        async with RegistrarClient(args.registrar) as client:
+        async with RegistrarClient(url) as client:
             version = await client.key_version(prefix)
             return await client.submit_ops([RotateKey(prefix, version, new.public_key, now())], key)
 
-    _report(_run(go()))
+    _report(_run(go(), args))
     print(f"{prefix} is now signed by {new}")
     return 0

@@ -37,6 +37,7 @@ SCHEMA: dict[str, Any] = {
     ),
     "batch": dict.fromkeys(("max_size", "max_delay_ms"), VALUE),
     "snapshot": dict.fromkeys(("every",), VALUE),
+    "applications": dict.fromkeys(("per_hour",), VALUE),
     "anchor": [dict.fromkeys(("prefix", "key"), VALUE)],
     "witness": [dict.fromkeys(("url", "key"), VALUE)],
 }
@@ -49,6 +50,8 @@ class ConfigError(CityIdError):
 #: Replay work (leaves plus explicitly minted identifiers) between two namespace
 #: snapshots: what a start after a crash replays at most (docs/registrar.md).
 DEFAULT_SNAPSHOT_EVERY = 250_000
+#: Applications (``POST /api/applications``) one client address may send an hour.
+DEFAULT_APPLICATIONS_PER_HOUR = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,7 @@ class RegistrarConfig:
     #: The key this registrar signs Handle-authenticated writes with, where a prefix owner
     #: granted it custody (docs/handle.md); the Handle write API needs it.
     custody_key_file: Path | None = None
+    applications_per_hour: int = DEFAULT_APPLICATIONS_PER_HOUR
 
     @property
     def log_dir(self) -> Path:
@@ -120,6 +124,7 @@ class RegistrarConfig:
             witnesses = [(w["url"], VerifierKey.parse(w["key"])) for w in raw.get("witness", [])]
             batch = raw.get("batch", {})
             snapshot = raw.get("snapshot", {})
+            applications = raw.get("applications", {})
             cfg = cls(
                 directory=d,
                 origin=raw["origin"],
@@ -134,6 +139,9 @@ class RegistrarConfig:
                 witness_timeout_ms=int(raw.get("witness_timeout_ms", 5000)),
                 snapshot_every=int(snapshot.get("every", DEFAULT_SNAPSHOT_EVERY)),
                 custody_key_file=d / raw["custody_key"] if "custody_key" in raw else None,
+                applications_per_hour=int(
+                    applications.get("per_hour", DEFAULT_APPLICATIONS_PER_HOUR)
+                ),
             )
         except KeyError as e:
             raise ConfigError(f"{path}: missing key {e}", rule="bad-config") from e
@@ -143,6 +151,8 @@ class RegistrarConfig:
             raise ConfigError(f"{path}: no [[anchor]]: a registrar hosts at least one prefix")
         if not 0 <= cfg.quorum <= len(witnesses):
             raise ConfigError(f"{path}: quorum {cfg.quorum} but {len(witnesses)} witnesses")
+        if cfg.applications_per_hour < 1:
+            raise ConfigError(f"{path}: applications.per_hour must be 1 or more")
         if cfg.snapshot_every < 0:
             raise ConfigError(f"{path}: snapshot.every must be 0 (only at a clean stop) or more")
         return cfg
@@ -176,6 +186,9 @@ class RegistrarConfig:
             "",
             "[snapshot]  # of the namespace, in snapshot/: derived from the log, safe to delete",
             f"every = {self.snapshot_every}  # leaves + minted ids between two (0: at stop only)",
+            "",
+            "[applications]  # for child prefixes (docs/onboarding.md)",
+            f"per_hour = {self.applications_per_hour}  # from one client address at most",
         ]
         for a in self.anchors:
             lines += [

@@ -9,12 +9,16 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cityid.cli import Subparsers
 from cityid.errors import IdentifierError
 
 # Light to import: segno itself loads on first use.
 from .qrcodes import MAX_SHEET_CODES, QRCodeError
+
+if TYPE_CHECKING:
+    from cityid.identifiers import Identifier
 
 DEFAULT_RESOLVER = "http://127.0.0.1:8080"
 RESOLVER_ENV = "CITYID_RESOLVER"
@@ -64,7 +68,12 @@ examples:
   cityid qr --ids-file meters.txt -o meters.pdf --resolver https://id.city.example
 
 The ids file has one identifier per line; blank lines and lines starting with #
-are skipped; '-' reads standard input."""
+are skipped; '-' reads standard input.
+
+An identifier shaped like a minted one (letters, digits, check character) whose
+check character is wrong is refused unless --force. With --resolver (or env
+CITYID_RESOLVER), one code's identifier is looked up there first, and a warning
+says when it is not registered (the code would lead to a "not registered" page)."""
 
 
 # -- ranges and id files ------------------------------------------------------------
@@ -234,6 +243,12 @@ def add_commands(sub: Subparsers) -> None:
         help="codes across a sheet, 1-10 (default %(default)s: 20 codes per A4 page)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar, even on a terminal")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="make codes even for identifiers shaped like minted ones whose check character "
+        "is wrong (refused by default: such an identifier was most likely mistyped)",
+    )
     p.set_defaults(func=lambda args: run_qr(args, p))
 
 
@@ -262,7 +277,13 @@ def _one_code(args: argparse.Namespace) -> int:
     from .qrcodes import DEFAULT_SCALE, resolver_url, write_qr
 
     ident = parse_identifier(args.identifier)
+    if not args.force:
+        _refuse_misread(ident, "")
     url = resolver_url(_resolver(args), str(ident))
+    if args.resolver or os.environ.get(RESOLVER_ENV):
+        warning = registration_warning(_resolver(args), str(ident))
+        if warning:
+            print(f"cityid: warning: {warning}", file=sys.stderr)
     out = Path(args.output) if args.output else Path(f"{ident.suffix}.png")
     write_qr(url, out, scale=args.scale or DEFAULT_SCALE, error=args.error)
     print(f"file: {out}")
@@ -270,7 +291,45 @@ def _one_code(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_misread(ident: Identifier, where: str) -> None:
+    from cityid.commands import misread_check
+
+    problem = misread_check(ident)
+    if problem is not None:
+        raise IdentifierError(
+            f"{where}{ident}: {problem}; give --force to make its code anyway",
+            rule="check-character",
+        )
+
+
+def registration_warning(resolver: str, ident: str, timeout: float = 5.0) -> str:
+    """Why a code for ``ident`` would not lead anywhere useful on ``resolver``, or ""."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .qrcodes import check_resolver_url
+
+    base = check_resolver_url(resolver).rstrip("/")
+    req = urllib.request.Request(
+        f"{base}/api/handles/{ident}", headers={"Accept": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            return ""
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("message", "")
+        except (ValueError, AttributeError):
+            message = ""
+        why = f"HTTP {e.code}: {message}" if message else f"HTTP {e.code}"
+        return f"{ident} is not registered at {base} ({why}); its code leads to an error page"
+    except (urllib.error.URLError, OSError) as e:
+        return f"could not check {ident} at {base}: {getattr(e, 'reason', e)}"
+
+
 def _sheet(args: argparse.Namespace) -> int:
+    from cityid.identifiers import parse_identifier
     from cityid.progress import Progress
 
     from .qrcodes import (
@@ -288,6 +347,9 @@ def _sheet(args: argparse.Namespace) -> int:
         ids: Sequence[str] = list(parse_range(args.range, args.count).identifiers())
     else:
         ids = read_ids_file(args.ids_file)
+        if not args.force:
+            for ident in ids:
+                _refuse_misread(parse_identifier(ident), f"{args.ids_file}: ")
     items = [(ident, resolver_url(base, ident)) for ident in ids]
     show = len(items) > PROGRESS_THRESHOLD and not args.no_progress
     with Progress(len(items), "qr", stream=sys.stderr) as bar:

@@ -33,18 +33,22 @@ from ledger.tlogproof import TlogProof
 from . import explorer, maps, pages, stats
 from .cache import ABSENT, RECORD, ResponseCache, kind, location_of, read
 from .encode import (
+    AS_PAGE,
     HANDLE_API,
-    HTML,
     JSON_REPS,
     PAGE,
+    PAGE_ZH,
     RECORD_JSON,
     REDIRECT,
+    REDIRECT_ZH,
     TEXT,
     encode_alias,
     encode_gone,
     encode_problem,
     encode_record,
+    lang_of,
     max_age,
+    page_headers,
     record_json,
     redirect,
     values_not_found,
@@ -178,14 +182,14 @@ class Resolver:
             if rep in JSON_REPS:
                 # As asked (Handle clients compare), less the white space the parser ignores.
                 return record_json(asked.strip(), s[3], s[5], blob[s[12] :])
-            if rep == REDIRECT and s[9]:
+            if s[9] and rep in (REDIRECT, REDIRECT_ZH):
                 loc, esc = location_of(blob, s)
                 return redirect(loc, esc, s[5], s[3])
-            if rep == REDIRECT:
+            if rep in (REDIRECT, REDIRECT_ZH):
                 alias = self._alias(key, blob)
                 if alias is not None:
                     return alias
-            rep = PAGE  # no URL, or ?noredirect: the landing page
+            rep = AS_PAGE[rep]  # no URL, or ?noredirect: the landing page
         elif asked != key:
             return self._error(key, blob, asked, rep)  # echoes the spelling: not kept
         memo = self._memo.get((key, rep))
@@ -313,7 +317,7 @@ class Resolver:
                 out[i] = encode_problem(slot, asked, rep)
                 continue
             reply = self._from_slot(slot, read(slot), key, asked, rep)
-            out[i] = reply if reply is not None else await self._page(key, slot)
+            out[i] = reply if reply is not None else await self._page(key, slot, AS_PAGE[rep])
         return out  # type: ignore[return-value]
 
     async def slots(self, asks: Sequence[Ask], *, fresh: bool = False) -> list[bytes | StoreError]:
@@ -360,7 +364,7 @@ class Resolver:
 
     # -- pages ------------------------------------------------------------------------------
 
-    async def _page(self, key: str, blob: bytes) -> Reply:
+    async def _page(self, key: str, blob: bytes, rep: str = PAGE) -> Reply:
         entry = self.cache.entry(key, blob)
         assert entry is not None and entry.record is not None
         # One event-loop pass: the store sends the prefix lookups in one pipeline.
@@ -372,19 +376,17 @@ class Resolver:
             resolver_url=f"{self.base_url}/{entry.ident}".upper(),
             proof_url=f"/api/proofs/{entry.ident}",
             json_url=f"/api/handles/{entry.ident}",
+            lang=lang_of(rep),
         )
         reply = Reply.make(
             200,
-            [
-                ("Content-Type", HTML),
-                ("Content-Security-Policy", pages.CSP),
-                ("Cache-Control", f"max-age={max_age(entry.record)}"),
-                ("Vary", "Accept"),
-            ],
+            [*page_headers(rep), ("Cache-Control", f"max-age={max_age(entry.record)}")],
             body,
-            etag=f'"v{entry.version}-h{view.checkpoint.size if view.checkpoint else 0}"',
+            # One tag per language: the two pages are different representations.
+            etag=f'"v{entry.version}-h{"z" if rep == PAGE_ZH else ""}'
+            f'{view.checkpoint.size if view.checkpoint else 0}"',
         ).until(time.monotonic() + self.options.page_ttl)
-        self._keep(key, PAGE, blob, reply)
+        self._keep(key, rep, blob, reply)
         return reply
 
     async def area(self, entry: Entry) -> maps.Area | None:

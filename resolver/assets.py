@@ -31,8 +31,19 @@ def respond(reply: Reply, request: web.Request) -> web.Response:
 def file_reply(path: str, content_type: str, headers: Iterable[tuple[str, str]] = ()) -> Reply:
     """The 200 answer holding package file ``resolver/<path>``, with an ETag of its bytes."""
     body = resources.files("resolver").joinpath(path).read_bytes()
+    return fixed_reply(body, content_type, headers)
+
+
+def fixed_reply(
+    body: bytes,
+    content_type: str,
+    headers: Iterable[tuple[str, str]] = (),
+    *,
+    cache_control: str = CACHE_CONTROL,
+) -> Reply:
+    """The 200 answer holding ``body``, made once, with an ETag of its bytes."""
     etag = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
-    head = (("Content-Type", content_type), ("Cache-Control", CACHE_CONTROL), *headers)
+    head = (("Content-Type", content_type), ("Cache-Control", cache_control), *headers)
     return Reply.make(200, head, body, etag=etag)
 
 

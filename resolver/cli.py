@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from cityid.cli import Subparsers, group
-from cityid.errors import CityIdError, NotFoundError, ProofError
+from cityid.errors import CityIdError, ProofError
 from cityid.identifiers import Identifier, parse_identifier, parse_minted
 from cityid.keys import VerifierKey
 from cityid.netaddr import host_port
@@ -28,7 +28,6 @@ from cityid.ops import (
     SignedOperation,
     Update,
     content_of,
-    key_fingerprint,
 )
 from cityid.records import Record, render_template
 
@@ -38,7 +37,7 @@ DEFAULT_RESOLVER = "http://127.0.0.1:8080"
 
 
 def add_commands(sub: Subparsers) -> None:
-    res = group(sub, "resolver", "run a resolver: serve")
+    res = group(sub, "resolver", "run a resolver: serve (HTTP), dns (DNS)")
     s = res.add_parser(
         "serve", formatter_class=RAW,
         help="serve HTTP lookups (redirects, Handle JSON API, proofs) from Redis",
@@ -260,15 +259,19 @@ async def _resolve(args: argparse.Namespace, ident: Identifier) -> int:
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         status, answer = await _get_json(session, f"{base}/api/handles/{ident}")
+        # A tombstone is Handle's 404 with the deletion's fields (deleted: true).
+        if args.verify and status != 200 and answer.get("deleted") is not True:
+            # Nothing to verify: the resolver's refusal, said once, is the whole answer.
+            raise CityIdError(
+                f"{answer.get('handle') or ident}: HTTP {status}: {answer.get('message', '')}",
+                rule=str(answer.get("rule") or "not-found"),
+            )
         if args.json:
             print(json.dumps(answer, indent=2, ensure_ascii=False))
         else:
             _print_answer(status, answer)
         if not args.verify:
             return 0 if status == 200 else 1
-        # A tombstone is Handle's 404 with the deletion's fields (deleted: true).
-        if status != 200 and answer.get("deleted") is not True:
-            raise NotFoundError(f"{ident}: nothing to verify (HTTP {status})", rule="not-found")
         verifier = Verifier(session, base, _root_policy(args), say=print)
         print("verify:")
         await verifier.check_answer(ident, status, answer)
@@ -366,7 +369,7 @@ class Verifier:
         self.checks = 0
 
     def summary(self) -> str:
-        roots = ", ".join(str(e.vkey) for e in self.root_policy.logs)
+        roots = ", ".join(_key_name(e.vkey) for e in self.root_policy.logs)
         return (
             f"{self.checks} proofs against root key {roots}, witness quorum "
             f"{self.root_policy.describe_quorum()}"
@@ -410,7 +413,7 @@ class Verifier:
         self.checks += 1
         self.say(
             f"  ok  {ident}: leaf {proof.index} of log {origin} is in its checkpoint of size "
-            f"{cp.size}, signed by log key {vkey.name} ({key_fingerprint(vkey.public_key)}), "
+            f"{cp.size}, signed by log key {_key_name(vkey)}, "
             f"cosigned by {cos} (quorum {policy.describe_quorum()})"
         )
         self.say(
@@ -430,6 +433,8 @@ class Verifier:
         start = named.parent if named is not None else ident.prefix
         # The nearest delegation up the tree that names this log hosts ``ident``.
         for p in start.ancestors() if start is not None else []:
+            if origin in self.log_keys:  # learnt while proving a nearer delegation
+                return self.log_keys[origin]
             try:
                 proven = await self.prove(str(p.record_id))
             except ProofError as e:
@@ -440,8 +445,8 @@ class Verifier:
             if isinstance(op, Delegate) and op.origin == origin:
                 vkey = _delegated_log_key(op, origin)
                 self.say(
-                    f"  ok  log {origin}: key {key_fingerprint(vkey.public_key)} from the "
-                    f"delegation of {op.prefix} (proven above)"
+                    f"  ok  log {origin}: key {_key_name(vkey)} from the delegation of "
+                    f"{op.prefix} (proven above)"
                 )
                 self.log_keys[origin] = vkey
                 return vkey
@@ -513,6 +518,12 @@ class Verifier:
                 "latest leaf (a rotation since, or a write by a parent): offline checks do not "
                 "replay the key history; sync checked the authority when it applied the leaf"
             )
+
+
+def _key_name(vkey: VerifierKey) -> str:
+    """A log key as the user configured it: its name and c2sp.org/signed-note key ID (the
+    hex in its ``name+ID+base64`` form), the one short name for it in every line."""
+    return f"{vkey.name}+{vkey.key_id.hex()}"
 
 
 def _delegated_log_key(op: Delegate, origin: str) -> VerifierKey:

@@ -45,6 +45,7 @@ SCHEMA: dict[str, Any] = {
             "max_udp",
             "nameservers",
             "identity",
+            "dnssec_key",
         ),
         VALUE,
     ),
@@ -125,6 +126,7 @@ class ResolverConfig:
     max_udp: int = 1232  # EDNS(0) UDP payload size
     nameservers: list[str] = field(default_factory=list)  # "HOST=ADDR[,ADDR]"; [] = ns1.<apex>
     identity: str = "{hostname}/{index}"  # CH TXT id.server answer; "" refuses it
+    dnssec_key: str = ""  # the DNSSEC signing key file (relative: to this file); "" = unsigned
     # [serve]
     processes: int = 1  # processes sharing the ports with SO_REUSEPORT
     cache_size: int = 100_000  # answers kept per process
@@ -145,6 +147,15 @@ class ResolverConfig:
 
     def root_anchor(self) -> tuple[Prefix, bytes]:
         return Prefix.parse(self.root_prefix), parse_public_key(self.root_prefix_key)
+
+    def dnssec_key_path(self) -> str:
+        """``[dns] dnssec_key``, a relative path taken from this file's directory."""
+        if not self.dnssec_key:
+            return ""
+        path = Path(self.dnssec_key)
+        if not path.is_absolute() and self.path is not None:
+            path = self.path.parent / path
+        return str(path)
 
     def witnesses(self) -> Policy:
         """The witness policy every log is held to (``quorum none`` without a file)."""
@@ -229,6 +240,7 @@ class ResolverConfig:
                 max_udp=int(dns.get("max_udp", 1232)),
                 nameservers=[str(n) for n in dns.get("nameservers", [])],
                 identity=str(dns.get("identity", d["identity"].default)),
+                dnssec_key=str(dns.get("dnssec_key", "")),
                 processes=int(serve.get("processes", 1)),
                 cache_size=int(serve.get("cache_size", 100_000)),
                 meta_ttl_s=float(serve.get("meta_ttl_s", 1.0)),
@@ -297,6 +309,7 @@ class ResolverConfig:
             f"nameservers = [{', '.join(_q(n) for n in self.nameservers)}]"
             "  # HOST=ADDR[,ADDR]; none: ns1.<apex>=127.0.0.1",
             f"identity = {_q(self.identity)}  # CH TXT id.server ({{hostname}}, {{index}})",
+            f"dnssec_key = {_q(self.dnssec_key)}  # signing key file; empty: no DNSSEC",
             "",
             "[serve]",
             f"processes = {self.processes}  # share the ports with SO_REUSEPORT",

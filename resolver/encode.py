@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import re
 from collections.abc import Sequence
 from json.encoder import encode_basestring
@@ -26,8 +25,9 @@ from cityid.errors import CityIdError, IdentifierError, LedgerError, NotFoundErr
 from cityid.handle import HANDLE_NOT_FOUND, VALUES_NOT_FOUND, error_body
 from cityid.records import STRUCTURED_TYPES, Record, iso_timestamp
 
-from . import pages
+from . import i18n, pages
 from .layout import StoreError
+from .qvalues import weighted
 from .reply import Reply
 from .store import Entry
 
@@ -38,6 +38,12 @@ TEXT = "text/plain; charset=utf-8"
 # it: Handle's statuses for what Handle has no word for (see encode_problem).
 REDIRECT, RECORD_JSON, PAGE, HANDLE_API = "redirect", "json", "html", "handle"
 JSON_REPS = (RECORD_JSON, HANDLE_API)
+# The same in Chinese: only pages have words, so only they differ (a 302 is a 302).
+REDIRECT_ZH, PAGE_ZH = "redirect zh", "html zh"
+#: What a representation becomes when the answer is a page (no URL, or an error).
+AS_PAGE = {REDIRECT: PAGE, PAGE: PAGE, REDIRECT_ZH: PAGE_ZH, PAGE_ZH: PAGE_ZH}
+#: Headers of every page: it varies on the language as on the representation.
+PAGE_VARY = ("Vary", "Accept, Accept-Language")
 MAX_ECHO = 512  # characters of a bad request echoed back in an error body
 NO_STORE = "no-store"
 DEFAULT_MAX_AGE = 300  # a record without values
@@ -56,21 +62,9 @@ def _prefers_json(accept: str) -> bool:
     so a garbled header gets the default (the redirect or the page).
     """
     best: dict[str, tuple[int, float]] = {}  # type -> (specificity, q) of the best match
-    for item in accept.split(",")[:32]:
-        media, *params = item.strip().split(";")
-        media = media.strip().lower()
+    for media, q in weighted(accept):
         if media.count("/") != 1:
             continue
-        q = 1.0
-        for p in params:
-            k, _, v = p.strip().partition("=")
-            if k.strip().lower() == "q":
-                try:
-                    q = float(v)
-                except ValueError:
-                    q = 0.0
-                if not 0.0 <= q <= 1.0 or math.isnan(q):
-                    q = 0.0
         for want in ("application/json", "text/html"):
             top, sub = want.split("/")
             mt, ms = media.split("/")
@@ -89,11 +83,29 @@ def _prefers_json(accept: str) -> bool:
     return q_json > q_html
 
 
-def choose(accept: str | None, noredirect: bool) -> str:
-    """The representation of ``GET /{id}``: the redirect, the JSON record or the page."""
+def choose(accept: str | None, noredirect: bool, lang: str = i18n.EN) -> str:
+    """The representation of ``GET /{id}``: the redirect, the JSON record or the page
+    (in ``lang``, should it be a page)."""
     if accept and "json" in accept and len(accept) <= 1024 and _prefers_json(accept):
         return RECORD_JSON
+    if lang == i18n.ZH:
+        return PAGE_ZH if noredirect else REDIRECT_ZH
     return PAGE if noredirect else REDIRECT
+
+
+def lang_of(rep: str) -> str:
+    """The language of a page in representation ``rep``."""
+    return i18n.ZH if rep.endswith(" zh") else i18n.EN
+
+
+def page_headers(rep: str) -> list[tuple[str, str]]:
+    """What every HTML page says besides its type: its policy, language and ``Vary``."""
+    return [
+        ("Content-Type", HTML),
+        ("Content-Security-Policy", pages.CSP),
+        ("Content-Language", i18n.TAGS[lang_of(rep)]),
+        PAGE_VARY,
+    ]
 
 
 # -- pieces ----------------------------------------------------------------------------------
@@ -306,9 +318,6 @@ def problem(exc: CityIdError, asked: str) -> tuple[int, dict[str, Any]]:
     return error_body(exc, asked[:MAX_ECHO])
 
 
-_TITLES = {400: "Bad identifier", 404: "Not registered", 410: "Deleted", 503: "Unavailable"}
-
-
 def encode_problem(
     exc: CityIdError, asked: str, rep: str, *, cache_control: str = NO_STORE
 ) -> Reply:
@@ -323,21 +332,23 @@ def encode_problem(
 def _error_reply(
     status: int, body: dict[str, Any], rep: str, asked: str, cache_control: str
 ) -> Reply:
-    headers = [("Cache-Control", cache_control), ("Vary", "Accept")]
+    headers = [("Cache-Control", cache_control)]
     if status == 503:
         headers.append(("Retry-After", RETRY_AFTER))
     if rep in JSON_REPS:
-        return Reply.make(status, [("Content-Type", JSON), *headers], dumps(body))
+        return Reply.make(
+            status, [("Content-Type", JSON), *headers, ("Vary", "Accept")], dumps(body)
+        )
+    lang = lang_of(rep)
     page = pages.error_page(
         status,
-        _TITLES.get(status, "Error"),
+        pages.error_title(status, lang),
         str(body.get("message", "")),
         asked=asked[:MAX_ECHO],
         rule=str(body.get("rule", "")),
+        lang=lang,
     )
-    return Reply.make(
-        status, [("Content-Type", HTML), ("Content-Security-Policy", pages.CSP), *headers], page
-    )
+    return Reply.make(status, [*page_headers(rep), *headers], page)
 
 
 def encode_gone(entry: Entry, asked: str, rep: str, negative_ttl: int) -> Reply:
@@ -366,8 +377,10 @@ __all__: Sequence[str] = [
     "MAX_ECHO",
     "NO_STORE",
     "PAGE",
+    "PAGE_ZH",
     "RECORD_JSON",
     "REDIRECT",
+    "REDIRECT_ZH",
     "TEXT",
     "choose",
     "dumps",
@@ -376,8 +389,10 @@ __all__: Sequence[str] = [
     "encode_problem",
     "encode_record",
     "encode_redirect",
+    "lang_of",
     "location",
     "max_age",
+    "page_headers",
     "problem",
     "record_json",
     "redirect",

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -24,9 +24,13 @@ from ledger.checkpoint import Checkpoint
 from ledger.cosignature import cosignature_timestamp
 from ledger.note import parse_note
 
-from . import pages
+from . import i18n, pages
+from .encode import choose, page_headers
 from .layout import StoreError
 from .store import Store
+
+#: The resolver's public base URL, as the app knows it (set by ``resolver.http.make_app``).
+PUBLIC_URL_KEY: web.AppKey[str] = web.AppKey("public_url", str)
 
 #: What the explorer reads besides the store: the resolver's (briefly reused) status.
 Status = Callable[[], Awaitable[dict[str, Any]]]
@@ -36,9 +40,37 @@ MAX_QUERY = 1024
 SUMMARY_TTL = 1.0  # seconds the explorer's reading of Redis is reused
 
 
-def search_target(q: str) -> Identifier:
-    """The identifier a search box entry names: ``P/S``, ``0.NA/P``, or a bare prefix ``P``."""
-    q = q.strip()
+class NotAnIdentifier(IdentifierError):
+    """A search that is plainly not an identifier (a word, another site's URL)."""
+
+    rule = "not-an-identifier"
+
+
+EXAMPLE = "MA.156.1301.02/W0000127R"
+
+
+def from_url(q: str, hosts: Collection[str]) -> str:
+    """The identifier in a pasted or scanned resolver URL (any case: a 2D code's is upper
+    case), ``q`` itself when it is not a URL. Only this resolver's URLs (``hosts``)."""
+    if not q.lower().startswith(("http://", "https://")):
+        return q
+    parts = urlsplit(q)
+    host = parts.netloc.lower()
+    if hosts and host not in hosts:
+        raise NotAnIdentifier(
+            f"{q} is an address on {host}, not on this resolver: paste the identifier itself "
+            f"(the part after the host, such as {EXAMPLE})"
+        )
+    path = unquote(parts.path).strip("/")
+    for api in ("api/handles/", "api/proofs/"):
+        path = path.removeprefix(api)
+    return path
+
+
+def search_target(q: str, hosts: Collection[str] = ()) -> Identifier:
+    """The identifier a search box entry names: ``P/S``, ``0.NA/P``, a bare prefix ``P``,
+    or a URL of this resolver (``hosts``: its ``host[:port]`` names) naming one of them."""
+    q = from_url(q.strip(), hosts)
     try:
         return parse_identifier(q)
     except IdentifierError as e:
@@ -47,7 +79,15 @@ def search_target(q: str) -> Identifier:
         try:
             return parse_identifier(f"0.NA/{Prefix.parse(q)}")
         except CityIdError:
-            raise e from None
+            raise _not_an_identifier(q) from e
+
+
+def _not_an_identifier(q: str) -> NotAnIdentifier:
+    return NotAnIdentifier(
+        f"{q!r} is not an identifier: an identifier is a prefix of dot-separated node codes, "
+        f"a slash and a suffix, such as {EXAMPLE}; a prefix alone, such as MA.156.1301, "
+        "finds the prefix's record"
+    )
 
 
 def checkpoint_view(note: bytes | None) -> pages.CheckpointView | None:
@@ -101,6 +141,22 @@ async def log_summaries(store: Store, status: Status) -> tuple[list[pages.LogSum
     return list(summaries), bool(st.get("redis"))
 
 
+def _hosts(request: web.Request) -> set[str]:
+    """This resolver's names: the one asked for, and the public one the 2D codes carry."""
+    hosts = {request.host.lower()}
+    public = request.app.get(PUBLIC_URL_KEY, "")
+    if public:
+        hosts.add(urlsplit(public).netloc.lower())
+    return hosts
+
+
+async def _unknown_prefix(store: Store, prefix: Prefix) -> bool:
+    try:
+        return await store.lookup_prefix(prefix) is None
+    except StoreError:
+        return False  # the landing page says what is wrong with the store
+
+
 def add_routes(router: web.UrlDispatcher, store: Store, status: Status) -> None:
     # Reused for a second: reloads and crawlers cost Redis two reads per log at most
     # once a second, however many arrive.
@@ -121,28 +177,34 @@ def add_routes(router: web.UrlDispatcher, store: Store, status: Status) -> None:
                     raise IdentifierError(
                         f"{len(q)} characters is longer than any identifier", rule="too-long"
                     )
-                ident = search_target(q)
+                ident = search_target(q, _hosts(request))
+                if ident.is_prefix_record and "/" not in q.strip():
+                    # A bare word parses as a one-node prefix: only one that exists is a find.
+                    named = ident.named_prefix
+                    assert named is not None
+                    if await _unknown_prefix(store, named):
+                        raise _not_an_identifier(q.strip())
             except CityIdError as e:
                 error = f"{e.message} [rule: {e.rule}]"
                 status = 400
             else:
                 where = "/" + quote(str(ident), safe="/") + "?noredirect"
+                asked_lang = i18n.chosen(request.query.get("lang"))
+                if asked_lang:
+                    where += f"&lang={asked_lang}"
                 return web.Response(
                     status=303, headers={"Location": where, "Cache-Control": "no-store"}
                 )
         logs, redis_up = await summaries()
-        body = pages.explorer_page(logs, redis_up=redis_up, q=q[:MAX_QUERY], error=error)
-        return web.Response(
-            status=status,
-            body=body,
-            headers={
-                "Content-Type": "text/html; charset=utf-8",
-                "Content-Security-Policy": pages.CSP,
-                "Cache-Control": "no-cache",
-            },
-        )
+        lang = i18n.request_lang(request.query.get("lang"), request.headers.get("Accept-Language"))[
+            0
+        ]
+        body = pages.explorer_page(logs, redis_up=redis_up, q=q[:MAX_QUERY], error=error, lang=lang)
+        headers = dict(page_headers(choose(None, True, lang)))
+        headers["Cache-Control"] = "no-cache"
+        return web.Response(status=status, body=body, headers=headers)
 
     router.add_get("/explorer", explorer, name="explorer")
 
 
-__all__ = ["add_routes", "checkpoint_view", "log_summaries", "search_target"]
+__all__ = ["add_routes", "checkpoint_view", "from_url", "log_summaries", "search_target"]

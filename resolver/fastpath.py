@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import socket
 import time
@@ -32,7 +33,8 @@ from email.utils import formatdate
 from cityid.httpedge import RefusalLog
 
 from .answers import Resolver
-from .encode import HANDLE_API, REDIRECT, choose
+from .encode import HANDLE_API, REDIRECT, REDIRECT_ZH, choose
+from .i18n import ZH, negotiate
 from .metrics import STATUSES
 from .reply import Reply, etag_matches
 
@@ -50,7 +52,8 @@ _SIMPLE = re.compile(
 )
 _BODY = re.compile(rb"\r\n(?:content-length|transfer-encoding|upgrade|expect):")
 _WANTED = re.compile(
-    rb"\r\n(accept|if-none-match|connection):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)", re.I
+    rb"\r\n(accept|accept-language|if-none-match|connection):[ \t]*([^\r\n]*?)[ \t]*(?=\r\n|$)",
+    re.I,
 )
 _RESOLVE, _HANDLES = "resolve", "handles"  # metrics routes, as the aiohttp app names them
 
@@ -66,6 +69,13 @@ _BARE_LF = Reply.make(
     b'{"message":"a line of the request head ends in a bare LF: HTTP/1.1 lines end in CRLF",'
     b'"rule":"http"}',
 )
+
+
+@functools.lru_cache(maxsize=256)
+def _chinese(accept_language: bytes) -> bool:
+    """Whether a page for this ``Accept-Language`` is in Chinese (a browser sends the same
+    header on every request: one dict lookup each)."""
+    return negotiate(accept_language.decode("latin-1")) == ZH
 
 
 def _bare_lf(buf: bytes, start: int, end: int) -> bool:
@@ -194,7 +204,7 @@ class FastProtocol(asyncio.Protocol):
         if b"\r\nhost:" not in low or _BODY.search(low) is not None:
             self._handoff(buf[start:])
             return False
-        accept = inm = None
+        accept = inm = language = None
         close = False
         if low.count(b"\r\n") > 1:  # more fields than Host (wrk, curl -H'': Host alone)
             for name, value in _WANTED.findall(fields):
@@ -203,6 +213,8 @@ class FastProtocol(asyncio.Protocol):
                     accept = value
                 elif name == b"if-none-match" and inm is None:
                     inm = value
+                elif name == b"accept-language" and language is None:
+                    language = value
                 elif name == b"connection":
                     close = close or b"close" in value.lower()
                 else:  # the same field twice: aiohttp decides what that means
@@ -213,6 +225,9 @@ class FastProtocol(asyncio.Protocol):
         else:
             route = _RESOLVE
             rep = choose(accept.decode("latin-1"), False) if accept else REDIRECT
+            # Only a page has words: a Chinese reader's miss or error page is in Chinese.
+            if language is not None and rep == REDIRECT and _chinese(language):
+                rep = REDIRECT_ZH
         asked = raw.decode("utf-8", "replace")
         # ASCII-only upper case: str.upper() maps some non-ASCII letters onto ASCII
         # ("ß" -> "SS"), which would alias another identifier's slot.

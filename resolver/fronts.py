@@ -36,6 +36,7 @@ class FrontsSpec:
     roots: tuple[str, ...]
     identity: str  # CH TXT id.server
     base_url: str  # where 2D codes point
+    dnssec_key: str = ""  # the DNSSEC signing key file; "" = unsigned
 
 
 def _main(spec: FrontsSpec, said: Connection | None) -> None:
@@ -43,8 +44,11 @@ def _main(spec: FrontsSpec, said: Connection | None) -> None:
 
 
 async def _run(spec: FrontsSpec, said: Connection | None) -> None:
+    from cityid.keys import SigningKey
+
     from .dns.answers import ZoneConfig
     from .dns.server import DnsServer, start_dns
+    from .dns.signer import Signer
     from .http import Resolver
     from .server import keep_gc_young, start_http
     from .store import Store
@@ -62,8 +66,10 @@ async def _run(spec: FrontsSpec, said: Connection | None) -> None:
             http = await start_http(resolver, *spec.http)
             closers.insert(0, http.close)
             which = "dns"
-            zone = ZoneConfig.make(spec.apex, spec.roots, identity=spec.identity)
-            dns = await start_dns(DnsServer(store, zone), *spec.dns)
+            signer = Signer(SigningKey.read(spec.dnssec_key)) if spec.dnssec_key else None
+            key = signer.zone_key if signer is not None else None
+            zone = ZoneConfig.make(spec.apex, spec.roots, identity=spec.identity, key=key)
+            dns = await start_dns(DnsServer(store, zone, signer=signer), *spec.dns)
             closers.insert(0, dns.close)
         except ListenError as e:
             if said is not None:

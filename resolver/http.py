@@ -39,11 +39,14 @@ from aiohttp import web
 
 from cityid.errors import CityIdError
 from cityid.handle import INVALID_REQUEST, error_body
+from cityid.identifiers import Prefix
 
-from . import assets, explorer, openapi, pages, scanner
+from . import assets, explorer, favicon, i18n, openapi, pages, scanner
 from .answers import Resolver, ServeOptions, log
-from .encode import HTML, NO_STORE, RECORD_JSON, choose, dumps, location
+from .encode import NO_STORE, RECORD_JSON, choose, dumps, location, page_headers
+from .layout import StoreError
 from .metrics import ROUTES, Metrics
+from .reply import SERVER, Reply
 
 # -- aiohttp ------------------------------------------------------------------------------
 
@@ -106,9 +109,13 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
     return resp
 
 
-async def get_id(request: web.Request) -> web.Response:
+async def get_id(request: web.Request) -> web.StreamResponse:
     resolver = request.app[RESOLVER_KEY]
-    rep = choose(request.headers.get("Accept"), "noredirect" in request.query)
+    moved = await prefix_page(request)
+    if moved is not None:
+        return moved
+    lang, _ = request_lang(request)
+    rep = choose(request.headers.get("Accept"), "noredirect" in request.query, lang)
     resp = assets.respond(await resolver.answer(request.match_info["id"], rep), request)
     tail = request.query.get("urlappend")
     if tail and resp.status == 302:
@@ -166,25 +173,62 @@ async def index(request: web.Request) -> web.Response:
     if choose(request.headers.get("Accept"), True) == RECORD_JSON:
         body = dumps({"service": "cityid resolver", **st})
         return web.Response(body=body, content_type="application/json")
-    page = pages.index_page(st.get("logs", []), bool(st.get("redis")))
+    lang, _ = request_lang(request)
+    page = pages.index_page(st.get("logs", []), bool(st.get("redis")), lang)
+    return web.Response(body=page, headers=dict(page_headers(choose(None, True, lang))))
+
+
+def request_lang(request: web.Request) -> tuple[str, bool]:
+    """The language of the page for ``request``: its ``?lang=``, else its Accept-Language."""
+    return i18n.request_lang(request.query.get("lang"), request.headers.get("Accept-Language"))
+
+
+#: Crawlers may read pages, not the APIs (each identifier's JSON and proof is a request).
+ROBOTS = b"User-agent: *\nDisallow: /api/\nDisallow: /metrics\n"
+
+
+def _fixed(body: bytes, content_type: str) -> Reply:
+    return assets.fixed_reply(body, content_type, cache_control="public, max-age=86400")
+
+
+async def prefix_page(request: web.Request) -> web.StreamResponse | None:
+    """``/P`` for a prefix ``P`` this resolver knows: to its record's page, ``/0.NA/P``
+    (what the explorer's search does with a bare prefix); None for anything else."""
+    asked = request.match_info["id"].strip()
+    if "/" in asked:
+        return None
+    try:
+        prefix = Prefix.parse(asked)
+    except CityIdError:
+        return None
+    try:
+        known = await request.app[RESOLVER_KEY].store.lookup_prefix(prefix)
+    except StoreError:
+        return None
+    if known is None:
+        return None
+    html = choose(request.headers.get("Accept"), True) != RECORD_JSON
+    where = f"/{prefix.record_id}" + ("?noredirect" if html else "")
     return web.Response(
-        body=page,
-        headers={"Content-Type": HTML, "Content-Security-Policy": pages.CSP},
+        status=302, headers={"Location": where, "Cache-Control": "max-age=300", "Vary": "Accept"}
     )
 
 
-async def no_favicon(request: web.Request) -> web.Response:
-    return web.Response(status=404, headers={"Cache-Control": "max-age=86400"})
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER  # as the fast path's pre-encoded heads say
 
 
 def make_app(resolver: Resolver) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=1024)
     app[RESOLVER_KEY] = resolver
+    app.on_response_prepare.append(_server_header)
+    app[explorer.PUBLIC_URL_KEY] = resolver.base_url
     r = app.router
     r.add_get("/", index, name="index")
     r.add_get("/healthz", healthz, name="healthz")
     r.add_get("/metrics", metrics, name="metrics")
-    r.add_get("/favicon.ico", no_favicon)
+    r.add_get("/favicon.ico", assets.handler(_fixed(favicon.ico(), "image/x-icon")))
+    r.add_get("/robots.txt", assets.handler(_fixed(ROBOTS, "text/plain; charset=utf-8")))
     # [\s\S], not '.': an identifier with a line break (%0A) is still answered (400, or
     # stripped like other surrounding white space), not left unrouted (a bare 404).
     r.add_get(r"/api/handles/{id:[\s\S]+}", get_handle, name="handles")

@@ -21,7 +21,11 @@ from cityid.records import Record
 
 WIDTH = 360  # px; the height follows the extent's aspect, within bounds
 MIN_HEIGHT, MAX_HEIGHT = 160, 360
-MARGIN = 0.08  # of the view's span, around the extent and the point
+# Margins around the extent and the point, as shares of the view's span: room on the
+# left for the latitude labels, above for the scale bar, below for the longitudes, so
+# the dashed extent never runs through a label.
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 0.22, 0.06, 0.16, 0.1
+LABEL = 'paint-order="stroke" stroke="#eef3f6" stroke-width="3" stroke-linejoin="round"'
 KM_PER_DEG = 111.32  # a degree of latitude, and of longitude at the equator
 _NICE = (1.0, 2.0, 2.5, 5.0)
 
@@ -142,9 +146,17 @@ def _view(point: tuple[float, float], area: Area | None) -> tuple[Box, Box | Non
     view = box.union(lat, lon) if box is not None else Box.around(lat, lon)
     if area is not None and area.centre is not None:
         view = view.union(*area.centre)
-    dy = (view.north - view.south) * MARGIN or 0.01
-    dx = (view.east - view.west) * MARGIN or 0.01
-    return Box(view.south - dy, view.west - dx, view.north + dy, view.east + dx), box
+    dy = (view.north - view.south) or 0.1
+    dx = (view.east - view.west) or 0.1
+    return (
+        Box(
+            view.south - dy * MARGIN_BOTTOM,
+            view.west - dx * MARGIN_LEFT,
+            view.north + dy * MARGIN_TOP,
+            view.east + dx * MARGIN_RIGHT,
+        ),
+        box,
+    )
 
 
 def map_svg(point: tuple[float, float], area: Area | None = None, *, label: str = "") -> str:
@@ -161,7 +173,7 @@ def map_svg(point: tuple[float, float], area: Area | None = None, *, label: str 
     ]
     # Graticule: about five lines each way, labelled at the edges.
     g = ['<g class="graticule" stroke="#c9d4dc" stroke-width="0.6">']
-    t = ['<g fill="#6a7780">']
+    t = [f'<g fill="#6a7780" {LABEL}>']
     step = _nice_step(view.east - view.west, 5)
     for i in range(math.ceil(view.west / step), math.floor(view.east / step) + 1):
         x0 = i * step
@@ -174,7 +186,7 @@ def map_svg(point: tuple[float, float], area: Area | None = None, *, label: str 
         y0 = i * step
         _, y = pr.xy(y0, view.west)
         g.append(f'<line x1="0" y1="{y}" x2="{pr.width}" y2="{y}"/>')
-        if 12 < y < pr.height - 14:
+        if 26 < y < pr.height - 14:  # clear of the scale bar above and the longitudes below
             t.append(f'<text x="2" y="{y - 2}">{_deg(y0, "N", "S")}</text>')
     parts += [*g, "</g>"]
     if box is not None:
@@ -188,8 +200,8 @@ def map_svg(point: tuple[float, float], area: Area | None = None, *, label: str 
     parts += [*t, "</g>"]  # labels above the extent's veil
     if box is not None and area is not None and area.name:
         parts.append(
-            f'<text class="area" x="{x1 + 4}" y="{y1 + 12}" fill="#34495e" '
-            f'font-weight="600">{escape(area.name)}</text>'
+            f'<text class="area" x="{x1 + 4}" y="{y1 + 13}" fill="#34495e" '
+            f'font-weight="600" {LABEL}>{escape(area.name)}</text>'
         )
     if area is not None and area.centre is not None:
         cx, cy = pr.xy(*area.centre)
@@ -213,11 +225,12 @@ def _scale_bar(pr: Projection) -> str:
     km_per_px = KM_PER_DEG * math.cos(math.radians(mid)) / pr.xscale
     km = _nice_step(km_per_px * pr.width / 4, 1)
     px = round(km / km_per_px, 1)
-    x, y = pr.width - px - 10, 12
+    # Top right, the label left of the bar on the same line: both inside the top margin.
+    x, y = pr.width - px - 10, 10
     text = f"{km:g} km"
     return (
         f'<g class="scale" stroke="#34495e" stroke-width="1.5"><line x1="{x}" y1="{y}" '
         f'x2="{x + px}" y2="{y}"/><line x1="{x}" y1="{y - 3}" x2="{x}" y2="{y + 3}"/>'
         f'<line x1="{x + px}" y1="{y - 3}" x2="{x + px}" y2="{y + 3}"/></g>'
-        f'<text x="{x}" y="{y + 12}" fill="#34495e">{text}</text>'
+        f'<text x="{x - 4}" y="{y + 3.5}" fill="#34495e" text-anchor="end" {LABEL}>{text}</text>'
     )

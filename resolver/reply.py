@@ -21,6 +21,11 @@ COMMON_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
 )
 
+#: The one ``Server`` value: no product versions to fingerprint. The aiohttp
+#: application sets it on its responses too (``resolver.http``).
+SERVER = "cityid"
+_SERVER_LINE = f"Server: {SERVER}\r\n"
+
 _KEEP_304 = {"cache-control", "etag", "vary", "expires"} | {k.lower() for k, _ in COMMON_HEADERS}
 
 
@@ -82,7 +87,7 @@ class Reply:
 
 def head(status: int, headers: Iterable[tuple[str, str]]) -> bytes:
     """The status line and ``headers`` (after ``Server``), each line ending in CRLF."""
-    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n", "Server: cityid\r\n"]
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n", _SERVER_LINE]
     lines += [f"{k}: {v}\r\n" for k, v in headers]
     # Values are ours (URLs are checked records, free of CR/LF), never request echoes.
     return "".join(lines).encode("latin-1")
@@ -96,4 +101,4 @@ def etag_matches(if_none_match: str, etag: str) -> bool:
     return any(tag.strip().removeprefix("W/") == want for tag in if_none_match.split(","))
 
 
-__all__ = ["COMMON_HEADERS", "Reply", "etag_matches", "head"]
+__all__ = ["COMMON_HEADERS", "SERVER", "Reply", "etag_matches", "head"]

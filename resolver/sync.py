@@ -93,7 +93,7 @@ from cityid.errors import (
     TileError,
     WitnessError,
 )
-from cityid.identifiers import Prefix
+from cityid.identifiers import Prefix, mint_suffix
 from cityid.keys import VerifierKey
 from cityid.ops import (
     Custody,
@@ -136,6 +136,28 @@ log = logging.getLogger("cityid.resolver.sync")
 CHUNK = 1024  # at most this many entries verified, applied and written together
 SLICE_BYTES = 128 * 1024  # leaf bytes per slice: ~2,500 CSV-minted identifiers, tens of ms
 BATCH_SAMPLE = 5  # identifiers named per remembered checkpoint (the explorer's history)
+
+
+def _add_sample(sample: list[str], ident: str) -> None:
+    """Name ``ident`` among a checkpoint's examples, identifiers before prefix records.
+
+    A checkpoint that delegates prefixes and then mints assets shows some of each:
+    once the sample is full, an identifier takes the place of the last prefix
+    record, as long as one other prefix record stays.
+    """
+    if ident in sample:
+        return
+    if len(sample) < BATCH_SAMPLE:
+        sample.append(ident)
+        return
+    if ident.startswith("0.NA/"):
+        return
+    records = [i for i, s in enumerate(sample) if s.startswith("0.NA/")]
+    if len(records) > 1:
+        del sample[records[-1]]
+        sample.append(ident)
+
+
 # Failures that say nothing about the log's honesty: retry on the next poll.
 TRANSIENT = {"tile-fetch", "tile-missing", "bundle-missing", "checkpoint-fetch"}
 
@@ -658,17 +680,17 @@ class Sync:
         for c in changes:
             if isinstance(c, MintChange):
                 ids += len(c.items)
-                sample += (f"{c.prefix}/{it[0]}" for it in c.items[: BATCH_SAMPLE - len(sample)])
+                for it in c.items[:BATCH_SAMPLE]:
+                    _add_sample(sample, f"{c.prefix}/{it[0]}")
             elif isinstance(c, IdChange):
                 ids += 1
-                if len(sample) < BATCH_SAMPLE:
-                    sample.append(f"{c.prefix}/{c.suffix}")
+                _add_sample(sample, f"{c.prefix}/{c.suffix}")
             elif isinstance(c, PrefixChange):
                 pfx += 1
-                if len(sample) < BATCH_SAMPLE:
-                    sample.append(f"0.NA/{c.prefix}")
+                _add_sample(sample, f"0.NA/{c.prefix}")
             elif isinstance(c, RangeChange):
                 rng += 1
+                _add_sample(sample, f"{c.prefix}/{mint_suffix(c.letters, c.start, c.width)}")
         b = dataclasses.replace(b, identifiers=b.identifiers + ids, prefixes=b.prefixes + pfx,
                                 ranges=b.ranges + rng, sample=tuple(sample))  # fmt: skip
         if applied < cp.size:

@@ -47,7 +47,6 @@ from .layout import (
     as_bin,
     batches_key,
     bits_for,
-    bucket_of,
     children_key,
     cursor_fields,
     filter_key,
@@ -346,20 +345,30 @@ class Writer:
         if unready:
             cmds.insert(0, ("DEL", READY))
         base = len(cmds)
-        buckets: dict[str, list[Any]] = {}
-        owner: list[str] = []
+        # Identifier writes grouped by bucket, and each suffix into its prefix's filter
+        # (before anyone is told it exists): one hash of the suffix gives both, since a
+        # suffix's filter block is its bucket (resolver.membership).
+        await self._load_blooms({p for p, _, _ in ids})
+        buckets: dict[tuple[str, int], list[Any]] = {}
+        touched: dict[str, set[int]] = {}
+        offsets = membership.offsets
+        last, bits, bloom, blocks = "", 0, bytearray(), set()
         for p, s, value in ids:
-            bits = self._meta[p].bits
-            key = id_key(p, bits, bucket_of(s, bits))
-            fields = buckets.get(key)
+            if p != last:
+                last, bits, bloom = p, self._meta[p].bits, self._blooms[p]
+                blocks = touched.setdefault(p, set())
+            offs = offsets(s, bits)
+            for o in offs:
+                bloom[o >> 3] |= 0x80 >> (o & 7)
+            b = offs[0] // membership.BLOCK_BITS
+            blocks.add(b)
+            fields = buckets.get((p, b))
             if fields is None:
-                fields = buckets[key] = ["HSET", key]
-                owner.append(p)
+                fields = buckets[p, b] = ["HSET", id_key(p, bits, b)]
             fields += (s, value)
-        counted = owner
+        counted = [p for p, _ in buckets]
         cmds += buckets.values()
-        # Each suffix into its prefix's filter, before anyone is told it exists.
-        cmds += await self._filter_cmds(ids)
+        cmds += self._filter_cmds(touched)
         for p in pfx:
             parent, _, node = p.rpartition(".")
             if parent:
@@ -400,21 +409,9 @@ class Writer:
             if bits_for(meta.count, self.fill) > meta.bits:
                 await self._resize(p, meta)
 
-    async def _filter_cmds(self, ids: Sequence[tuple[str, str, bytes]]) -> list[Command]:
-        """The commands that put every suffix of ``ids`` (prefix, suffix, value) into its
-        prefix's filter: the blocks they touched, or the whole filter if most were."""
-        await self._load_blooms({p for p, _, _ in ids})
-        touched: dict[str, set[int]] = {}
-        for p, s, _ in ids:
-            bits = self._meta[p].bits
-            bloom = self._blooms[p]
-            blocks = touched.get(p)
-            if blocks is None:
-                blocks = touched[p] = set()
-            offsets = membership.offsets(s, bits)
-            for o in offsets:
-                bloom[o >> 3] |= 0x80 >> (o & 7)
-            blocks.add(offsets[0] // membership.BLOCK_BITS)
+    def _filter_cmds(self, touched: dict[str, set[int]]) -> list[Command]:
+        """The commands that write the filter blocks ``touched`` (per prefix), or the
+        whole filter of a prefix if most of its blocks were."""
         cmds: list[Command] = []
         size = membership.BLOCK_BYTES
         for p, blocks in touched.items():
@@ -463,7 +460,7 @@ class Writer:
         bloom = bytearray(membership.size(new))  # the filter, sized for the new level
         for i in range(0, len(keys), COPY_CHUNK):
             got = await self._execute([("HGETALL", k) for k in keys[i : i + COPY_CHUNK]])
-            out: dict[str, list[Any]] = {}
+            out: dict[int, list[Any]] = {}
             for reply in got:
                 # HGETALL's reply: a flat [field, value, ...] (raw), or a dict (redis-py).
                 if isinstance(reply, dict):
@@ -471,12 +468,13 @@ class Writer:
                 else:
                     pairs = zip(reply[::2], reply[1::2], strict=True)
                 for f, v in pairs:
-                    suffix = f.decode()
-                    membership.add(bloom, suffix, new)
-                    key = id_key(p, new, bucket_of(suffix, new))
-                    fields = out.get(key)
+                    offs = membership.offsets(f.decode(), new)  # its bucket is its block
+                    for o in offs:
+                        bloom[o >> 3] |= 0x80 >> (o & 7)
+                    b = offs[0] // membership.BLOCK_BITS
+                    fields = out.get(b)
                     if fields is None:
-                        fields = out[key] = ["HSET", key]
+                        fields = out[b] = ["HSET", id_key(p, new, b)]
                     fields += (f, v)
                     count += 1
             await self._execute(list(out.values()))

@@ -36,6 +36,8 @@ from cityid.tomlkeys import unknown_keys_message
 
 CONFIG_NAME = "cityid.toml"
 TRUST_POLICY = "trust.policy"  # the root log key, the witnesses and their quorum
+DNSSEC_KEY = "keys/dnssec.key"  # signs the DNS answers (docs/dns.md#dnssec)
+DNSSEC_ANCHOR = "dnssec-anchor.conf"  # its trust anchor, for `delv -a`
 
 DEFAULT_CONFIG = """\
 # cityid up: one data directory, this one file. Every key is shown with its default.
@@ -167,12 +169,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _key(path: Path, name: str) -> SigningKey:
-    if path.exists():
-        return SigningKey.read(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = SigningKey.generate(name)
-    key.write(path)
-    return key
+    return SigningKey.read_or_create(path, name)
 
 
 def _say(text: str) -> None:
@@ -292,6 +289,12 @@ async def _up(args: argparse.Namespace) -> int:
                 root_admin,
                 args.assets if args.assets is not None else int(cfg.get("demo", "assets")),
             )
+            from registrar.apply_demo import file_demo_applications
+
+            filed = await file_demo_applications(
+                f"http://{cfg.get('root', 'listen')}", f"http://{cfg.get('city', 'listen')}", keys
+            )
+            _say(f"cityid: pending applications for {', '.join(filed)} (docs/onboarding.md)")
 
         # 5. The resolver: sync follows the root log and, through it, the city's;
         # the HTTP front end answers from the same store.
@@ -346,6 +349,7 @@ async def _seed(
     started: dict[str, Any], data: Path, city_admin: SigningKey, root_admin: SigningKey, assets: int
 ) -> None:
     from cityid.demo import (
+        APPLICANTS,
         DEPARTMENTS,
         SHIJIAZHUANG,
         asset_mints,
@@ -359,7 +363,7 @@ async def _seed(
 
     ts = now()
     root, city = started["root"], started["city"]
-    city_list = cities()
+    city_list = [c for c in cities() if c.code not in APPLICANTS]  # those apply (banner)
     city_keys: dict[Prefix, bytes] = {}
     for c in city_list:
         p = city_prefix(c)
@@ -381,7 +385,7 @@ async def _seed(
     _say(f"cityid: first start: delegating {len(city_list)} cities under {root_prefix}")
     leaves = [
         SignedOperation.sign(op, root_admin).encode()
-        for op in city_delegations(city_keys, origins, sites, ts, log_keys)
+        for op in city_delegations(city_keys, origins, sites, ts, log_keys, APPLICANTS)
     ]
     await root.submit(leaves)
 
@@ -469,6 +473,7 @@ async def _start_fronts(
         # Identified as `resolver dns serve` identifies itself (CH TXT id.server).
         identity=f"{socket.gethostname()}/up",
         base_url=f"http://{cfg.get('resolver', 'http')}",
+        dnssec_key=str(_dnssec_anchor(cfg, data)),
     )
     fronts = FrontsProcess(spec)
     try:
@@ -481,6 +486,16 @@ async def _start_fronts(
             rule="port-in-use",
         ) from e
     stack.push_async_callback(fronts.stop)
+
+
+def _dnssec_anchor(cfg: UpConfig, data: Path) -> Path:
+    """The DNSSEC key (made once), and its trust anchor written beside it for `delv -a`."""
+    from resolver.dns.dnssec import ZoneKey, anchor_file
+
+    path = data / DNSSEC_KEY
+    key = ZoneKey(_key(path, "dnssec").public_key)
+    atomic_write(data / DNSSEC_ANCHOR, anchor_file(cfg.get("resolver", "apex"), key).encode())
+    return path
 
 
 async def _check_redis(url: str, data: Path) -> None:
@@ -549,10 +564,14 @@ def _sample(city: Any) -> str:
 
 
 def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float) -> None:
+    from resolver.dns.dnssec import ZoneKey, ds_record
+
     root, city = cfg.get("root", "listen"), cfg.get("city", "listen")
     http = cfg.get("resolver", "http")
     dns_host, dns_port = cfg.address("resolver", "dns")
-    dns_name = parse_identifier(sample).dns_name(cfg.get("resolver", "apex"))
+    apex = cfg.get("resolver", "apex")
+    dns_name = parse_identifier(sample).dns_name(apex)
+    ds = ds_record(apex, ZoneKey(SigningKey.read(data / DNSSEC_KEY).public_key))
     lines = [
         "",
         f"cityid is up ({took:.1f} s), data in {data}",
@@ -563,14 +582,19 @@ def _banner(cfg: UpConfig, data: Path, redis_url: str, sample: str, took: float)
         f"  HTTP API            http://{http}/openapi.json",
         f"  resolver (DNS)      {cfg.get('resolver', 'dns')} UDP and TCP, apex "
         f"{cfg.get('resolver', 'apex')}",
+        f"  DNSSEC anchor       {ds}   (in {data / DNSSEC_ANCHOR})",
         f"  root registrar      http://{root}/   (MA.156; log at http://{root}/log/)",
         f"  city registrar      http://{city}/   (MA.156.1301; log at http://{city}/log/)",
+        f"  apply for a prefix  http://{root}/apply   (a city, to MA.156)",
+        f"                      http://{city}/apply   (a department, to MA.156.1301)",
         f"  witnesses           {', '.join('http://' + w for w in cfg.get('witnesses', 'listen'))}",
         f"  valkey              {redis_url}",
         f"  sample identifier   {sample}",
         f"  try                 curl -i http://{http}/{sample}",
         f"                      curl http://{http}/api/handles/{sample}",
         f"                      dig @{dns_host} -p {dns_port} TXT {dns_name}",
+        f"                      delv @{dns_host} -p {dns_port} -a {data / DNSSEC_ANCHOR} "
+        f"+root={apex} TXT {dns_name}",
         f"                      cityid resolve {sample} --resolver http://{http} --verify "
         f"--policy {data / TRUST_POLICY}",
         f"                      cityid ledger verify {data / 'city' / 'log'} "

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.edns
 import dns.flags
@@ -31,13 +32,16 @@ import dns.opcode
 import dns.query
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 import redis
 
 from cityid.identifiers import Identifier, mint_suffix, parse_identifier
 from cityid.records import Record, Value
 from resolver.dns.answers import ZoneConfig, chunks
+from resolver.dns.dnssec import ZoneKey
 from resolver.dns.server import DnsOptions, DnsServer, Listeners, bind_sockets, start_dns
+from resolver.dns.signer import Signer
 from resolver.store import IdChange, PrefixChange, Store
 
 APEX = "cityid.test"
@@ -124,14 +128,29 @@ async def populate(store: Store) -> None:
 class DnsHarness:
     """A DNS server on 127.0.0.1 in a thread of its own (uvloop), over a real store."""
 
-    def __init__(self, url: str, options: DnsOptions | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: DnsOptions | None = None,
+        *,
+        signer: Signer | None = None,
+        apex: str = APEX,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        next_keys: tuple[ZoneKey, ...] = (),
+    ) -> None:
         self.url = url
+        self.host = host
         self.options = options or DnsOptions(rrl_rate=0, tcp_idle=1.0, tcp_max_connections=20)
-        self.cfg = ZoneConfig.make(APEX, [ROOT], identity="test-server")
+        self.signer = signer
+        key = signer.zone_key if signer is not None else None
+        ns = [f"ns1={host}"] if host != "127.0.0.1" else []  # the address to find us at
+        self.cfg = ZoneConfig.make(apex, [ROOT], ns, identity="test-server", key=key,
+                                   next_keys=next_keys)  # fmt: skip
         self.loop: asyncio.AbstractEventLoop | None = None
         self.server: DnsServer | None = None
         self.listeners: Listeners | None = None
-        self.port = 0
+        self.port = port
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
         self._error: BaseException | None = None
@@ -166,8 +185,8 @@ class DnsHarness:
         store = await Store.connect(self.url)
         try:
             await populate(store)
-            self.server = DnsServer(store, self.cfg, self.options)
-            self.listeners = await start_dns(self.server, "127.0.0.1", 0)
+            self.server = DnsServer(store, self.cfg, self.options, self.signer)
+            self.listeners = await start_dns(self.server, self.host, self.port)
             self.port = self.listeners.port
             self._ready.set()
             await self._stop.wait()
@@ -430,6 +449,62 @@ def test_formerr_and_notimp(dnssrv: DnsHarness) -> None:
         q = dns.message.make_query(name(W127), qtype)
         r = dnssrv.raw(q.to_wire())
         assert r is not None and dns.message.from_wire(r).rcode() == rcode
+
+
+def test_errors_to_edns_queries_carry_opt(dnssrv: DnsHarness) -> None:
+    # RFC 6891 §7: an EDNS query gets OPT back, in error responses too.
+    notify = dns.message.make_query(name(W127), "SOA", use_edns=0, want_dnssec=True)
+    notify.set_opcode(dns.opcode.NOTIFY)
+    good = dns.message.make_query(name(W127), "TXT", use_edns=0, payload=4096).to_wire()
+    two = good[:4] + b"\x00\x02" + good[6:-11] + good[12:-11] + good[-11:]  # two questions
+    # An answer record dnspython cannot parse (an A of 3 octets), before the OPT.
+    bad_a = b"\x00\x00\x01\x00\x01\x00\x00\x00\x00\x00\x03\x01\x02\x03"
+    broken = good[:6] + b"\x00\x01" + good[8:-11] + bad_a + good[-11:]
+    for packet, rcode, do in (
+        (notify.to_wire(), dns.rcode.NOTIMP, True),
+        (two, dns.rcode.FORMERR, False),
+        (broken, dns.rcode.FORMERR, False),
+    ):
+        r = dnssrv.raw(packet)
+        assert r is not None
+        m = dns.message.from_wire(r)
+        assert m.rcode() == rcode and m.id == int.from_bytes(packet[:2], "big")
+        assert m.edns == 0 and m.payload == 1232, rcode
+        assert bool(m.ednsflags & dns.flags.DO) == do
+    # Without EDNS in the query, none in the reply.
+    plain = dns.message.make_query(name(W127), "SOA")
+    plain.set_opcode(dns.opcode.NOTIFY)
+    r = dnssrv.raw(plain.to_wire())
+    assert r is not None and dns.message.from_wire(r).edns == -1
+
+
+def test_ixfr_refused(dnssrv: DnsHarness) -> None:
+    # An IXFR query holds the client's SOA in authority (RFC 1995): REFUSED, as AXFR.
+    zone = name(f"0.NA/{DEPT}")
+    q = dns.message.make_query(zone, "IXFR", use_edns=0)
+    q.authority.append(
+        dns.rrset.from_text(zone, 0, "IN", "SOA", f"ns1.{APEX}. h.{APEX}. 7 1 1 1 1")
+    )
+    for r in (dnssrv.raw(q.to_wire()), dnssrv.raw(q.to_wire())):  # a miss, then the same
+        assert r is not None
+        m = dns.message.from_wire(r)
+        assert m.rcode() == dns.rcode.REFUSED and m.edns == 0
+    r = dns.query.tcp(q, "127.0.0.1", port=dnssrv.port, timeout=3)
+    assert r.rcode() == dns.rcode.REFUSED
+
+
+def test_one_serial_per_zone(dnssrv: DnsHarness) -> None:
+    # The SOA answer (cached an hour) and the SOA of a negative answer given later
+    # agree: the serial comes from the log (the zone record's leaf), not the clock.
+    zone = name(f"0.NA/{DEPT}")
+    soa = dnssrv.udp(zone, "SOA").answer[0][0].serial
+    time.sleep(1.1)
+    nx = dnssrv.udp(name(f"{DEPT}/SERIAL-{time.time_ns()}"), "TXT")
+    nodata = dnssrv.udp(zone, "AAAA")
+    assert nx.rcode() == dns.rcode.NXDOMAIN and nodata.rcode() == dns.rcode.NOERROR
+    assert nx.authority[0][0].serial == nodata.authority[0][0].serial == soa == 3  # leaf 2
+    root = name(f"0.NA/{ROOT}")
+    assert dnssrv.udp(root, "SOA").answer[0][0].serial == 1  # configuration: no record
 
 
 def test_question_case_echoed(dnssrv: DnsHarness) -> None:
@@ -698,9 +773,18 @@ def cli_server(url: str, *args: str) -> Iterator[int]:
            "--root", ROOT, "--apex", APEX, "--listen", f"127.0.0.1:{port}", *args]  # fmt: skip
     proc = subprocess.Popen(cmd, cwd=ROOT_DIR, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT_DIR)})  # fmt: skip
+    with answering(proc, port, APEX, "dns serve", 30):
+        yield port
+
+
+@contextlib.contextmanager
+def answering(
+    proc: subprocess.Popen[Any], port: int, probe: str, what: str, timeout: float
+) -> Iterator[None]:
+    """Until ``proc`` answers DNS (SOA ``probe``) on 127.0.0.1:``port``; stopped after."""
     try:
-        q = dns.message.make_query(APEX, "SOA")
-        deadline = time.monotonic() + 30
+        q = dns.message.make_query(probe, "SOA")
+        deadline = time.monotonic() + timeout
         while True:
             try:
                 dns.query.udp(q, "127.0.0.1", port=port, timeout=0.3)
@@ -708,8 +792,8 @@ def cli_server(url: str, *args: str) -> Iterator[int]:
             except (dns.exception.Timeout, OSError) as e:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     err = proc.stderr.read() if proc.stderr else ""
-                    raise RuntimeError(f"dns serve did not start: {err}") from e
-        yield port
+                    raise RuntimeError(f"{what} did not start: {err!r}") from e
+        yield
     finally:
         proc.terminate()
         try:

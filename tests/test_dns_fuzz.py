@@ -31,7 +31,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_dns import APEX, BIG, CITY, DELEGATED, DEPT, MEDIUM, W127, DnsHarness, name
 
+from cityid.keys import SigningKey
 from resolver.dns.server import DnsServer, parse_query
+from resolver.dns.signer import Signer
 
 TOTAL = 100_000
 SOCKET_SAMPLE = 3_000
@@ -49,15 +51,19 @@ class _Errors(logging.Handler):
         self.records.append(record)
 
 
-@pytest.fixture(scope="module")
-def fuzzsrv(valkey_url: str) -> Iterator[tuple[DnsHarness, _Errors]]:
+@pytest.fixture(scope="module", params=["unsigned", "signed"])
+def fuzzsrv(
+    valkey_url: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[DnsHarness, _Errors]]:
+    """The server, unsigned and then signing with DNSSEC (its queries then carry DO)."""
     client = redis.Redis.from_url(valkey_url)
     client.flushdb()
     errors = _Errors()
     logger = logging.getLogger("cityid.resolver")
     logger.addHandler(errors)
     try:
-        with DnsHarness(valkey_url) as h:
+        signer = Signer(SigningKey.generate("fuzz")) if request.param == "signed" else None
+        with DnsHarness(valkey_url, signer=signer) as h:
             yield h, errors
     finally:
         logger.removeHandler(errors)
@@ -65,8 +71,9 @@ def fuzzsrv(valkey_url: str) -> Iterator[tuple[DnsHarness, _Errors]]:
         client.close()
 
 
-def seeds(rnd: random.Random) -> list[bytes]:
-    """Valid queries: every kind of name the server knows, odd types, EDNS variants."""
+def seeds(rnd: random.Random, do: bool = False) -> list[bytes]:
+    """Valid queries: every kind of name the server knows, odd types, EDNS variants
+    (``do``: every EDNS one with the DO bit)."""
     names = [
         name(W127), name(MEDIUM), name(BIG), name(f"0.NA/{CITY}"), name(f"0.NA/{DEPT}"),
         name(f"0.NA/{DELEGATED}"), f"x.y.{name(f'0.NA/{DELEGATED}')}", name(f"{DEPT}/NOPE"),
@@ -79,12 +86,14 @@ def seeds(rnd: random.Random) -> list[bytes]:
             for variant in range(4):
                 kw: dict[str, object] = {}
                 if variant == 1:
-                    kw = {"use_edns": 0, "payload": rnd.choice([512, 1232, 4096, 100])}
+                    kw = {"use_edns": 0, "payload": rnd.choice([512, 1232, 4096, 100]),
+                          "want_dnssec": do}  # fmt: skip
                 elif variant == 2:
                     cookie = dns.edns.GenericOption(dns.edns.COOKIE, rnd.randbytes(8))
                     kw = {"use_edns": 0, "want_dnssec": True, "options": [cookie]}
                 elif variant == 3:
-                    kw = {"use_edns": 0, "options": [dns.edns.ECSOption("192.0.2.0", 24)]}
+                    kw = {"use_edns": 0, "options": [dns.edns.ECSOption("192.0.2.0", 24)],
+                          "want_dnssec": do}  # fmt: skip
                 q = dns.message.make_query(qname, qtype, **kw)  # type: ignore[arg-type]
                 q.flags = rnd.choice([0, dns.flags.RD, dns.flags.CD | dns.flags.RD, dns.flags.AD])
                 out.append(q.to_wire())
@@ -130,8 +139,8 @@ def mutate(rnd: random.Random, pkt: bytes, pool: list[bytes]) -> bytes:
     return bytes(b)
 
 
-def packets(rnd: random.Random, n: int) -> Iterator[bytes]:
-    pool = seeds(rnd)
+def packets(rnd: random.Random, n: int, do: bool = False) -> Iterator[bytes]:
+    pool = seeds(rnd, do)
     yield from pool
     for i in range(n - len(pool)):
         kind = i % 10
@@ -177,7 +186,7 @@ def test_fuzz_handler_100k(fuzzsrv: tuple[DnsHarness, _Errors]) -> None:
     t0 = time.monotonic()
     batch: list[bytes] = []
     sent = answered = 0
-    for pkt in packets(rnd, TOTAL):
+    for pkt in packets(rnd, TOTAL, h.signer is not None):
         batch.append(pkt)
         if len(batch) == BATCH:
             replies = h.call(_respond_all(h.server, batch))
@@ -196,7 +205,7 @@ def test_fuzz_handler_100k(fuzzsrv: tuple[DnsHarness, _Errors]) -> None:
 def test_fuzz_over_udp_socket(fuzzsrv: tuple[DnsHarness, _Errors]) -> None:
     h, errors = fuzzsrv
     rnd = random.Random(SEED + 1)
-    pkts = list(packets(rnd, SOCKET_SAMPLE))
+    pkts = list(packets(rnd, SOCKET_SAMPLE, h.signer is not None))
     replies: dict[bytes, list[bytes]] = {}
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
@@ -244,7 +253,8 @@ def test_fuzz_structured_queries(fuzzsrv: tuple[DnsHarness, _Errors], parts: tup
     pkt = struct.pack("!HBBHHHH", ident, f1 & 0x7F, f2, 1, 0, 0, 0 if opts is None else 1)
     pkt += qname + struct.pack("!HH", qtype, qclass)
     if opts is not None:
-        pkt += b"\x00\x00\x29" + struct.pack("!HBBHH", payload, 0, version, 0, len(opts)) + opts
+        do = 0x8000 if h.signer is not None else 0
+        pkt += b"\x00\x00\x29" + struct.pack("!HBBHH", payload, 0, version, do, len(opts)) + opts
     assert h.server is not None
     check_reply(pkt, h.call(h.server.respond(pkt)))  # type: ignore[arg-type]
     assert not errors.records

@@ -23,6 +23,7 @@ import pytest
 import redis
 from test_dns import W127, cli_server, name, populate
 
+from cityid.keys import SigningKey
 from resolver.dns.rrl import DROP, SEND, SLIP, RateLimiter
 from resolver.store import Store
 
@@ -81,8 +82,11 @@ def test_bad_settings() -> None:
         RateLimiter(5, v4_prefix=33)
 
 
-@pytest.fixture(scope="module")
-def rrl_port(valkey_url: str) -> Iterator[int]:
+@pytest.fixture(scope="module", params=["unsigned", "signed"])
+def rrl_port(
+    valkey_url: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[int, bool]]:
+    """The server, and whether it signs (DNSSEC; its flood then asks with DO)."""
     client = redis.Redis.from_url(valkey_url)
     client.flushdb()
 
@@ -94,9 +98,13 @@ def rrl_port(valkey_url: str) -> Iterator[int]:
             await store.close()
 
     asyncio.run(fill())
+    args = ["--rrl-rate", str(RATE), "--rrl-slip", "2"]
+    if request.param == "signed":
+        key = SigningKey.generate("rrl").write(tmp_path_factory.mktemp("rrl") / "dnssec.key")
+        args += ["--dnssec-key", str(key)]
     try:
-        with cli_server(valkey_url, "--rrl-rate", str(RATE), "--rrl-slip", "2") as port:
-            yield port
+        with cli_server(valkey_url, *args) as port:
+            yield port, request.param == "signed"
     finally:
         client.flushdb()
         client.close()
@@ -112,12 +120,13 @@ def _loopback_alias_works() -> bool:
 
 
 @pytest.mark.skipif(not _loopback_alias_works(), reason="cannot bind 127.0.1.1 (loopback)")
-def test_flood_is_held_to_the_rate_and_others_are_answered(rrl_port: int) -> None:
-    port = rrl_port
-    query = dns.message.make_query(name(W127), "URI", use_edns=0)
+def test_flood_is_held_to_the_rate_and_others_are_answered(rrl_port: tuple[int, bool]) -> None:
+    port, do = rrl_port
+    query = dns.message.make_query(name(W127), "URI", use_edns=0, want_dnssec=do)
     wire = query.to_wire()
     # Let the answer be cached and the buckets refill before the flood.
-    assert dns.query.udp(query, "127.0.0.1", port=port, timeout=3).answer
+    first = dns.query.udp(query, "127.0.0.1", port=port, timeout=3)
+    assert len(first.answer) == (2 if do else 1)  # the URI RRset, and its RRSIG if signed
     time.sleep(1.5)
 
     flood = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -154,7 +163,7 @@ def test_flood_is_held_to_the_rate_and_others_are_answered(rrl_port: int) -> Non
             s.bind(("127.0.1.1", 0))
             s.settimeout(1.0)
             for i in range(20):
-                q = dns.message.make_query(name(W127), "URI", use_edns=0)
+                q = dns.message.make_query(name(W127), "URI", use_edns=0, want_dnssec=do)
                 q.id = 4000 + i
                 s.sendto(q.to_wire(), ("127.0.0.1", port))
                 with contextlib.suppress(TimeoutError):

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from cityid.identifiers import parse_identifier
 from cityid.records import Record, Value
 from resolver import membership
-from resolver.layout import NAMED_MINT
+from resolver.layout import NAMED_MINT, bucket_of
 from resolver.store import IdChange, MintChange, PrefixChange, Store
 
 P = "MA.156.1301.02"
@@ -37,6 +37,14 @@ def test_a_filter_never_forgets_what_was_added(
         for o in membership.offsets(s, bits):
             assert bloom[o >> 3] & (0x80 >> (o & 7))
     del others
+
+
+@settings(max_examples=500)
+@given(SUFFIX, st.integers(0, 24))
+def test_a_suffix_filter_block_is_its_bucket(suffix: str, bits: int) -> None:
+    # The writer hashes each suffix once and takes its bucket from its first offset:
+    # the layout's bucket and the filter's block must stay one and the same.
+    assert membership.offsets(suffix, bits)[0] // membership.BLOCK_BITS == bucket_of(suffix, bits)
 
 
 def test_false_positives_stay_rare_at_the_fill_a_resize_allows() -> None:

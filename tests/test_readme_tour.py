@@ -26,8 +26,8 @@ How it is run, as a user would in two terminals:
   Afterwards nothing may listen on any of its ports, the private Valkey's included.
 
 Needs ``curl`` (fails, saying how to install it, when missing: the tour cannot be
-run without it), ``dig`` for the DNS command (that one command is skipped with a
-warning when missing) and a QR decoder (``zbarimg`` or zxing-cpp, both used when
+run without it), ``dig`` and ``delv`` for the DNS commands (skipped with a warning
+when missing) and a QR decoder (``zbarimg`` or zxing-cpp, both used when
 installed). ``scripts/install-test-tools.sh`` installs the Debian ones.
 """
 
@@ -300,7 +300,7 @@ def decode_qr(png: Path) -> dict[str, list[str]]:
 def require(tool: str) -> None:
     """A tool the tour runs must be installed (``cityid`` comes with the venv; ``dig``,
     when missing, skips its one command)."""
-    if tool not in ("cityid", "dig") and not shutil.which(tool):
+    if tool not in ("cityid", "dig", "delv") and not shutil.which(tool):
         pytest.fail(f"the README's tour runs {tool}, which is not installed: {INSTALL}")
 
 
@@ -315,8 +315,8 @@ class Tour:
     def run(self, command: str) -> None:
         argv = shlex.split(command, comments=True)
         tool = argv[0]
-        if tool == "dig" and not shutil.which("dig"):
-            reason = f"skipped `{command}`: dig is not installed (bind9-dnsutils; {INSTALL})"
+        if tool in ("dig", "delv") and not shutil.which(tool):
+            reason = f"skipped `{command}`: {tool} is not installed (bind9-dnsutils; {INSTALL})"
             self.skipped.append(reason)
             warnings.warn(reason, stacklevel=1)
             return
@@ -346,6 +346,8 @@ class Tour:
             self.check_redirect(out)
         elif argv[0] == "dig":
             self.check_dns(out)
+        elif argv[0] == "delv":
+            self.check_dnssec(out)
         elif argv[:2] == ["cityid", "resolve"] and "--verify" in argv:
             self.check_verify(argv, out)
         elif argv[:3] == ["cityid", "ledger", "verify"]:
@@ -427,6 +429,12 @@ class Tour:
         assert any(self.url in ln for ln in lines), f"no TXT record with {self.url}:\n{out}"
         self.checked.add("dns")
 
+    def check_dnssec(self, out: str) -> None:
+        self.needs_mint()
+        assert out.startswith("; fully validated"), f"delv did not validate the answer:\n{out}"
+        assert self.url in out and " RRSIG TXT " in out, out
+        self.checked.add("dnssec")
+
     def check_verify(self, argv: list[str], out: str) -> None:
         self.needs_mint()
         assert argv[2] == self.ident and self.url in out, out
@@ -485,9 +493,9 @@ def test_readme_tour(tmp_path: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.killpg(up.proc.pid, 0)  # nothing left in its process group
 
-    expected = {"mint", "qr", "redirect", "handle", "dns", "verify", "audit"}
-    if tour.skipped:
-        expected.discard("dns")
+    expected = {"mint", "qr", "redirect", "handle", "dns", "dnssec", "verify", "audit"}
+    if tour.skipped:  # dig and delv come together (bind9-dnsutils)
+        expected -= {"dns", "dnssec"}
     assert tour.checked == expected, (
         f"the tour no longer does {sorted(expected - tour.checked)}: update this test's "
         "checks along with the README"

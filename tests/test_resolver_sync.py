@@ -239,6 +239,8 @@ async def test_end_to_end_delegation_mint_update_delete(
     assert (newest.start, newest.end) == (3, 5) and (older.start, older.end) == (0, 3)
     assert newest.identifiers == 2 and set(newest.sample) == {f"{CITY}/HYDRANT-1", f"{CITY}/{w5}"}
     assert older.ranges == 1 and older.prefixes == 1 and older.sample[0] == f"{CITY}/HYDRANT-1"
+    # A range mint is shown by its first identifier, among the examples.
+    assert any(s.startswith(f"{CITY}/W") and len(s) == len(f"{CITY}/{w5}") for s in older.sample)
 
     world.append(
         world.city,
@@ -749,3 +751,18 @@ async def test_a_bad_record_in_a_bulk_mint_raises_an_alarm(
     for suffix in ("OK-1", "BAD-1"):  # nothing of the leaf
         with pytest.raises(StoreError):
             await lookup(store, f"{CITY}/{suffix}")
+
+
+def test_batch_examples_show_minted_identifiers_as_well_as_prefix_records() -> None:
+    """A checkpoint that delegates many prefixes, then mints, names both kinds (issue 16)."""
+    from resolver.sync import BATCH_SAMPLE, _add_sample
+
+    sample: list[str] = []
+    for node in range(1301, 1340):
+        _add_sample(sample, f"0.NA/MA.156.{node}")
+    for n in range(100):
+        _add_sample(sample, f"MA.156.1301.02/{mint_suffix('W', n, 7)}")
+    assert len(sample) == BATCH_SAMPLE
+    assert sample[0] == "0.NA/MA.156.1301"
+    assert sum(s.startswith("0.NA/") for s in sample) == 1
+    assert sample[1] == f"MA.156.1301.02/{mint_suffix('W', 0, 7)}"

@@ -19,6 +19,7 @@ import dns.query
 import dns.rcode
 import pytest
 
+from cityid.demo import APPLICANTS
 from cityid.identifiers import parse_identifier
 from cityid.valkey import free_port
 
@@ -103,10 +104,20 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
         ident = dns.query.udp(dns.message.make_query("id.server.", "TXT", rdclass="CH"),
                               "127.0.0.1", port=ports["dns"], timeout=5)  # fmt: skip
         assert ident.answer and b"".join(ident.answer[0][0].strings).endswith(b"/up")
+        # DNSSEC: the trust anchor `cityid up` wrote validates its answers, as its banner says.
+        assert (data / "keys" / "dnssec.key").stat().st_mode & 0o077 == 0
+        if shutil.which("delv"):
+            delv = subprocess.run(
+                ["delv", "@127.0.0.1", "-p", str(ports["dns"]), "-a",
+                 str(data / "dnssec-anchor.conf"), "+root=cityid.test", "TXT", name],
+                capture_output=True, text=True, timeout=60, check=False,
+            )  # fmt: skip
+            assert delv.stdout.startswith("; fully validated"), delv.stdout + delv.stderr
         v = get_json(f"{ready['city']}/api/version/{sample}")
         assert v == {"handle": sample, "version": 1, "exists": True}
         root = get_json(f"{ready['root']}/")
-        assert root["size"] == 344  # one delegation per prefecture-level city
+        # one delegation per prefecture-level city but the demo's applicants
+        assert root["size"] == 344 - len(APPLICANTS)
         city_cp = urllib.request.urlopen(f"{ready['city']}/log/checkpoint").read().decode()
         assert city_cp.startswith("sjz.cityid.test/log\n")
         # quorum = 2: both witnesses cosigned the published checkpoint
@@ -124,6 +135,7 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
     finally:
         out = stop(proc)
     assert "cityid is up" in out and "sample identifier" in out and "cityid: stopped" in out
+    assert "DNSSEC anchor       cityid.test. IN DS " in out and "delv @127.0.0.1" in out
     assert "█" in out  # the terminal QR code
 
     # The logs verify offline with the independent audit command.
@@ -139,7 +151,7 @@ def test_up_fresh_then_restart(tmp_path: Path) -> None:
     # A second start reuses everything: no new leaves, same sample.
     proc, ready2 = start(data, tmp_path)
     try:
-        assert get_json(f"{ready2['root']}/")["size"] == 344
+        assert get_json(f"{ready2['root']}/")["size"] == 344 - len(APPLICANTS)
         assert ready2["sample"] == ready["sample"]
     finally:
         stop(proc)

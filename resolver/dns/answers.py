@@ -57,7 +57,6 @@ import ipaddress
 import json
 import re
 import struct
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -69,6 +68,7 @@ from cityid.identifiers import MAX_NODES, Prefix
 from cityid.records import Record, Value
 
 from ..store import Entry
+from .dnssec import CDNSKEY, CDS, DNSKEY, ZoneKey
 
 IN, CH = 1, 3
 A, NS, SOA, TXT, AAAA, NAPTR, OPT, DS, URI = 1, 2, 6, 16, 28, 35, 41, 43, 256
@@ -156,6 +156,8 @@ class ZoneConfig:
     retry: int = 600
     expire: int = 1_209_600
     identity: str = ""  # the CH TXT id.server answer (RFC 4892); "" refuses it
+    key: ZoneKey | None = None  # DNSSEC: every zone publishes it and answers DS for its children
+    next_keys: tuple[ZoneKey, ...] = ()  # published beside it, not signing: a key roll
     apex_wire: bytes = field(default=b"", init=False)
     own_hosts: frozenset[bytes] = field(default=frozenset(), init=False)
     root_labels: tuple[tuple[Prefix, tuple[bytes, ...]], ...] = field(default=(), init=False)
@@ -186,6 +188,8 @@ class ZoneConfig:
         negative_ttl: int = 60,
         hostmaster: str = "",
         identity: str = "",
+        key: ZoneKey | None = None,
+        next_keys: Sequence[ZoneKey] = (),
     ) -> ZoneConfig:
         """From text: ``nameservers`` default to ``ns1.<apex>`` at 127.0.0.1."""
         text = apex.strip().strip(".").lower()
@@ -203,6 +207,8 @@ class ZoneConfig:
             ttl=ttl,
             negative_ttl=negative_ttl,
             identity=identity,
+            key=key,
+            next_keys=tuple(next_keys) if key is not None else (),
         )
 
 
@@ -217,6 +223,11 @@ class Answer(NamedTuple):
     that only a full reload changes (the apex, names under no root).
     ``cache`` is False for answers not worth keeping (errors). (A named tuple:
     one is made per cache miss, and a tuple is the cheapest immutable object.)
+
+    For DNSSEC (:mod:`resolver.dns.signer`): ``signer`` is the wire name of the zone
+    whose key signs it (for a referral, the parent's side of the cut); ``present``,
+    for NODATA, the types that do exist at the name; ``ds``, for a referral, the DS
+    RRset of the cut (none: the delegation is insecure).
     """
 
     rcode: int
@@ -227,6 +238,9 @@ class Answer(NamedTuple):
     zone: str = ""
     cache: bool = True
     negative: bool = False
+    signer: bytes = b""
+    present: tuple[int, ...] = ()
+    ds: tuple[RR, ...] = ()
 
 
 class Lookup(NamedTuple):
@@ -361,6 +375,8 @@ def _plan_name(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer
     root = str(best)
     extra = below[: len(below) - best_len]  # leftmost first
     if not extra:
+        if qtype == DS and cfg.key is not None:
+            return _ds_answer(qname, cfg.apex_wire, cfg, root)
         return _apex_answer(qname, qname, None, qtype, cfg, serial, root, cfg.nameservers)
     prefixes = _chain(root, best_len, extra)
     parent, suffix, ident = "", None, None
@@ -401,12 +417,19 @@ def decide(
             if depth == lookup.depth and qtype == DS:
                 # DS lives on the parent's side of a cut (RFC 4035 §3.1.4.1); we have none.
                 zname = ancestor(qname, lookup.depth - found)
-                return _negative(NOERROR, zname, cfg, serial, zone, ns)
+                ds = ds_rrs(qname, entry.record, cfg.ttl)
+                if ds:
+                    return Answer(NOERROR, True, ds, zone=prefix, signer=zname)
+                return _negative(NOERROR, zname, cfg, serial, zone, ns, (NS,))
             cut = ancestor(qname, lookup.depth - depth)
-            return _referral(cut, entry.record, servers, cfg, prefix)
+            parent = ancestor(qname, lookup.depth - found)
+            return _referral(cut, entry.record, servers, cfg, prefix, parent)
         zone, record, found = prefix, entry.record, depth
+        serial = zone_serial(entry)
         ns = servers or cfg.nameservers
     if found == lookup.depth:
+        if qtype == DS and cfg.key is not None:  # the parent's side of the cut answers
+            return _ds_answer(qname, qname[1 + qname[0] :], cfg, zone)
         return _apex_answer(qname, qname, record, qtype, cfg, serial, zone, ns)
     if (
         found == lookup.depth - 1
@@ -417,6 +440,16 @@ def decide(
     ):
         return _data_answer(qname, ident.record, qtype, cfg, serial, zone, None, ns)
     return _negative(NXDOMAIN, ancestor(qname, lookup.depth - found), cfg, serial, zone, ns)
+
+
+def zone_serial(entry: Entry) -> int:
+    """A served prefix's SOA serial: from the verified log, the leaf that last set its
+    record (its index + 1, mod 2^32). One zone has one serial at a time, the same in
+    every process and on every server that follows the same logs, and it moves only
+    when the zone's own record changes, which invalidates every answer of the zone:
+    an SOA answer and a negative answer given together always agree (and, signed,
+    the SOA's signature stays valid while it is cached)."""
+    return (entry.leaf_index + 1) & 0xFFFFFFFF
 
 
 def _servers(record: Record, cfg: ZoneConfig) -> tuple[tuple[NameServer, ...], bool]:
@@ -472,11 +505,17 @@ def ns_rrs(owner: bytes, ns: Sequence[NameServer], ttl: int) -> tuple[RR, ...]:
 
 
 def _negative(
-    rcode: int, zname: bytes, cfg: ZoneConfig, serial: int, zone: str, ns: Sequence[NameServer]
+    rcode: int,
+    zname: bytes,
+    cfg: ZoneConfig,
+    serial: int,
+    zone: str,
+    ns: Sequence[NameServer],
+    present: tuple[int, ...] = (),
 ) -> Answer:
-    # One object per zone, rcode and second (the SOA serial is the time): a flood of
-    # names that do not exist shares it, and :func:`encode` its wire form.
-    key = (rcode, zname, serial, ns[0].host, zone)
+    # One object per zone, rcode and serial: a flood of names that do not exist
+    # shares it, and :func:`encode` its wire form.
+    key = (rcode, zname, serial, ns[0].host, zone, present)
     memo = cfg.shared
     got: Answer | None = memo.get(key)
     if got is None:
@@ -484,7 +523,8 @@ def _negative(
         soa = soa_rr(zname, cfg, serial, ns[0].host, ttl)
         if len(memo) >= _MEMO_MAX:
             memo.clear()
-        got = memo[key] = Answer(rcode, True, authority=(soa,), zone=zone, negative=True)
+        got = memo[key] = Answer(rcode, True, authority=(soa,), zone=zone, negative=True,
+                                 signer=zname, present=present)  # fmt: skip
     return got
 
 
@@ -499,12 +539,28 @@ def _apex_answer(
     ns: Sequence[NameServer],
 ) -> Answer:
     if qtype in (SOA, ANY):  # RFC 8482: ANY gets one RRset; the SOA says the most
-        return Answer(NOERROR, True, (soa_rr(zname, cfg, serial, ns[0].host, cfg.ttl),), zone=zone)
+        soa = soa_rr(zname, cfg, serial, ns[0].host, cfg.ttl)
+        return Answer(NOERROR, True, (soa,), zone=zone, signer=zname)
     if qtype == NS:
-        return Answer(NOERROR, True, ns_rrs(zname, ns, cfg.ttl), zone=zone)
+        return Answer(NOERROR, True, ns_rrs(zname, ns, cfg.ttl), zone=zone, signer=zname)
+    key = cfg.key
+    if key is not None and qtype in (DNSKEY, CDS, CDNSKEY):
+        rrs = tuple(
+            (zname, qtype, cfg.ttl, k.ds(zname) if qtype == CDS else k.dnskey)
+            for k in (key, *cfg.next_keys)
+        )
+        return Answer(NOERROR, True, rrs, zone=zone, signer=zname)
+    present = (SOA, NS, *((DNSKEY, CDS, CDNSKEY) if key is not None else ()))
     if record is not None:
-        return _data_answer(qname, record, qtype, cfg, serial, zone, zname, ns)
-    return _negative(NOERROR, zname, cfg, serial, zone, ns)
+        return _data_answer(qname, record, qtype, cfg, serial, zone, zname, ns, present)
+    return _negative(NOERROR, zname, cfg, serial, zone, ns, present)
+
+
+def _ds_answer(qname: bytes, parent: bytes, cfg: ZoneConfig, zone: str) -> Answer:
+    """The DS of a zone served here, from its parent zone (RFC 4035 §3.1.4.1)."""
+    assert cfg.key is not None
+    ds = tuple((qname, DS, cfg.ttl, k.ds(qname)) for k in (cfg.key, *cfg.next_keys))
+    return Answer(NOERROR, True, ds, zone=zone, signer=parent)
 
 
 def _data_answer(
@@ -516,6 +572,7 @@ def _data_answer(
     zone: str,
     zname: bytes | None,  # the zone's name (None: the owner's parent)
     ns: Sequence[NameServer],
+    present: tuple[int, ...] = (),  # the types at the owner besides the record's
 ) -> Answer:
     rrs: tuple[RR, ...] = ()
     if qtype in (TXT, ANY):
@@ -524,18 +581,30 @@ def _data_answer(
         rrs = uri_rrs(owner, record, cfg.ttl)
     elif qtype == NAPTR:
         rrs = naptr_rrs(owner, record, cfg.ttl)
+    zname = owner[1 + owner[0] :] if zname is None else zname
     if not rrs:
-        zname = owner[1 + owner[0] :] if zname is None else zname
-        return _negative(NOERROR, zname, cfg, serial, zone, ns)
-    return Answer(NOERROR, True, rrs, (), (), zone)
+        types = (*present, *record_types(record)) if cfg.key is not None else ()
+        return _negative(NOERROR, zname, cfg, serial, zone, ns, types)
+    return Answer(NOERROR, True, rrs, (), (), zone, signer=zname)
+
+
+def record_types(record: Record) -> tuple[int, ...]:
+    """The RR types a record gives its name (for NSEC type bit maps)."""
+    types = [TXT] if record.values else []
+    if any(v.type == "URL" and isinstance(v.data, str) for v in record.values):
+        types.append(URI)
+    if naptr_rrs(b"\x00", record, 0):
+        types.append(NAPTR)
+    return tuple(types)
 
 
 def _own_host(qname: bytes, qtype: int, cfg: ZoneConfig, serial: int) -> Answer:
     ns = next(s for s in cfg.nameservers if s.host == qname)
     rrs = address_rrs(qname, ns.addrs, qtype, cfg.ttl)
     if not rrs:
-        return _negative(NOERROR, cfg.apex_wire, cfg, serial, "", cfg.nameservers)
-    return Answer(NOERROR, True, rrs)
+        types = tuple(t for t in (A, AAAA) if address_rrs(qname, ns.addrs, t, 0))
+        return _negative(NOERROR, cfg.apex_wire, cfg, serial, "", cfg.nameservers, types)
+    return Answer(NOERROR, True, rrs, signer=cfg.apex_wire)
 
 
 def address_rrs(owner: bytes, addrs: Iterable[str], qtype: int, ttl: int) -> tuple[RR, ...]:
@@ -561,7 +630,7 @@ def nameservers(record: Record) -> tuple[NameServer, ...]:
 
 
 def _referral(
-    cut: bytes, record: Record, ns: Sequence[NameServer], cfg: ZoneConfig, zone: str
+    cut: bytes, record: Record, ns: Sequence[NameServer], cfg: ZoneConfig, zone: str, parent: bytes
 ) -> Answer:
     # One object per delegation record (glue costs address parsing): every name below
     # the cut gets the same referral.
@@ -570,7 +639,9 @@ def _referral(
     got = memo.get(key)
     if got is not None and got[0] is record:
         return got[1]  # type: ignore[no-any-return]
-    answer = _make_referral(cut, record, ns, cfg, zone)
+    answer = _make_referral(cut, record, ns, cfg, zone)._replace(
+        signer=parent, ds=ds_rrs(cut, record, cfg.ttl)
+    )
     if len(memo) >= _MEMO_MAX:
         memo.clear()
     memo[key] = (record, answer)
@@ -592,6 +663,21 @@ def _make_referral(
             glue += address_rrs(s.host, s.addrs, qtype, ttl)
     return Answer(NOERROR, False, authority=ns_rrs(cut, ns, ttl), additional=tuple(glue),
                   zone=zone)  # fmt: skip
+
+
+def ds_rrs(owner: bytes, record: Record, cap: int) -> tuple[RR, ...]:
+    """The DS RRset of a cut from the delegation's ``DS`` values (``TAG ALG DIGEST-TYPE
+    HEX``, as ``cityid prefix delegate --ds`` writes them; records.py checks them)."""
+    values = [v for v in record.values if v.type == "DS" and isinstance(v.data, str)]
+    if not values:
+        return ()
+    ttl = min([cap, *(v.ttl for v in values)])
+    out = []
+    for v in values:
+        tag, alg, digest_type, digest = str(v.data).split()
+        rdata = struct.pack("!HBB", int(tag), int(alg), int(digest_type)) + bytes.fromhex(digest)
+        out.append((owner, DS, ttl, rdata))
+    return tuple(out)
 
 
 def _is_subdomain(name: bytes, parent: bytes) -> bool:
@@ -832,9 +918,52 @@ def render(
 _TC_COUNTS_OPT = struct.pack("!HHHH", 1, 0, 0, 1)
 
 
-def header_reply(data: bytes, rcode: int) -> bytes:
-    """A header-only response (no question): for queries too broken to echo."""
-    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode & 0x0F)) + bytes(8)
+def header_reply(data: bytes, rcode: int, opt: bytes = b"") -> bytes:
+    """A response with no question: for queries too broken to echo, or of another
+    opcode. ``opt``: our OPT record, for a query that had one (RFC 6891 §7: a
+    responder that speaks EDNS answers an EDNS query with OPT, errors included)."""
+    counts = b"\x00\x00\x00\x00\x00\x00\x00\x01" if opt else bytes(8)
+    return data[:2] + bytes((0x80 | (data[2] & 0x79), rcode & 0x0F)) + counts + opt
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    """Where the name at ``i`` ends (-1: runs past the end or a reserved label type)."""
+    n = len(data)
+    while i < n:
+        ln = data[i]
+        if ln == 0:
+            return i + 1
+        if ln & 0xC0 == 0xC0:
+            return i + 2 if i + 2 <= n else -1
+        if ln & 0xC0:
+            return -1
+        i += 1 + ln
+    return -1
+
+
+def edns_do(data: bytes) -> bool | None:
+    """The DO bit of the query's OPT record, or None if it has none (or cannot be read
+    as far). Walks the sections by hand: used for queries dnspython would not parse,
+    which still get OPT in their FORMERR if they carried one."""
+    if len(data) < 12:
+        return None
+    qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+    i = 12
+    for _ in range(qd):
+        i = _skip_name(data, i)
+        if i < 0 or i + 4 > len(data):
+            return None
+        i += 4
+    for k in range(an + ns + ar):
+        start = i
+        i = _skip_name(data, i)
+        if i < 0 or i + 10 > len(data):
+            return None
+        rtype, _, ttl, rdlen = struct.unpack_from("!HHIH", data, i)
+        if k >= an + ns and rtype == OPT and data[start] == 0:
+            return bool(ttl & 0x8000)
+        i += 10 + rdlen
+    return None
 
 
 def badvers(head: bytes, question: bytes, payload: int, do: bool) -> bytes:
@@ -844,8 +973,9 @@ def badvers(head: bytes, question: bytes, payload: int, do: bool) -> bytes:
     return head[:2] + flags + _TC_COUNTS_OPT + question + opt
 
 
-def serial_now() -> int:
-    return int(time.time()) & 0xFFFFFFFF
+#: The SOA serial of the zones that have no prefix record (the apex, the roots): they
+#: are configuration, and change only with a restart (see :func:`zone_serial`).
+CONFIG_SERIAL = 1
 
 
 __all__ = [
@@ -859,6 +989,7 @@ __all__ = [
     "badvers",
     "chunks",
     "decide",
+    "edns_do",
     "empty",
     "encode",
     "head_index",

@@ -70,11 +70,22 @@ def add_commands(sub: Subparsers) -> None:
         "--identity", metavar="TEXT",
         help="CH TXT id.server answer ({hostname}, {index}); '' refuses it",
     )  # fmt: skip
+    s.add_argument(
+        "--dnssec-key", metavar="FILE",
+        help="sign answers to DO queries with this Ed25519 key (made with 'cityid keygen', "
+        "kept 0600); see docs/dns.md#dnssec. Default: the config's [dns] dnssec_key, or unsigned",
+    )  # fmt: skip
+    s.add_argument(
+        "--dnssec-next-key", action="append", default=[], metavar="KEY",
+        help="publish this key too (DNSKEY, CDS and DS), without signing with it: the first "
+        "step of a key roll (repeatable; a key file or a verifier key); see docs/dns.md#dnssec",
+    )  # fmt: skip
     s.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from cityid.valkey import redis_url
+    from ledger.cli import read_vkey
 
     from ..config import setting
     from .server import DEFAULT_PORT, DnsOptions, DnsSpec, serve
@@ -128,14 +139,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ttl=pick(args.ttl, "dns_ttl_s", 300),
         negative_ttl=pick(args.negative_ttl, "negative_ttl_s", 60),
         identity=pick(args.identity, "identity", "{hostname}/{index}"),
+        dnssec_key=args.dnssec_key or (cfg.dnssec_key_path() if cfg else ""),
+        dnssec_next_keys=tuple(str(read_vkey(k)) for k in args.dnssec_next_key),
         options=options,
         processes=processes,
         redis_cluster=bool(cfg and cfg.redis_cluster),
         redis_timeout=cfg.redis_timeout_s if cfg else 2.0,
         meta_ttl=cfg.meta_ttl_s if cfg else 1.0,
     )
+    signer = spec.signer()  # a bad key file says so under its own rule (key-permissions, ...)
     try:
-        spec.zone()  # check the apex, roots and name servers before starting workers
+        spec.zone(signer)  # check the settings before starting workers
     except (ValueError, CityIdError, DNSException) as e:
         raise CityIdError(f"bad DNS settings: {e}", rule="usage") from e
     serve(spec)

@@ -48,6 +48,7 @@ import dns.message
 
 from cityid.errors import CityIdError, ListenError
 from cityid.identifiers import split_minted
+from cityid.keys import SigningKey, VerifierKey
 from cityid.valkey import redact
 
 from .. import stats, workers
@@ -55,8 +56,10 @@ from ..layout import StoreError
 from ..store import Ask, Entry, Store
 from .answers import (
     CH,
+    CONFIG_SERIAL,
     FORMERR,
     IN,
+    IXFR,
     MAX_MESSAGE,
     NOTAUTH,
     NOTIMP,
@@ -68,6 +71,7 @@ from .answers import (
     ZoneConfig,
     badvers,
     decide,
+    edns_do,
     empty,
     encode,
     header_reply,
@@ -75,11 +79,12 @@ from .answers import (
     opt_record,
     plan,
     render,
-    serial_now,
     text_name,
 )
 from .cache import AnswerCache
+from .dnssec import ZoneKey
 from .rrl import SLIP, RateLimiter
+from .signer import SIGNED_CACHE_TTL, Signer
 
 log = logging.getLogger("cityid.resolver.dns")
 
@@ -158,20 +163,30 @@ def parse_query(data: bytes) -> Query | None:
         payload, do  # fmt: skip
 
 
+def error_reply(data: bytes, max_udp: int, rcode: int) -> bytes:
+    """A question-less error response; with our OPT if the query had one."""
+    do = edns_do(data)
+    return header_reply(data, rcode, b"" if do is None else opt_record(max_udp, do))
+
+
 def parse_slow(data: bytes, max_udp: int) -> Query | bytes | None:
     """Whatever :func:`parse_query` declined: a query, an error reply, or None (no reply)."""
     if len(data) < 12 or data[2] & 0x80:
         return None  # no header to answer, or a response: never answer those (loops)
+
     if (data[2] >> 3) & 0x0F != 0:
-        return header_reply(data, NOTIMP)
+        return error_reply(data, max_udp, NOTIMP)
     try:
         m = dns.message.from_wire(data)
     except dns.message.UnknownTSIGKey:
-        return header_reply(data, NOTAUTH)
+        return error_reply(data, max_udp, NOTAUTH)
     except Exception:  # dnspython raises many types for malformed input
-        return header_reply(data, FORMERR)
-    if len(m.question) != 1 or m.answer or m.authority:
-        return header_reply(data, FORMERR)
+        return error_reply(data, max_udp, FORMERR)
+    # An IXFR query carries the client's SOA in authority (RFC 1995 §3): it is refused
+    # (no zone transfers) like AXFR, not taken for a malformed query.
+    ixfr = len(m.question) == 1 and m.question[0].rdtype == IXFR and not m.answer
+    if len(m.question) != 1 or m.answer or (m.authority and not ixfr):
+        return error_reply(data, max_udp, FORMERR)
     rrset = m.question[0]
     wire = rrset.name.to_wire()
     question = wire + struct.pack("!HH", rrset.rdtype, rrset.rdclass)
@@ -205,9 +220,19 @@ class DnsOptions:
 class DnsServer:
     """One process's DNS answers: cache, store, RRL; the listeners call into it."""
 
-    def __init__(self, store: Store, cfg: ZoneConfig, options: DnsOptions | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        cfg: ZoneConfig,
+        options: DnsOptions | None = None,
+        signer: Signer | None = None,
+    ) -> None:
+        if cfg.key != (signer.zone_key if signer is not None else None):
+            # Publishing a DNSKEY without signing (or signing under another) is bogus.
+            raise CityIdError("the zone's DNSSEC key is not the signer's", rule="usage")
         self.store = store
         self.cfg = cfg
+        self.signer = signer
         self.options = options = options or DnsOptions()
         if not 512 <= options.max_udp <= 65535:
             raise CityIdError("max_udp must be 512..65535", rule="usage")
@@ -218,6 +243,18 @@ class DnsServer:
             ttl=options.cache_ttl,
             negative_ttl=options.negative_cache_ttl,
         )
+        # Signed answers (DO) beside the unsigned, kept at most SIGNED_CACHE_TTL: their
+        # signatures are made again well before they expire. Without a key, DO queries
+        # get the unsigned answers, as before.
+        self.caches = (self.cache, self.cache)
+        if signer is not None:
+            signed = AnswerCache(
+                cfg.apex_wire,
+                options.cache_size,
+                ttl=min(options.cache_ttl, SIGNED_CACHE_TTL),
+                negative_ttl=options.negative_cache_ttl,
+            )
+            self.caches = (self.cache, signed)
         self.rrl = (
             RateLimiter(options.rrl_rate, slip=options.rrl_slip, burst=options.rrl_burst)
             if options.rrl_rate > 0
@@ -225,7 +262,7 @@ class DnsServer:
         )
         self.opt = (opt_record(self.max_udp, False), opt_record(self.max_udp, True))
         self._prefixes: dict[str, tuple[float, Entry | None]] = {}
-        self._inflight: dict[bytes, asyncio.Future[Encoded]] = {}
+        self._inflight: dict[tuple[bytes, bool], asyncio.Future[Encoded]] = {}
         self._misses: list[tuple[bytes, Query, Any, _Udp]] = []
         self._miss_tasks = 0  # batches of misses being answered
         self._flushing = False  # a flush of self._misses is scheduled
@@ -258,6 +295,7 @@ class DnsServer:
 
     def _tick(self) -> None:
         self.cache.tick()
+        self.caches[1].now = self.cache.now
         self._ticker = self.loop.call_later(0.1, self._tick)
 
     async def close(self) -> None:
@@ -278,6 +316,9 @@ class DnsServer:
         out = dict(self.counters)
         out["queries"] += sum(p.queries for p in self.udp)
         out["cache_entries"] = len(self.cache)
+        if self.signer is not None:
+            out["signed_cache_entries"] = len(self.caches[1])
+            out["signatures"] = self.signer.signatures
         if self.rrl is not None:
             out["rrl_dropped"] = self.rrl.dropped
             out["rrl_slipped"] = self.rrl.slipped
@@ -285,11 +326,13 @@ class DnsServer:
 
     def process_metrics(self) -> dict[str, int]:
         """:meth:`metrics` named as Prometheus wants: counters end in ``_total``."""
-        gauges = ("cache_entries",)
+        gauges = ("cache_entries", "signed_cache_entries")
         return {(k if k in gauges else f"{k}_total"): v for k, v in self.metrics().items()}
 
     def _invalidate(self, idents: list[str]) -> None:
         self.cache.invalidate(idents)
+        if self.caches[1] is not self.cache:
+            self.caches[1].invalidate(idents)
         for item in idents:
             if item == "*":
                 self._prefixes.clear()
@@ -311,32 +354,34 @@ class DnsServer:
             # A bug must not take the listener down; the client gets SERVFAIL.
             log.exception("DNS query failed")
             self.counters["servfail"] += 1
-            return header_reply(data, SERVFAIL) if len(data) >= 12 and not data[2] & 0x80 else None
+            if len(data) < 12 or data[2] & 0x80:
+                return None
+            return error_reply(data, self.max_udp, SERVFAIL)
 
     async def answer(self, data: bytes, q: Query, tcp: bool) -> bytes:
         key, qtype, qclass, question, payload, do = q
-        enc = await self.lookup(key, qtype, qclass)
+        enc = await self.lookup(key, qtype, qclass, do)
         opt = self.opt[do] if payload else b""
         limit = MAX_MESSAGE if tcp else (min(payload, self.max_udp) if payload else 512)
         return render(enc.heads, enc.rest, data, question, opt, limit)
 
-    async def lookup(self, key: bytes, qtype: int, qclass: int) -> Encoded:
-        """The encoded answer for ``key`` (lower-case wire name + type)."""
+    async def lookup(self, key: bytes, qtype: int, qclass: int, do: bool = False) -> Encoded:
+        """The encoded answer for ``key`` (lower-case wire name + type); ``do``: signed."""
         if qclass != IN:
             if qclass == CH:
                 name = key[:-2]
                 return encode(name, identity_answer(name, qtype, self.cfg), CH)
             return _REFUSED
-        hit = self.cache.get(key)
+        hit = self.caches[do].get(key)
         if hit is not None:
             return Encoded(hit[0].heads, hit[1])
-        pending = self._inflight.get(key)
+        pending = self._inflight.get((key, do))
         if pending is not None:
             return await asyncio.shield(pending)
         fut: asyncio.Future[Encoded] = self.loop.create_future()
-        self._inflight[key] = fut
+        self._inflight[key, do] = fut
         try:
-            enc = (await self.compute([(key, qtype)]))[key]
+            enc = (await self.compute([(key, qtype, do)]))[key, do]
             fut.set_result(enc)
             return enc
         except BaseException as e:
@@ -344,7 +389,7 @@ class DnsServer:
             fut.exception()  # retrieved: waiters get it, nobody else needs a warning
             raise
         finally:
-            del self._inflight[key]
+            del self._inflight[key, do]
 
     # -- the miss path: misses in batches, one round trip per batch ---------------------
 
@@ -380,10 +425,10 @@ class DnsServer:
 
     async def _answer_misses(self, batch: list[tuple[bytes, Query, Any, _Udp]]) -> None:
         try:
-            encoded = await self.compute([(q[0], q[1]) for _, q, _, _ in batch])
+            encoded = await self.compute([(q[0], q[1], q[5]) for _, q, _, _ in batch])
         except Exception:
             log.exception("DNS queries failed")  # a bug: SERVFAIL, and the listener lives
-            encoded = dict.fromkeys((q[0] for _, q, _, _ in batch), _SERVFAIL)
+            encoded = dict.fromkeys(((q[0], q[5]) for _, q, _, _ in batch), _SERVFAIL)
         finally:
             self._miss_tasks -= 1
             if self._misses and not self._flushing:
@@ -392,25 +437,31 @@ class DnsServer:
         opts, max_udp = self.opt, self.max_udp
         for data, (key, _, _, question, payload, do), addr, udp in batch:
             limit = (max_udp if payload > max_udp else payload) if payload else 512
-            enc = encoded[key]
+            enc = encoded[key, do]
             udp.send(render(enc.heads, enc.rest, data, question, opts[do] if payload else b"",
                             limit), addr)  # fmt: skip
 
-    async def compute(self, queries: Sequence[tuple[bytes, int]]) -> dict[bytes, Encoded]:
-        """The encoded answers of ``queries`` (key, type), class IN: every lookup they need
-        in one round trip, the answers cached. A store failure is SERVFAIL (not cached)."""
+    async def compute(
+        self, queries: Sequence[tuple[bytes, int, bool]]
+    ) -> dict[tuple[bytes, bool], Encoded]:
+        """The encoded answers of ``queries`` (key, type, DO), class IN: every lookup they
+        need in one round trip, the answers cached (signed ones apart). A store failure
+        is SERVFAIL (not cached)."""
         cache, cfg = self.cache, self.cfg
         seq = cache.seq
-        serial = serial_now()
+        serial = CONFIG_SERIAL
         now = cache.now
         prefixes = self._prefixes
         plans: dict[bytes, tuple[int, Answer | Lookup]] = {}
+        wanted: set[tuple[bytes, bool]] = set()
         # What the lookups need: prefix records not known here, and identifiers. Prefix
         # asks are indexed by the prefix's text, identifiers by PREFIX/SUFFIX: disjoint.
         asks: list[Ask] = []
         where: dict[str, int] = {}
         known: dict[str, Entry | None] = {}  # prefix records this process holds, as now
-        for key, qtype in queries:
+        signer = self.signer
+        for key, qtype, do in queries:
+            wanted.add((key, do and signer is not None))
             if key in plans:
                 continue
             step = plan(key[:-2], qtype, cfg, serial)
@@ -453,7 +504,7 @@ class DnsServer:
             for a, e in zip(asks, got, strict=True):
                 if a.suffix is None and not isinstance(e, StoreError):
                     prefixes[a.prefix] = (until, e)
-        out: dict[bytes, Encoded] = {}
+        out: dict[tuple[bytes, bool], Encoded] = {}
         keep = cache.seq == seq
         for key, (qtype, step) in plans.items():
             if type(step) is Lookup:
@@ -462,13 +513,25 @@ class DnsServer:
                         raise failed
                     ans = self._decide(step, qtype, serial, got, where, known)
                 except StoreError as e:
-                    out[key] = self._servfail(key, e)
+                    out[key, False] = out[key, True] = self._servfail(key, e)
                     continue
             else:
                 ans = step  # type: ignore[assignment]
-            enc = out[key] = encode(key[:-2], ans)
-            if ans.cache and keep and (keep_negative or not ans.negative):
-                cache.put(key, enc)
+            store = ans.cache and keep and (keep_negative or not ans.negative)
+            for signed in (False, True):
+                if (key, signed) not in wanted:
+                    continue
+                if signed:
+                    assert signer is not None
+                    enc = encode(key[:-2], signer.sign(key[:-2], ans, qtype))
+                else:
+                    enc = encode(key[:-2], ans)
+                out[key, signed] = enc
+                if store:
+                    self.caches[signed].put(key, enc)
+        if signer is None:  # DO queries get the unsigned answers
+            for key, do in list(out):
+                out[key, True] = out[key, do]
         return out
 
     def _decide(
@@ -512,6 +575,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.srv = srv
         self.cache = srv.cache
         self.entries = srv.cache.entries
+        self.by_do = (srv.caches[0].entries, srv.caches[1].entries)
         self.counters = srv.counters
         self.rrl = srv.rrl
         self.max_udp = srv.max_udp
@@ -547,7 +611,7 @@ class _Udp(asyncio.DatagramProtocol):
         if n >= 17 and not data[2] & 0xFA and not data[3] & 0x4F and data.startswith(_PLAIN, 4):
             ar = data[11]
             if ar == 0:
-                qend, opt, limit = n, b"", 512
+                qend, opt, limit, entries = n, b"", 512, self.entries
             elif (
                 ar == 1
                 and n >= 28
@@ -558,11 +622,13 @@ class _Udp(asyncio.DatagramProtocol):
                 qend = n - 11
                 limit = (data[n - 8] << 8) | data[n - 7]
                 limit = 512 if limit < 512 else self.max_udp if limit > self.max_udp else limit
-                opt = self.opts[data[n - 4] >> 7]
+                do = data[n - 4] >> 7
+                opt = self.opts[do]
+                entries = self.by_do[do]
             else:
                 qend = 0
             if qend and data.startswith(_IN, qend - 2):
-                hit = self.entries.get(data[12 : qend - 2].lower())
+                hit = entries.get(data[12 : qend - 2].lower())
                 if hit is not None:
                     stamp, rest = hit
                     if stamp.expires > self.cache.now:
@@ -709,7 +775,7 @@ class _Tcp(asyncio.Protocol):
         srv.counters["queries"] += 1
         q = parse_query(msg)
         if q is not None:
-            hit = srv.cache.get(q[0])
+            hit = srv.caches[q[5]].get(q[0])
             if hit is not None:
                 opt = srv.opt[q[5]] if q[4] else b""
                 out = render(hit[0].heads, hit[1], msg, q[3], opt, MAX_MESSAGE)
@@ -809,6 +875,8 @@ class DnsSpec:
     ttl: int = 300
     negative_ttl: int = 60
     identity: str = "{hostname}/{index}"  # CH TXT id.server; "" refuses it
+    dnssec_key: str = ""  # the signing key file (cityid.keys format, 0600); "" = unsigned
+    dnssec_next_keys: tuple[str, ...] = ()  # verifier keys published beside it (a roll)
     options: DnsOptions = field(default_factory=DnsOptions)
     processes: int = 1
     index: int = 0
@@ -816,10 +884,16 @@ class DnsSpec:
     redis_timeout: float = 2.0
     meta_ttl: float = 1.0
 
-    def zone(self) -> ZoneConfig:
+    def signer(self) -> Signer | None:
+        return Signer(SigningKey.read(self.dnssec_key)) if self.dnssec_key else None
+
+    def zone(self, signer: Signer | None = None) -> ZoneConfig:
         identity = self.identity.format(hostname=socket.gethostname(), index=self.index)
+        key = signer.zone_key if signer is not None else None
         return ZoneConfig.make(self.apex, self.roots, self.nameservers, ttl=self.ttl,
-                               negative_ttl=self.negative_ttl, identity=identity)  # fmt: skip
+                               negative_ttl=self.negative_ttl, identity=identity, key=key,
+                               next_keys=[ZoneKey(VerifierKey.parse(k).public_key)
+                                          for k in self.dnssec_next_keys])  # fmt: skip
 
 
 async def run_worker(spec: DnsSpec, stop: asyncio.Event | None = None) -> None:
@@ -833,7 +907,8 @@ async def run_worker(spec: DnsSpec, stop: asyncio.Event | None = None) -> None:
     store = await Store.connect(spec.redis_url, cluster=spec.redis_cluster,
                                 meta_ttl=spec.meta_ttl, timeout=spec.redis_timeout)  # fmt: skip
     try:
-        server = DnsServer(store, spec.zone(), spec.options)
+        signer = spec.signer()
+        server = DnsServer(store, spec.zone(signer), spec.options, signer)
         listeners = await start_dns(server, spec.host, spec.port, reuse_port=True)
         tasks = [loop.create_task(keep_gc_young()), loop.create_task(_watch_parent(stop))]
         await stop.wait()

@@ -17,6 +17,7 @@
   var VIDEO_MAX = 800; // longest side of a camera frame given to jsQR, in pixels
   var PHOTO_MAX = [1024, 2048]; // sizes a photo is tried at, smallest first
   var INTERVAL = 100; // ms between two decodes of the camera
+  var PROMPT_WAIT = 2500; // ms before an unanswered camera prompt is explained
 
   var video = document.getElementById("video");
   var statusEl = document.getElementById("status");
@@ -35,6 +36,19 @@
   var busy = false;
   var done = false; // navigating: stop everything
   var lastText = null;
+
+  // The page's words, in its language (resolver/i18n.py, put in the page as JSON data).
+  var WORDS = JSON.parse(document.getElementById("messages").textContent);
+  var LANG = document.documentElement.getAttribute("lang") === "en" ? "en" : "zh";
+
+  /** The message ``key`` with its ``{fields}`` filled. */
+  function words(key, fields) {
+    var text = WORDS[key] || key;
+    Object.keys(fields || {}).forEach(function (name) {
+      text = text.split("{" + name + "}").join(fields[name]);
+    });
+    return text;
+  }
 
   function say(text, cls) {
     statusEl.textContent = text;
@@ -72,7 +86,7 @@
       }
     }
     if (!detector && typeof window.jsQR !== "function") {
-      decoderEl.textContent = "none";
+      decoderEl.textContent = words("none");
       throw new Error("no decoder: jsqr.js did not load");
     }
     decoderEl.textContent = detector ? "BarcodeDetector" : "jsQR";
@@ -136,17 +150,14 @@
     var id = identifierOf(text);
     if (id) {
       done = true;
-      say("Found " + id + ": opening its page\u2026", "ok");
+      say(words("found", { id: id }), "ok");
       stopCamera();
-      window.location.assign(new URL("./" + id + "?noredirect", window.location.href).href);
+      var where = "./" + id + "?noredirect&lang=" + LANG;
+      window.location.assign(new URL(where, window.location.href).href);
       return true;
     }
     if (text !== lastText || !fromCamera) {
-      say(
-        "Not a cityid code: it names no identifier (it holds the text shown below)." +
-          (fromCamera ? " Still scanning." : ""),
-        "bad"
-      );
+      say(words("not_cityid") + (fromCamera ? " " + words("still") : ""), "bad");
     }
     lastText = text;
     return false;
@@ -165,7 +176,7 @@
         }
       }
     } catch (e) {
-      say("Decoding failed (" + e.name + "): " + e.message, "bad");
+      say(words("decode_failed", { name: e.name, message: e.message }), "bad");
     } finally {
       busy = false;
     }
@@ -184,26 +195,32 @@
     view.hidden = false;
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       view.hidden = true;
-      say(
-        "This browser gives no camera to this page (a camera needs HTTPS): choose a photo instead.",
-        "bad"
-      );
+      say(words("no_media"), "bad");
       return;
     }
-    say("Starting the camera\u2026");
+    say(words("starting"));
+    // A permission prompt left unanswered keeps getUserMedia pending for good:
+    // after a short wait, say what the page needs instead of "starting" forever.
+    var waiting = setTimeout(function () {
+      if (!stream && !done) {
+        say(words("prompt"), "waiting");
+      }
+    }, PROMPT_WAIT);
     try {
       stream = await navigator.mediaDevices.getUserMedia({
         video: { facingMode: "environment" },
         audio: false,
       });
+      clearTimeout(waiting);
     } catch (e) {
+      clearTimeout(waiting);
       stream = null;
       if (e.name === "NotAllowedError" || e.name === "SecurityError") {
-        say("Camera access was denied: allow it for this site, or choose a photo.", "bad");
+        say(words("denied"), "bad");
       } else if (e.name === "NotFoundError" || e.name === "OverconstrainedError") {
-        say("No camera found: choose a photo instead.", "bad");
+        say(words("no_camera"), "bad");
       } else {
-        say("The camera did not start (" + e.name + "): choose a photo instead.", "bad");
+        say(words("not_started", { name: e.name }), "bad");
       }
       noCamera();
       return;
@@ -216,7 +233,7 @@
       track.addEventListener("ended", function () {
         if (!done) {
           stopCamera();
-          say("The camera stopped: start it again, or choose a photo.", "bad");
+          say(words("stopped"), "bad");
           noCamera();
         }
       });
@@ -227,7 +244,7 @@
     } catch (e) {
       // muted inline video may autoplay; if not, frames still arrive once shown
     }
-    say("Scanning: hold the code inside the frame.");
+    say(words("scanning"));
     timer = setTimeout(tick, INTERVAL);
   }
 
@@ -237,18 +254,18 @@
       return;
     }
     await ready;
-    say("Reading the photo\u2026");
+    say(words("reading"));
     var bitmap;
     try {
       bitmap = await createImageBitmap(file);
     } catch (e) {
-      say("That file is not an image this browser can read.", "bad");
+      say(words("not_image"), "bad");
       return;
     }
     try {
       var text = await decode(bitmap, bitmap.width, bitmap.height, PHOTO_MAX, true);
       if (text === null) {
-        say("No QR code found in that photo: try a sharper or closer one.", "bad");
+        say(words("no_code"), "bad");
       } else {
         found(text, false);
       }
@@ -260,7 +277,7 @@
 
   photo.addEventListener("change", function () {
     decodePhoto().catch(function (e) {
-      say("Reading the photo failed (" + e.name + "): " + e.message, "bad");
+      say(words("photo_failed", { name: e.name, message: e.message }), "bad");
     });
   });
   cameraButton.addEventListener("click", function () {
@@ -278,6 +295,6 @@
 
   ready = chooseDecoder();
   ready.then(startCamera, function (e) {
-    say("The scanner cannot run: " + e.message, "bad");
+    say(words("cannot_run", { message: e.message }), "bad");
   });
 })();
