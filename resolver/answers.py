@@ -42,10 +42,10 @@ from .encode import (
     REDIRECT,
     REDIRECT_ZH,
     TEXT,
-    encode_alias,
     encode_gone,
     encode_problem,
     encode_record,
+    encode_redirect,
     lang_of,
     max_age,
     page_headers,
@@ -214,7 +214,7 @@ class Resolver:
             target = parse_identifier(alias.data)
         except IdentifierError:
             return None  # not a handle this resolver knows how to name: the landing page
-        return encode_alias(entry, f"{self.base_url}/{target}")
+        return encode_redirect(entry, f"{self.base_url}/{target}", alias=True)
 
     def _error(self, key: str, blob: bytes, asked: str, rep: str) -> Reply:
         """404 (not registered) or 410 (deleted), for ``asked`` as spelt."""

@@ -241,10 +241,12 @@ def record_json(ident: str, version: int, age: int, data: bytes) -> Reply:
 # -- the general encoders ------------------------------------------------------------------------
 
 
-def encode_redirect(entry: Entry, url: str) -> Reply:
+def encode_redirect(entry: Entry, url: str, *, alias: bool = False) -> Reply:
+    """302 to ``url``, the record's URL; with ``alias``, 301 to ``url``, this resolver's URL
+    of the handle ``entry``'s HS_ALIAS names, as the Handle proxy answers an alias."""
     assert entry.record is not None
     return Reply.make(
-        302,
+        301 if alias else 302,
         [
             ("Location", location(url)),
             ("Content-Type", HTML),
@@ -252,23 +254,7 @@ def encode_redirect(entry: Entry, url: str) -> Reply:
             ("Vary", "Accept"),
         ],
         pages.redirect_body(url),
-        etag=f'"v{entry.version}-r"',
-    )
-
-
-def encode_alias(entry: Entry, url: str) -> Reply:
-    """301 to ``url``, the resolver's URL of the handle ``entry``'s HS_ALIAS names, as the
-    Handle proxy answers an alias."""
-    return Reply.make(
-        301,
-        [
-            ("Location", location(url)),
-            ("Content-Type", HTML),
-            ("Cache-Control", f"max-age={max_age(entry.record)}"),
-            ("Vary", "Accept"),
-        ],
-        pages.redirect_body(url),
-        etag=f'"v{entry.version}-a"',
+        etag=f'"v{entry.version}-{"a" if alias else "r"}"',
     )
 
 
@@ -384,7 +370,6 @@ __all__: Sequence[str] = [
     "TEXT",
     "choose",
     "dumps",
-    "encode_alias",
     "encode_gone",
     "encode_problem",
     "encode_record",
