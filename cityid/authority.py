@@ -18,7 +18,11 @@ Rules, each refused with a message naming the rule and the keys involved:
   rotation in its own log, since no order exists between two logs' histories;
 * an operation read from a log must be for a prefix that log hosts;
 * a suffix and a child node of the same name cannot both exist under one
-  prefix, which keeps the DNS mapping a bijection.
+  prefix, which keeps the DNS mapping a bijection;
+* a custody grant of ``P`` is signed by the current key of ``P``; a custodial
+  write (a registrar's, for a client that authenticated the Handle way) is
+  accepted only while ``P`` grants the registrar's key custody for the admin
+  handle the write names, and is then checked as if ``P``'s key had signed it.
 
 Pure state, no I/O: the registrar uses it before appending, the resolver
 while replaying logs.
@@ -44,6 +48,8 @@ from .identifiers import (
 )
 from .idtable import IdTable
 from .ops import (
+    Custodial,
+    Custody,
     Delegate,
     Delete,
     Mint,
@@ -69,6 +75,9 @@ class PrefixState:
     key_version: int = 0
     old_keys: set[bytes] = field(default_factory=set)
     revoked: bool = False
+    # Custody grants (ops.Custody): custodial key -> the admin handles it may act for.
+    custody: dict[bytes, frozenset[str]] = field(default_factory=dict)
+    custody_version: int = 0
 
 
 @dataclass(slots=True)
@@ -261,7 +270,7 @@ def _holds(ids: _Ids) -> bool:
 def _copy_prefix(st: PrefixState) -> PrefixState:
     return PrefixState(
         st.prefix, st.key, st.version, st.host, st.record, st.key_version, set(st.old_keys),
-        st.revoked,
+        st.revoked, dict(st.custody), st.custody_version,
     )  # fmt: skip
 
 
@@ -294,10 +303,14 @@ class Namespace:
         """Record how to undo ``op`` (which has passed its check)."""
         if self._undo is None:
             return
-        if isinstance(op, Delegate | RotateKey) or (
+        if isinstance(op, Delegate | RotateKey | Custody) or (
             isinstance(op, Update | Delete) and op.ident.is_prefix_record
         ):
-            target = op.prefix if isinstance(op, Delegate | RotateKey) else op.ident.named_prefix
+            target = (
+                op.prefix
+                if isinstance(op, Delegate | RotateKey | Custody)
+                else op.ident.named_prefix
+            )
             assert target is not None
             old = copy.deepcopy(self.prefixes.get(target))
             parent = target.parent
@@ -513,9 +526,11 @@ class Namespace:
     @staticmethod
     def _responsible(op: Operation) -> Prefix | None:
         """The prefix whose key decides on ``op``."""
+        if isinstance(op, Custodial):
+            op = op.op
         if isinstance(op, Delegate):
             return op.prefix.parent
-        if isinstance(op, RotateKey | Mint | MintRange):
+        if isinstance(op, RotateKey | Mint | MintRange | Custody):
             return op.prefix
         if op.ident.is_prefix_record:
             named = op.ident.named_prefix
@@ -531,16 +546,23 @@ class Namespace:
         op = signed.op
         if isinstance(op, Delegate):
             self._check_delegate(op, signed, log)
-        elif isinstance(op, RotateKey):
+        elif isinstance(op, RotateKey | Custody):
+            # The prefix's own acts, each kind with its own counter.
             st = self.live_prefix(op.prefix)
-            self._require_host(st, log, f"rotate the key of {op.prefix}")
-            self._require_key(st, signed, f"rotate the key of {op.prefix}")
-            if op.prev != st.key_version:
-                raise self._stale(f"the key of {op.prefix}", st.key_version, op.prev)
+            rotate = isinstance(op, RotateKey)
+            action = f"{'rotate the key' if rotate else 'grant custody'} of {op.prefix}"
+            current = st.key_version if rotate else st.custody_version
+            self._require_host(st, log, action)
+            self._require_key(st, signed, action)
+            if op.prev != current:
+                what = "key" if rotate else "custody"
+                raise self._stale(f"the {what} of {op.prefix}", current, op.prev)
         elif isinstance(op, Mint | MintRange):
             self._check_mint(op, signed, log)
         elif isinstance(op, Update | Delete):
             self._check_change(op, signed, log)
+        elif isinstance(op, Custodial):
+            self._check_custodial(op, signed, log)
         else:  # pragma: no cover - KINDS is closed
             raise AuthorityError(f"unknown operation {op!r}")
 
@@ -652,12 +674,31 @@ class Namespace:
         if op.prev != version:
             raise self._stale(str(op.ident), version, op.prev)
 
+    def _check_custodial(self, op: Custodial, signed: SignedOperation, log: str | None) -> None:
+        inner = op.op
+        prefix = inner.prefix if isinstance(inner, Mint) else inner.ident.prefix
+        st = self.live_prefix(prefix)
+        admins = st.custody.get(signed.signer)
+        if admins is None or op.admin not in admins:
+            granted = f" (it may act for {', '.join(sorted(admins))})" if admins else ""
+            raise AuthorityError(
+                f"key {key_fingerprint(signed.signer)} has no custody of {prefix} for "
+                f"{op.admin}{granted}: the key of {prefix} ({key_fingerprint(st.key)}) grants "
+                "it with a signed custody operation naming this key and the admin handle "
+                "(cityid handle grant; docs/handle.md)",
+                rule="no-custody",
+            )
+        # Then the write itself, as if the prefix's own key had signed it.
+        self._check(SignedOperation(inner, st.key, signed.signature, signed.body), log)
+
     # -- applying ---------------------------------------------------------------------
 
     def apply(self, signed: SignedOperation, *, log: str | None = None) -> None:
         """Check, then change the state. On any error the state is unchanged."""
         self.check(signed, log=log)
         op = signed.op
+        if isinstance(op, Custodial):
+            op = op.op  # checked above: it changes the state as the write it carries
         self._remember(op)
         if isinstance(op, Delegate):
             parent = op.prefix.parent
@@ -668,12 +709,23 @@ class Namespace:
             if old is not None:
                 st.old_keys = old.old_keys | ({old.key} - {op.key})
                 st.key_version = old.key_version
+                # A grant was the key holder's: it ends with a new key, and its counter
+                # goes on so no earlier grant can be replayed.
+                st.custody = old.custody if old.key == op.key else {}
+                st.custody_version = old.custody_version
             self.prefixes[op.prefix] = st
             self._children[parent].add(op.prefix.nodes[-1])
         elif isinstance(op, RotateKey):
             st = self.prefixes[op.prefix]
             st.old_keys.add(st.key)
             st.key, st.key_version = op.new_key, st.key_version + 1
+        elif isinstance(op, Custody):
+            st = self.prefixes[op.prefix]
+            if op.admins:
+                st.custody[op.key] = frozenset(op.admins)
+            else:
+                st.custody.pop(op.key, None)
+            st.custody_version += 1
         elif isinstance(op, MintRange):
             self._ids[op.prefix].ranges.append(op)
         elif isinstance(op, Mint):

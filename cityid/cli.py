@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "cityid.commands",
     "ledger.cli",
     "registrar.cli",
+    "registrar.handle_cli",
     "registrar.qr_cli",
     "registrar.apply_cli",
     "resolver.cli",

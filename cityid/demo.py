@@ -21,7 +21,7 @@ from importlib import resources
 
 from .identifiers import Prefix, mint_suffix
 from .ops import Delegate, Mint, MintItem, chunk_items
-from .records import Record, Value
+from .records import PUBKEY, SITE, Record, Value
 
 ROOT = Prefix(("MA", "156"))
 SHIJIAZHUANG = Prefix(("MA", "156", "1301"))
@@ -131,7 +131,7 @@ def city_delegations(
     ``origins`` names the cities hosted elsewhere.
 
     A city hosted elsewhere also gets its log's checkpoint key (``log_keys``: a
-    verifier key named after the origin) as an HS_PUBKEY value, so resolvers
+    verifier key named after the origin) as a CITYID_PUBKEY value, so resolvers
     learn from the delegation which key signs that log.
     """
     log_keys = log_keys or {}
@@ -151,9 +151,9 @@ def city_delegations(
             s, w, n, e = bounding_box(city, rows)
             values.append(Value.make(6, "GEO_BOX", f"{geo(s, w)},{geo(n, e)}", timestamp=ts))
         if prefix in sites:
-            values.append(Value.make(4, "HS_SITE", sites[prefix], timestamp=ts))
+            values.append(Value.make(4, SITE, sites[prefix], timestamp=ts))
         if prefix in log_keys:
-            values.append(Value.make(5, "HS_PUBKEY", log_keys[prefix], timestamp=ts))
+            values.append(Value.make(5, PUBKEY, log_keys[prefix], timestamp=ts))
         yield Delegate(prefix, 0, city_keys[prefix], origins.get(prefix), Record(tuple(values)), ts)
 
 

@@ -352,8 +352,107 @@ class RotateKey:
         return str(self.prefix.record_id)
 
 
-Operation = Delegate | Mint | MintRange | Update | Delete | RotateKey
-KINDS: dict[str, Any] = {c.kind: c for c in (Delegate, Mint, MintRange, Update, Delete, RotateKey)}
+#: An admin handle as Handle names it (``0.NA/P`` or ``P/ADMIN``): what a custodial write
+#: records as the one who authenticated.
+MAX_ADMIN_HANDLE = 255
+MAX_CUSTODY_ADMINS = 64
+
+
+def _admin_handle(x: Any) -> str:
+    h = _str(x, "admin handle")
+    if not 0 < len(h) <= MAX_ADMIN_HANDLE or not h.isprintable() or " " in h:
+        raise _fail(f"admin handle {h[:40]!r} must be 1..{MAX_ADMIN_HANDLE} printable "
+                    "characters without spaces", "field")  # fmt: skip
+    return h
+
+
+@dataclass(frozen=True, slots=True)
+class Custody:
+    """Grant ``key`` (a registrar's custodial key) custody of ``prefix`` for ``admins``.
+
+    Signed by the current key of ``prefix``. The registrar holding ``key`` may then write
+    content under ``prefix`` (:class:`Custodial`) for a client that authenticated the
+    Handle way as one of ``admins`` (Handle admin handles such as ``P/ADMIN``). A grant
+    with no admins revokes ``key``'s custody. ``prev`` counts earlier grants of ``prefix``
+    (0 for the first), so a replayed grant is stale.
+    """
+
+    kind: ClassVar[str] = "custody"
+    prefix: Prefix
+    prev: int
+    key: bytes
+    admins: tuple[str, ...]
+    time: int
+
+    def body(self) -> list[Any]:
+        return [self.kind, str(self.prefix), self.prev, self.key, list(self.admins), self.time]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> Custody:
+        if len(b) != 6:
+            raise _fail("custody has 6 fields", "arity")
+        admins = b[4]
+        if not isinstance(admins, list) or len(admins) > MAX_CUSTODY_ADMINS:
+            raise _fail(f"custody admins is a list of at most {MAX_CUSTODY_ADMINS}", "field")
+        names = tuple(_admin_handle(a) for a in admins)
+        if list(names) != sorted(set(names)):
+            raise _fail("custody admins must be sorted and distinct", "canonical")
+        return cls(
+            parse_prefix(_str(b[1], "prefix")),
+            _int(b[2], "prev"),
+            _key(b[3], "custodial key"),
+            names,
+            _int(b[5], "time"),
+        )
+
+    @property
+    def target(self) -> str:
+        return str(self.prefix.record_id)
+
+
+Content = Mint | Update | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class Custodial:
+    """A content write a registrar signs with its custodial key for ``admin``, the Handle
+    admin handle that authenticated (the leaf records who asked; :class:`Custody` says
+    the registrar may)."""
+
+    kind: ClassVar[str] = "custodial"
+    admin: str
+    op: Content
+
+    def body(self) -> list[Any]:
+        return [self.kind, self.admin, self.op.body()]
+
+    @classmethod
+    def from_body(cls, b: list[Any]) -> Custodial:
+        if len(b) != 3:
+            raise _fail("custodial has 3 fields", "arity")
+        inner = b[2]
+        if not isinstance(inner, list) or not inner or inner[0] not in _CONTENT:
+            raise _fail("custodial wraps a mint, update or delete", "kind")
+        op = _CONTENT[inner[0]].from_body(inner)
+        if not isinstance(op, Mint) and op.ident.is_prefix_record:
+            raise _fail("custodial writes content, not a prefix record", "kind")
+        return cls(_admin_handle(b[1]), op)
+
+    @property
+    def target(self) -> str:
+        return self.op.target
+
+
+def content_of(op: Operation) -> Operation:
+    """The operation ``op`` carries out: a custodial write's inner one, else ``op``."""
+    return op.op if isinstance(op, Custodial) else op
+
+
+Operation = Delegate | Mint | MintRange | Update | Delete | RotateKey | Custody | Custodial
+_CONTENT: dict[str, Any] = {c.kind: c for c in (Mint, Update, Delete)}
+KINDS: dict[str, Any] = {
+    c.kind: c for c in (Delegate, Mint, MintRange, Update, Delete, RotateKey, Custody, Custodial)
+}
 
 
 def encode_body(op: Operation) -> bytes:

@@ -47,8 +47,17 @@ _CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _ADMIN_KEYS = ("handle", "index", "permissions")
 _SITE_ROLES = ("registrar", "ledger", "resolver")
 
-#: Types with a structured (map) data; everything else carries a string.
-STRUCTURED_TYPES = {"HS_ADMIN": "admin", "HS_SITE": "site"}
+#: cityid's own payloads in a delegation record: where a prefix's services are (a map of
+#: registrar, ledger and resolver URLs), and a cityid verifier key (the prefix's key, or a
+#: log's checkpoint key named after its origin). Not Handle's HS_SITE and HS_PUBKEY, whose
+#: formats are Handle's own; records written before carry them under those two names, and
+#: readers take them there too (:func:`sites_of`, :func:`pubkeys_of`).
+SITE, PUBKEY = "CITYID_SITE", "CITYID_PUBKEY"
+_LEGACY = {SITE: "HS_SITE", PUBKEY: "HS_PUBKEY"}
+
+#: Types with a structured (map) data; everything else carries a string. (HS_SITE keeps the
+#: map it had when cityid used it for SITE; Handle's own HS_SITE object is not taken.)
+STRUCTURED_TYPES = {"HS_ADMIN": "admin", SITE: "site", "HS_SITE": "site"}
 
 Data = str | Mapping[str, Any]
 
@@ -252,7 +261,7 @@ def _check_pubkey(data: str) -> str:
     try:
         return str(VerifierKey.parse(data))
     except KeyFormatError as e:
-        raise _fail("pubkey-syntax", f"HS_PUBKEY: {e.message}") from e
+        raise _fail("pubkey-syntax", f"{PUBKEY}: {e.message}") from e
 
 
 #: The string types with their own checks; every other string type is free text.
@@ -264,7 +273,7 @@ _STRING_CHECKS = {
     "10320/LOC": _check_loc,
     "NS": _check_ns,
     "DS": _check_ds,
-    "HS_PUBKEY": _check_pubkey,
+    PUBKEY: _check_pubkey,
 }
 
 
@@ -406,7 +415,7 @@ _set_timestamp = Value.timestamp.__set__  # type: ignore[attr-defined]
 # Types whose checks apply in any case: "url" is "URL", so "url" cannot skip them.
 _KNOWN_TYPES = {
     "URL", "EMAIL", "DESC", "GEO", "GEO_BOX", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME",
-    "10320/LOC", "DS",
+    "10320/LOC", "DS", SITE, PUBKEY,
 }  # fmt: skip
 
 
@@ -527,6 +536,23 @@ class Record:
 
     def first(self, vtype: str) -> Value | None:
         return next((v for v in self.values if v.type == vtype), None)
+
+    def sites(self) -> Mapping[str, Any]:
+        """The service URLs by role (:data:`SITE`, else a record's older HS_SITE)."""
+        for vtype in (SITE, _LEGACY[SITE]):
+            v = self.first(vtype)
+            if v is not None and isinstance(v.data, Mapping):
+                return v.data
+        return {}
+
+    def pubkeys(self) -> list[str]:
+        """The cityid verifier keys (:data:`PUBKEY`, then a record's older HS_PUBKEY)."""
+        return [
+            v.data
+            for vtype in (PUBKEY, _LEGACY[PUBKEY])
+            for v in self.values
+            if v.type == vtype and isinstance(v.data, str)
+        ]
 
     def select(self, types: Sequence[str] = (), indexes: Sequence[int] = ()) -> Record:
         """Handle-style filter: a type ending in '.' matches its sub-types."""

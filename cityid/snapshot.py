@@ -57,7 +57,7 @@ from .idtable import IdTable, number_kind, numbers_from_bytes, numbers_to_bytes
 from .ops import MintRange
 from .records import Record
 
-FORMAT = 1
+FORMAT = 2  # 2: custody grants (ops.Custody) in each prefix
 MAGIC = b"CITYID-NS "
 _DIGEST = 32
 _LEN = struct.Struct("<Q")
@@ -122,7 +122,8 @@ def compact(image: NamespaceImage) -> dict[Prefix, IdTable]:
 def _prefix_wire(st: PrefixState) -> list[Any]:
     return [
         str(st.prefix), st.key, st.version, st.host, st.record.encode(), st.key_version,
-        sorted(st.old_keys), st.revoked,
+        sorted(st.old_keys), st.revoked, st.custody_version,
+        sorted((k, sorted(a)) for k, a in st.custody.items()),
     ]  # fmt: skip
 
 
@@ -291,11 +292,13 @@ def _decode(
 
     position = Position.from_wire(manifest["position"])
     prefixes: dict[Prefix, PrefixState] = {}
-    for text, key, version, host, record, key_version, old_keys, revoked in manifest["prefixes"]:
+    for (text, key, version, host, record, key_version, old_keys, revoked, custody_version,
+         custody) in manifest["prefixes"]:  # fmt: skip
         p = Prefix.parse(text)
         prefixes[p] = PrefixState(
             p, bytes(key), int(version), str(host), Record.decode(record), int(key_version),
             {bytes(k) for k in old_keys}, bool(revoked),
+            {bytes(k): frozenset(map(str, a)) for k, a in custody}, int(custody_version),
         )  # fmt: skip
     children = {Prefix.parse(p): frozenset(map(str, nodes)) for p, nodes in manifest["children"]}
     ids: dict[Prefix, IdsImage] = {}

@@ -34,11 +34,11 @@ from aiohttp import web
 
 from cityid import handle
 from cityid.errors import (
+    AuthenticationRequired,
     CityIdError,
     ConflictError,
     LedgerError,
     OperationError,
-    RecordError,
     SignatureError,
 )
 from cityid.handle import error_body
@@ -53,17 +53,17 @@ from cityid.ops import (
     SignedOperation,
     Update,
 )
-from cityid.records import Record, values_from_json
+from cityid.records import Record
 
+from . import handle_api
 from .apply_http import add_application_routes
 from .auth import parse_auth_header, parse_if_match
 from .core import LEAVES, MAX_BODY, MAX_OPS_PER_REQUEST, Registrar, not_found, too_many_ops
+from .handle_auth import CHALLENGES, is_handle_auth
 
 log = logging.getLogger("cityid.registrar")
 
 REGISTRAR_KEY: web.AppKey[Registrar] = web.AppKey("registrar", Registrar)
-#: A PUT body is one record's values as JSON; a record is at most 8 KiB packed.
-MAX_PUT_BODY = 256 * 1024
 MSGPACK = "application/msgpack"
 JSON = "application/json"
 FEED_SLICE = 64 * 1024
@@ -83,10 +83,16 @@ def _json(status: int, body: dict[str, Any], **headers: str) -> web.Response:
 
 def _error(exc: CityIdError, ident: str | None = None) -> web.Response:
     status, body = error_body(exc, ident)
+    if isinstance(exc, AuthenticationRequired):
+        resp = _json(status, body)
+        for challenge in CHALLENGES:  # the schemes this registrar takes, one a field
+            resp.headers.add("WWW-Authenticate", challenge)
+        return resp
     if not isinstance(exc, EdgeRefusal):
         return _json(status, body)
     # Refused at the edge, for the request's form or the server's load: HTTP says which.
-    body["responseCode"] = handle.SERVER_TOO_BUSY if exc.status == 503 else handle.INVALID_REQUEST
+    busy = exc.status in (429, 503)
+    body["responseCode"] = handle.SERVER_TOO_BUSY if busy else handle.INVALID_REQUEST
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
     resp = _json(exc.status, body, **headers)
     if exc.close:
@@ -315,6 +321,8 @@ async def get_version(request: web.Request) -> web.Response:
     body: dict[str, Any] = {"handle": str(ident), "version": version, "exists": alive}
     if ident.is_prefix_record and ident.named_prefix is not None:
         body["key_version"] = ns.key_version(ident.named_prefix)
+        st = ns.prefixes.get(ident.named_prefix)
+        body["custody_version"] = st.custody_version if st is not None else 0
     return _json(200, body, ETag=f'"v{version}"')
 
 
@@ -331,6 +339,8 @@ async def get_next(request: web.Request) -> web.Response:
 
 
 async def put_handle(request: web.Request) -> web.Response:
+    if is_handle_auth(request.headers.get("Authorization")):
+        return await handle_api.put_handle(request)
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
     # Everything the headers can refuse is refused before the body is read.
@@ -342,13 +352,7 @@ async def put_handle(request: web.Request) -> web.Response:
         )
     named = parse_if_match(request.headers.get("If-Match"))
     overwrite = request.query.get("overwrite", "true").lower() != "false"
-    async with request.app[EDGE_KEY].body(request, MAX_PUT_BODY) as body:
-        raw = await body.read()
-    try:
-        payload = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RecordError(f"body is not JSON: {e}", rule="json") from e
-    record = values_from_json(payload, timestamp=time)
+    record = await handle_api.read_values(request, time)
     version, alive = reg.version(ident)
     if alive and not overwrite:
         raise ConflictError(f"{ident} already exists (version {version})", rule="already-exists")
@@ -388,6 +392,8 @@ def _put_ops(
 
 
 async def delete_handle(request: web.Request) -> web.Response:
+    if is_handle_auth(request.headers.get("Authorization")):
+        return await handle_api.delete_handle(request)
     reg = request.app[REGISTRAR_KEY]
     ident = _target(request)
     key, sig, time = parse_auth_header(request.headers.get("Authorization"))
@@ -431,6 +437,7 @@ async def info(request: web.Request) -> web.Response:
             "log_key": str(reg.log.verifier),
             "size": reg.log.size,
             "hosts": [{"prefix": str(a.prefix), "key": str(a.key)} for a in reg.config.anchors],
+            **handle_api.announce(request.app),
             "log": "/log/",
         },
     )
@@ -448,6 +455,7 @@ def make_app(reg: Registrar, edge: Edge | None = None) -> web.Application:
     app.router.add_get("/api/next/{prefix}", get_next)
     app.router.add_put("/api/handles/{id:.+}", put_handle)
     app.router.add_delete("/api/handles/{id:.+}", delete_handle)
+    handle_api.add_routes(app, reg)  # GET /api/handles, and Handle's own authentication
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", info)

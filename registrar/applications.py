@@ -11,8 +11,8 @@ application (its digest), so a resend of one signed application is recognised.
 Once the parent's operator approves, :func:`delegation` turns the application
 into the ``delegate`` operation the parent's key signs: the application's fields
 become the prefix record's values (NAME; GEO, GEO_BOX and DESC from the GB/T
-2260 table; HS_SITE, NS and the log's key for a self-hosted child; the admin key
-as HS_PUBKEY). Operator and registrar build it with this one function, so the
+2260 table; CITYID_SITE, NS and the log's key for a self-hosted child; the admin key
+as CITYID_PUBKEY). Operator and registrar build it with this one function, so the
 registrar can check that what was signed is what was applied for.
 
 Pure: no I/O but the packaged divisions table, read once.
@@ -35,7 +35,7 @@ from cityid.errors import CityIdError, KeyFormatError, RecordError, SignatureErr
 from cityid.identifiers import IdentifierError, Prefix, parse_prefix
 from cityid.keys import SigningKey, VerifierKey
 from cityid.ops import Delegate
-from cityid.records import Record, Value
+from cityid.records import PUBKEY, SITE, Record, Value
 
 VERSION = "cityid/application/v1"
 DOMAIN = b"cityid/application/v1\x00"
@@ -404,12 +404,12 @@ def delegation(app: Application, prev: int, time: int) -> Delegate:
             ("DESC", f"GB/T 2260 {row.code}"),
             ("GEO_BOX", f"{demo.geo(s, w)},{demo.geo(n, e)}"),
         ]
-    values.append(("HS_PUBKEY", str(app.admin_key)))
+    values.append((PUBKEY, str(app.admin_key)))
     h = app.hosting
     if h is not None:
         url = h.registrar_url.rstrip("/")
-        values.append(("HS_SITE", {"registrar": url, "ledger": f"{url}/log"}))
-        values.append(("HS_PUBKEY", str(h.log_key)))
+        values.append((SITE, {"registrar": url, "ledger": f"{url}/log"}))
+        values.append((PUBKEY, str(h.log_key)))
         values += [("NS", ns) for ns in h.ns]
     record = Record(
         tuple(Value.make(i + 1, t, d, timestamp=time) for i, (t, d) in enumerate(values))

@@ -187,7 +187,7 @@ def add_commands(sub: Subparsers) -> None:
     ap = rev.add_parser(
         "approve", formatter_class=RAW, help="approve: delegate the prefix (a signed operation)",
         description="Approve TICKET: build the delegation from the application (NAME, GEO from "
-        "the divisions table, HS_SITE, NS, the admin key), sign it with --key (the parent's "
+        "the divisions table, CITYID_SITE, NS, the admin key), sign it with --key (the parent's "
         "key) and write it through the registrar's log and witnesses.",
         epilog="examples:\n  cityid applications approve 3q2W... --key root-admin.key\n"
         "  cityid applications approve MA.156.1306 --key root-admin.key",

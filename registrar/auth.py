@@ -38,7 +38,11 @@ def parse_auth_header(value: str | None) -> tuple[bytes, bytes, int]:
         )
     scheme, _, rest = value.partition(" ")
     if scheme != SCHEME:
-        raise SignatureError(f"Authorization scheme must be {SCHEME}", rule="auth-scheme")
+        raise SignatureError(
+            f"Authorization scheme must be {SCHEME} (a signed write) or Basic (Handle's "
+            "secret key, where custody is granted: docs/handle.md)",
+            rule="auth-scheme",
+        )
     params = dict(_PARAM_RE.findall(rest))
     try:
         key = base64.b64decode(params["key"], validate=True)

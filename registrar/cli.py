@@ -28,7 +28,7 @@ from cityid.ops import (
     now,
 )
 from cityid.progress import Progress
-from cityid.records import DEFAULT_TTL, Record, Value
+from cityid.records import DEFAULT_TTL, PUBKEY, SITE, Record, Value
 
 from .client import RegistrarClient, RegistrarError
 from .config import Anchor, RegistrarConfig
@@ -132,7 +132,7 @@ def add_commands(sub: Subparsers) -> None:
         action="append",
         default=[],
         metavar="ROLE=URL",
-        help="HS_SITE entry: registrar=URL, ledger=URL or resolver=URL (repeat)",
+        help="CITYID_SITE entry: registrar=URL, ledger=URL or resolver=URL (repeat)",
     )
     d.add_argument(
         "--ns",
@@ -249,7 +249,7 @@ def _writer_args(p: argparse.ArgumentParser) -> None:
         "--registrar",
         metavar="URL",
         help="registrar URL (default: env CITYID_REGISTRAR, else the registrar named in the "
-        "HS_SITE of the prefix's delegation, looked up on --resolver, else "
+        "CITYID_SITE of the prefix's delegation, looked up on --resolver, else "
         f"{DEFAULT_REGISTRAR})",
     )
     p.add_argument(
@@ -307,7 +307,7 @@ def read_vkey(text: str, name: str = "key") -> VerifierKey:
 def _registrar_url(args: argparse.Namespace, prefix: Prefix | None) -> str:
     """Where to write under ``prefix``: --registrar, env, the hosting registrar, or the default.
 
-    The hosting registrar is the one the prefix's delegation names (HS_SITE), as
+    The hosting registrar is the one the prefix's delegation names (CITYID_SITE), as
     the resolver serves it; the choice is said on stderr, so a write never goes
     somewhere the user did not see.
     """
@@ -321,7 +321,7 @@ def _registrar_url(args: argparse.Namespace, prefix: Prefix | None) -> str:
         found = asyncio.run(hosting_registrar(resolver, prefix))
         if found is not None:
             print(
-                f"registrar: {found.url} (it hosts {prefix}: HS_SITE of {found.named_by}, "
+                f"registrar: {found.url} (it hosts {prefix}: CITYID_SITE of {found.named_by}, "
                 f"from the resolver at {resolver})",
                 file=sys.stderr,
             )
@@ -425,7 +425,7 @@ def cmd_delegate(args: argparse.Namespace) -> int:
             if not sep:
                 raise CityIdError(f"--site {s!r} is not ROLE=URL", rule="usage")
             sites[role] = url
-        extra.append(("HS_SITE", sites))
+        extra.append((SITE, sites))
     if args.ds and not args.ns:
         raise CityIdError(
             "--ds goes with --ns: a DS vouches for the key of the name servers the prefix is "
@@ -434,7 +434,7 @@ def cmd_delegate(args: argparse.Namespace) -> int:
         )
     extra += [("NS", ns) for ns in args.ns]
     extra += [("DS", ds) for ds in args.ds]
-    extra.append(("HS_PUBKEY", str(child_key)))
+    extra.append((PUBKEY, str(child_key)))
     if args.log_key:
         if not args.origin:
             raise CityIdError(
@@ -447,7 +447,7 @@ def cmd_delegate(args: argparse.Namespace) -> int:
                 "checkpoint key is named after its origin",
                 rule="usage",
             )
-        extra.append(("HS_PUBKEY", str(log_vkey)))
+        extra.append((PUBKEY, str(log_vkey)))
     record = _values(args, ts, extra)
     url = _registrar_url(args, child.parent)  # the parent's registrar records the delegation
 

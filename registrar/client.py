@@ -118,6 +118,11 @@ class RegistrarClient:
         body = await self._call("GET", f"/api/version/{prefix.record_id}")
         return int(body.get("key_version", 0))
 
+    async def custody_version(self, prefix: Prefix) -> int:
+        """What a custody grant of ``prefix`` must name as ``prev``."""
+        body = await self._call("GET", f"/api/version/{prefix.record_id}")
+        return int(body.get("custody_version", 0))
+
     async def next_number(self, prefix: Prefix, letters: str, width: int) -> int:
         body = await self._call(
             "GET", f"/api/next/{prefix}", params={"letters": letters, "width": str(width)}

@@ -24,7 +24,16 @@ CONFIG_NAME = "registrar.toml"
 #: Every key ``load`` reads; any other is refused (:mod:`cityid.tomlkeys`).
 SCHEMA: dict[str, Any] = {
     **dict.fromkeys(
-        ("origin", "log_key", "listen", "public_url", "quorum", "witness_timeout_ms"), VALUE
+        (
+            "origin",
+            "log_key",
+            "listen",
+            "public_url",
+            "quorum",
+            "witness_timeout_ms",
+            "custody_key",
+        ),
+        VALUE,
     ),
     "batch": dict.fromkeys(("max_size", "max_delay_ms"), VALUE),
     "snapshot": dict.fromkeys(("every",), VALUE),
@@ -67,6 +76,9 @@ class RegistrarConfig:
     quorum: int = 0
     witness_timeout_ms: int = 5000
     snapshot_every: int = DEFAULT_SNAPSHOT_EVERY
+    #: The key this registrar signs Handle-authenticated writes with, where a prefix owner
+    #: granted it custody (docs/handle.md); the Handle write API needs it.
+    custody_key_file: Path | None = None
     applications_per_hour: int = DEFAULT_APPLICATIONS_PER_HOUR
 
     @property
@@ -126,6 +138,7 @@ class RegistrarConfig:
                 quorum=int(raw.get("quorum", len(witnesses))),
                 witness_timeout_ms=int(raw.get("witness_timeout_ms", 5000)),
                 snapshot_every=int(snapshot.get("every", DEFAULT_SNAPSHOT_EVERY)),
+                custody_key_file=d / raw["custody_key"] if "custody_key" in raw else None,
                 applications_per_hour=int(
                     applications.get("per_hour", DEFAULT_APPLICATIONS_PER_HOUR)
                 ),
@@ -158,6 +171,14 @@ class RegistrarConfig:
             if self.witnesses
             else "# quorum = N  # cosignatures needed before publishing (default: every witness)",
             f"witness_timeout_ms = {self.witness_timeout_ms}",
+            *(
+                [
+                    f"custody_key = {_q(os.path.relpath(self.custody_key_file, self.directory))}"
+                    "  # signs Handle-authenticated writes where custody is granted"
+                ]
+                if self.custody_key_file is not None
+                else []
+            ),
             "",
             "[batch]",
             f"max_size = {self.max_batch}  # operations per checkpoint at most",

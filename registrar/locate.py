@@ -1,8 +1,8 @@
-"""Which registrar hosts a prefix: the ``registrar`` URL in a delegation's ``HS_SITE``.
+"""Which registrar hosts a prefix: the ``registrar`` URL in a delegation's ``CITYID_SITE``.
 
 A write under ``MA.156.1301.02`` goes to the registrar whose log hosts that
 prefix. The delegation that moved a subtree to another registrar names it in
-its ``HS_SITE`` value (``registrar=URL``); prefixes delegated further on the
+its ``CITYID_SITE`` value (``registrar=URL``); prefixes delegated further on the
 same registrar carry none. So the hosting registrar is the one named by the
 nearest record, from the prefix up, that names one. The records are read from
 a resolver, which serves them verified from the logs.
@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from cityid.identifiers import Prefix
+from cityid.records import SITE
 
 #: A lookup that does not answer quickly is skipped: the writer falls back to its default.
 LOOKUP_TIMEOUT = 3.0
@@ -23,16 +24,17 @@ LOOKUP_TIMEOUT = 3.0
 
 @dataclass(frozen=True, slots=True)
 class Hosting:
-    """``url`` hosts ``prefix``: named by the ``HS_SITE`` of ``named_by``'s record."""
+    """``url`` hosts ``prefix``: named by the ``CITYID_SITE`` of ``named_by``'s record."""
 
     url: str
     named_by: Prefix
 
 
 def site_registrar(answer: dict[str, Any]) -> str | None:
-    """The ``registrar`` URL in a Handle JSON answer's ``HS_SITE`` value, if any."""
+    """The ``registrar`` URL in a Handle JSON answer's ``CITYID_SITE`` value, if any."""
     for v in answer.get("values") or ():
-        if not isinstance(v, dict) or v.get("type") != "HS_SITE":
+        # CITYID_SITE; HS_SITE in records written before cityid had its own type name.
+        if not isinstance(v, dict) or v.get("type") not in (SITE, "HS_SITE"):
             continue
         data = v.get("data")
         site = data.get("value") if isinstance(data, dict) else None

@@ -26,6 +26,7 @@ import aiohttp
 
 from cityid.errors import CityIdError, LedgerError, NotFoundError, OperationError
 from cityid.identifiers import IdentifierError, parse_identifier, parse_minted, split_minted
+from cityid.records import PUBKEY, SITE
 from ledger.client import LogClient
 from ledger.tlogproof import TlogProof
 
@@ -33,6 +34,8 @@ from . import explorer, maps, pages, search_pages, stats
 from .cache import ABSENT, RECORD, ResponseCache, kind, location_of, read
 from .encode import (
     AS_PAGE,
+    HANDLE_API,
+    JSON_REPS,
     PAGE,
     PAGE_ZH,
     RECORD_JSON,
@@ -42,6 +45,7 @@ from .encode import (
     encode_gone,
     encode_problem,
     encode_record,
+    encode_redirect,
     lang_of,
     max_age,
     page_headers,
@@ -181,11 +185,16 @@ class Resolver:
     ) -> Reply | None:
         kind = s[7]
         if kind == RECORD:
-            if rep == RECORD_JSON:
-                return record_json(key, s[3], s[5], blob[s[12] :])
+            if rep in JSON_REPS:
+                # As asked (Handle clients compare), less the white space the parser ignores.
+                return record_json(asked.strip(), s[3], s[5], blob[s[12] :])
             if s[9] and rep in (REDIRECT, REDIRECT_ZH):
                 loc, esc = location_of(blob, s)
                 return redirect(loc, esc, s[5], s[3])
+            if rep in (REDIRECT, REDIRECT_ZH):
+                alias = self._alias(key, blob)
+                if alias is not None:
+                    return alias
             rep = AS_PAGE[rep]  # no URL, or ?noredirect: the landing page
         elif asked != key:
             return self._error(key, blob, asked, rep)  # echoes the spelling: not kept
@@ -200,6 +209,18 @@ class Resolver:
         reply = self._error(key, blob, asked, rep)
         self._keep(key, rep, blob, reply)
         return reply
+
+    def _alias(self, key: str, blob: bytes) -> Reply | None:
+        """301 to the handle an HS_ALIAS value of a record without URL names, if any."""
+        entry = self.cache.entry(key, blob)
+        alias = entry.record.first("HS_ALIAS") if entry and entry.record else None
+        if entry is None or alias is None or not isinstance(alias.data, str):
+            return None
+        try:
+            target = parse_identifier(alias.data)
+        except IdentifierError:
+            return None  # not a handle this resolver knows how to name: the landing page
+        return encode_redirect(entry, f"{self.base_url}/{target}", alias=True)
 
     def _error(self, key: str, blob: bytes, asked: str, rep: str) -> Reply:
         """404 (not registered) or 410 (deleted), for ``asked`` as spelt."""
@@ -451,21 +472,21 @@ class Resolver:
             want_types, want_indexes = _filters(types, indexes)
             a = ask_of(asked)
             if not (want_types or want_indexes or pretty or callback or auth):
-                return await self.answer(asked, RECORD_JSON)
+                return await self.answer(asked, HANDLE_API)
             slot = (await self.slots([a], fresh=auth))[0]
             if isinstance(slot, StoreError):
                 raise slot
         except CityIdError as e:
-            return encode_problem(e, asked, RECORD_JSON)
+            return encode_problem(e, asked, HANDLE_API)
         entry = self.cache.entry(a.ident, slot)
         if entry is None or entry.deleted or entry.record is None:
-            return self._error(a.ident, slot, asked, RECORD_JSON)
+            return self._error(a.ident, slot, asked, HANDLE_API)
         record = entry.record
         if want_types or want_indexes:
             record = record.select(want_types, want_indexes)
             if not record.values:
-                return values_not_found(entry, pretty, callback)
-        return encode_record(entry, record, pretty=pretty, callback=callback)
+                return values_not_found(entry, asked.strip(), pretty, callback)
+        return encode_record(entry, record, asked=asked.strip(), pretty=pretty, callback=callback)
 
     # -- proofs -----------------------------------------------------------------------------
 
@@ -630,7 +651,19 @@ def _filters(types: Sequence[str], indexes: Sequence[str]) -> tuple[list[str], l
     return [t.upper() if t.upper() in _KNOWN else t for t in types], out
 
 
-_KNOWN = {"URL", "EMAIL", "DESC", "GEO", "HS_ADMIN", "HS_PUBKEY", "HS_SITE", "NS", "NAME"}
+_KNOWN = {
+    "URL",
+    "EMAIL",
+    "DESC",
+    "GEO",
+    "HS_ADMIN",
+    "HS_PUBKEY",
+    "HS_SITE",
+    "NS",
+    "NAME",
+    SITE,
+    PUBKEY,
+}
 
 
 __all__ = ["Resolver", "ServeOptions", "ask_of", "internal_error"]

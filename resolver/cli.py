@@ -27,6 +27,7 @@ from cityid.ops import (
     RotateKey,
     SignedOperation,
     Update,
+    content_of,
 )
 from cityid.records import Record, render_template
 
@@ -260,7 +261,8 @@ async def _resolve(args: argparse.Namespace, ident: Identifier) -> int:
     timeout = aiohttp.ClientTimeout(total=args.timeout)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         status, answer = await _get_json(session, f"{base}/api/handles/{ident}")
-        if args.verify and status not in (200, 410):
+        # A tombstone is Handle's 404 with the deletion's fields (deleted: true).
+        if args.verify and status != 200 and answer.get("deleted") is not True:
             # Nothing to verify: the resolver's refusal, said once, is the whole answer.
             raise CityIdError(
                 f"{answer.get('handle') or ident}: HTTP {status}: {answer.get('message', '')}",
@@ -458,8 +460,8 @@ class Verifier:
 
     async def check_answer(self, ident: Identifier, status: int, answer: dict[str, Any]) -> None:
         proven = await self.prove(str(ident))
-        op = proven.signed.op
-        if status == 410:
+        op = content_of(proven.signed.op)
+        if answer.get("deleted") is True:
             if not isinstance(op, Delete) or str(op.ident) != str(ident):
                 raise ProofError(
                     f"the resolver says {ident} is deleted, but leaf {proven.index} is a "
@@ -527,16 +529,15 @@ def _key_name(vkey: VerifierKey) -> str:
 
 
 def _delegated_log_key(op: Delegate, origin: str) -> VerifierKey:
-    # As sync learns it: an HS_PUBKEY value named after the origin, else the
+    # As sync learns it: a CITYID_PUBKEY value named after the origin, else the
     # delegated key under the origin's name.
-    for v in op.record.values:
-        if v.type == "HS_PUBKEY" and isinstance(v.data, str):
-            try:
-                vk = VerifierKey.parse(v.data)
-            except CityIdError:
-                continue
-            if vk.name == origin:
-                return vk
+    for text in op.record.pubkeys():
+        try:
+            vk = VerifierKey.parse(text)
+        except CityIdError:
+            continue
+        if vk.name == origin:
+            return vk
     return VerifierKey(origin, op.key)
 
 

@@ -21,8 +21,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgpack
 
-from cityid.errors import CityIdError, LedgerError, NotFoundError
-from cityid.handle import VALUES_NOT_FOUND, error_body
+from cityid.errors import CityIdError, IdentifierError, LedgerError, NotFoundError
+from cityid.handle import HANDLE_NOT_FOUND, VALUES_NOT_FOUND, error_body
 from cityid.records import STRUCTURED_TYPES, Record, iso_timestamp
 
 from . import i18n, pages
@@ -34,8 +34,10 @@ from .store import Entry
 JSON = "application/json"
 HTML = "text/html; charset=utf-8"
 TEXT = "text/plain; charset=utf-8"
-# Representations of one identifier.
-REDIRECT, RECORD_JSON, PAGE = "redirect", "json", "html"
+# Representations of one identifier. HANDLE_API is RECORD_JSON as /api/handles answers
+# it: Handle's statuses for what Handle has no word for (see encode_problem).
+REDIRECT, RECORD_JSON, PAGE, HANDLE_API = "redirect", "json", "html", "handle"
+JSON_REPS = (RECORD_JSON, HANDLE_API)
 # The same in Chinese: only pages have words, so only they differ (a 302 is a 302).
 REDIRECT_ZH, PAGE_ZH = "redirect zh", "html zh"
 #: What a representation becomes when the answer is a page (no URL, or an error).
@@ -239,10 +241,12 @@ def record_json(ident: str, version: int, age: int, data: bytes) -> Reply:
 # -- the general encoders ------------------------------------------------------------------------
 
 
-def encode_redirect(entry: Entry, url: str) -> Reply:
+def encode_redirect(entry: Entry, url: str, *, alias: bool = False) -> Reply:
+    """302 to ``url``, the record's URL; with ``alias``, 301 to ``url``, this resolver's URL
+    of the handle ``entry``'s HS_ALIAS names, as the Handle proxy answers an alias."""
     assert entry.record is not None
     return Reply.make(
-        302,
+        301 if alias else 302,
         [
             ("Location", location(url)),
             ("Content-Type", HTML),
@@ -250,15 +254,22 @@ def encode_redirect(entry: Entry, url: str) -> Reply:
             ("Vary", "Accept"),
         ],
         pages.redirect_body(url),
-        etag=f'"v{entry.version}-r"',
+        etag=f'"v{entry.version}-{"a" if alias else "r"}"',
     )
 
 
 def encode_record(
-    entry: Entry, record: Record, *, code: int = 1, pretty: bool = False, callback: str = ""
+    entry: Entry,
+    record: Record,
+    *,
+    asked: str | None = None,
+    code: int = 1,
+    pretty: bool = False,
+    callback: str = "",
 ) -> Reply:
-    """The Handle REST body of ``record`` (all of ``entry``'s values, or a selection)."""
-    body = dumps(record.to_json(entry.ident, code), pretty)
+    """The Handle REST body of ``record`` (all of ``entry``'s values, or a selection), its
+    ``handle`` field ``asked`` as spelt (Handle clients compare it with what they sent)."""
+    body = dumps(record.to_json(entry.ident if asked is None else asked, code), pretty)
     ctype = JSON
     if callback:
         # The comment keeps a crafted callback from being read as a Flash/SWF header.
@@ -277,9 +288,11 @@ def encode_record(
     )
 
 
-def values_not_found(entry: Entry, pretty: bool, callback: str) -> Reply:
+def values_not_found(entry: Entry, asked: str, pretty: bool, callback: str) -> Reply:
     """A selection that matched no value (Handle's 200 with responseCode 200)."""
-    return encode_record(entry, Record(()), code=VALUES_NOT_FOUND, pretty=pretty, callback=callback)
+    return encode_record(
+        entry, Record(()), asked=asked, code=VALUES_NOT_FOUND, pretty=pretty, callback=callback
+    )
 
 
 def problem(exc: CityIdError, asked: str) -> tuple[int, dict[str, Any]]:
@@ -295,6 +308,10 @@ def encode_problem(
     exc: CityIdError, asked: str, rep: str, *, cache_control: str = NO_STORE
 ) -> Reply:
     status, body = problem(exc, asked)
+    if rep == HANDLE_API and isinstance(exc, IdentifierError):
+        # A handle cityid's syntax cannot hold (another prefix's, a '/' in the suffix) is one
+        # this server has not, which Handle says with 100; the message still names the rule.
+        status, body["responseCode"] = 404, HANDLE_NOT_FOUND
     return _error_reply(status, body, rep, asked, cache_control)
 
 
@@ -304,7 +321,7 @@ def _error_reply(
     headers = [("Cache-Control", cache_control)]
     if status == 503:
         headers.append(("Retry-After", RETRY_AFTER))
-    if rep == RECORD_JSON:
+    if rep in JSON_REPS:
         return Reply.make(
             status, [("Content-Type", JSON), *headers, ("Vary", "Accept")], dumps(body)
         )
@@ -331,14 +348,18 @@ def encode_gone(entry: Entry, asked: str, rep: str, negative_ttl: int) -> Reply:
         "leafIndex": entry.leaf_index,
         "proof": f"/api/proofs/{entry.ident}",
     }
-    # Handle has no "gone": the code stays 100 (not found) for Handle clients,
-    # and HTTP says 410 because the log proves it once existed (DESIGN §5).
-    return _error_reply(410, body, rep, asked, f"max-age={negative_ttl}")
+    # Handle has no "gone": the code stays 100 (not found), and /api/handles answers
+    # Handle's 404 (its clients treat anything else as a fault); the doi-style /{id} says
+    # 410 because the log proves it once existed (DESIGN §5).
+    status = 404 if rep == HANDLE_API else 410
+    return _error_reply(status, body, rep, asked, f"max-age={negative_ttl}")
 
 
 __all__: Sequence[str] = [
+    "HANDLE_API",
     "HTML",
     "JSON",
+    "JSON_REPS",
     "MAX_ECHO",
     "NO_STORE",
     "PAGE",

@@ -33,7 +33,7 @@ from email.utils import formatdate
 from cityid.httpedge import RefusalLog
 
 from .answers import Resolver
-from .encode import RECORD_JSON, REDIRECT, REDIRECT_ZH, choose
+from .encode import HANDLE_API, REDIRECT, REDIRECT_ZH, choose
 from .i18n import ZH, negotiate
 from .metrics import STATUSES
 from .reply import Reply, etag_matches
@@ -221,7 +221,7 @@ class FastProtocol(asyncio.Protocol):
                     self._handoff(buf[start:])
                     return False
         if api:
-            route, rep = _HANDLES, RECORD_JSON  # a plain Handle API read, whatever Accept says
+            route, rep = _HANDLES, HANDLE_API  # a plain Handle API read, whatever Accept says
         else:
             route = _RESOLVE
             rep = choose(accept.decode("latin-1"), False) if accept else REDIRECT

@@ -12,6 +12,9 @@ Routes:
   400 malformed (naming the rule; a minted-looking suffix whose check
   character is wrong says so), 410 deleted (the tombstone: the log leaf that
   deleted it, with its proof).
+  ``?urlappend=TEXT`` appends TEXT to the redirect's URL, as the Handle proxy does
+  (only while the URL stays on its site). A record without URL whose HS_ALIAS names a
+  handle: 301 to that handle on this resolver.
 * ``GET /api/handles/{id}``: the Handle REST answer, with ``type``, ``index``,
   ``pretty``, ``callback`` (JSONP) and ``auth`` (bypass the cache).
 * ``GET /api/proofs/{id}``: the ``c2sp.org/tlog-proof`` of the leaf that set
@@ -30,16 +33,17 @@ gets 304. Typed errors become answers in one place,
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from cityid.errors import CityIdError
-from cityid.handle import error_body
+from cityid.handle import INVALID_REQUEST, error_body
 from cityid.identifiers import Prefix
 
 from . import assets, explorer, favicon, i18n, openapi, scanner, search_api, search_pages
 from .answers import Resolver, ServeOptions, log
-from .encode import NO_STORE, RECORD_JSON, choose, dumps, page_headers
+from .encode import NO_STORE, RECORD_JSON, choose, dumps, location, page_headers
 from .layout import StoreError
 from .metrics import ROUTES, Metrics
 from .reply import SERVER, Reply
@@ -73,8 +77,10 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             },
         )
     elif request.method not in ("GET", "HEAD"):
-        # Read-only: writes go to the registrar, and are never redirected there.
+        # Read-only: writes go to the registrar, and are never redirected there. HANDLE.NET
+        # answers a method it does not serve with 405 and responseCode 4 (protocol error).
         body = {
+            "responseCode": INVALID_REQUEST,
             "message": f"{request.method} is not allowed: the resolver is read-only; write "
             "through the registrar's /api/handles",
             "rule": "read-only",
@@ -91,7 +97,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
         except web.HTTPException as e:
             resp = web.Response(
                 status=e.status,
-                body=dumps({"message": e.reason, "rule": "http"}),
+                body=dumps({"responseCode": INVALID_REQUEST, "message": e.reason, "rule": "http"}),
                 content_type="application/json",
                 headers={"Access-Control-Allow-Origin": "*"},
             )
@@ -110,7 +116,17 @@ async def get_id(request: web.Request) -> web.StreamResponse:
         return moved
     lang, _ = request_lang(request)
     rep = choose(request.headers.get("Accept"), "noredirect" in request.query, lang)
-    return assets.respond(await resolver.answer(request.match_info["id"], rep), request)
+    resp = assets.respond(await resolver.answer(request.match_info["id"], rep), request)
+    tail = request.query.get("urlappend")
+    if tail and resp.status == 302:
+        # The Handle proxy's ?urlappend=: the text goes after the URL, as long as it stays
+        # on the same site (an "@evil.example" would otherwise make the host a user name).
+        target = location(resp.headers["Location"] + tail)
+        if urlsplit(target)[:2] == urlsplit(resp.headers["Location"])[:2]:
+            resp.headers["Location"] = target
+            resp.headers["Cache-Control"] = NO_STORE
+            resp.headers.popall("ETag", None)
+    return resp
 
 
 async def get_handle(request: web.Request) -> web.Response:

@@ -6,7 +6,7 @@ import mmap
 from typing import ClassVar
 
 ROUTES = ("resolve", "handles", "proofs", "metrics", "healthz", "index", "search", "other")
-STATUSES = (200, 204, 302, 304, 400, 404, 405, 410, 500, 503, 0)  # 0: any other
+STATUSES = (200, 204, 301, 302, 304, 400, 404, 405, 410, 500, 503, 0)  # 0: any other
 COUNTERS = (
     "cache_hits",
     "cache_misses",

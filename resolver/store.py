@@ -289,7 +289,7 @@ class Store:
         return await self._ask(ask_prefix(prefix))
 
     async def prefix_info(self, prefix: Prefix) -> PrefixInfo | None:
-        """The delegation of ``prefix``: its key, hosting log and HS_SITE urls."""
+        """The delegation of ``prefix``: its key, hosting log and service URLs (CITYID_SITE)."""
         p = str(prefix)
         pipe = self._r.pipeline(transaction=False)
         pipe.get(prefix_key(p))
@@ -304,8 +304,7 @@ class Store:
         await self._ensure_origins({oid, host_id})
         revoked = PrefixMeta.decode(meta_raw).revoked
         record = None if rec is None else Record.decode(rec)
-        site = record.first("HS_SITE") if record is not None else None
-        sites = dict(site.data) if site is not None and not isinstance(site.data, str) else {}
+        sites = dict(record.sites()) if record is not None else {}
         gone = bool(deleted) or revoked
         entry = Entry(f"0.NA/{p}", version, gone, None if gone else record,
                       self._origins[oid], leaf)  # fmt: skip

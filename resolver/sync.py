@@ -15,9 +15,9 @@ Per poll (every ``poll_interval``, 200 ms by default), for every followed log:
    checkpoint and entries applied), on that log's own key.
 
 Logs are learnt from ``Delegate`` operations with an ``origin``: the ledger URL
-is the ``ledger`` URL of the delegation's ``HS_SITE`` value (else its
+is the ``ledger`` URL of the delegation's ``CITYID_SITE`` value (else its
 ``registrar`` URL + ``/log``; ``log_urls`` overrides either), and the log's
-checkpoint key is the ``HS_PUBKEY`` value named after the origin (else the
+checkpoint key is the ``CITYID_PUBKEY`` value named after the origin (else the
 delegated key under the origin's name). Every log is held to the witness quorum
 of ``child_policy`` (default: the root policy's witnesses and quorum).
 
@@ -96,6 +96,7 @@ from cityid.errors import (
 from cityid.identifiers import Prefix, mint_suffix
 from cityid.keys import VerifierKey
 from cityid.ops import (
+    Custody,
     Delegate,
     Delete,
     Mint,
@@ -103,6 +104,7 @@ from cityid.ops import (
     Operation,
     RotateKey,
     Update,
+    content_of,
     decode_for_replay,
 )
 from cityid.records import Record
@@ -200,23 +202,20 @@ class LogState:
 
 
 def _site_url(record: Record) -> str | None:
-    site = record.first("HS_SITE")
-    if site is None or not isinstance(site.data, Mapping):
-        return None
-    if site.data.get("ledger"):
-        return str(site.data["ledger"]).rstrip("/")
-    if site.data.get("registrar"):
-        return str(site.data["registrar"]).rstrip("/") + "/log"
+    site = record.sites()
+    if site.get("ledger"):
+        return str(site["ledger"]).rstrip("/")
+    if site.get("registrar"):
+        return str(site["registrar"]).rstrip("/") + "/log"
     return None
 
 
 def _log_vkey(record: Record, origin: str, key: bytes) -> VerifierKey:
-    for v in record.values:
-        if v.type == "HS_PUBKEY" and isinstance(v.data, str):
-            with contextlib.suppress(KeyFormatError):
-                vk = VerifierKey.parse(v.data)
-                if vk.name == origin:
-                    return vk
+    for text in record.pubkeys():
+        with contextlib.suppress(KeyFormatError):
+            vk = VerifierKey.parse(text)
+            if vk.name == origin:
+                return vk
     return VerifierKey(origin, key)
 
 
@@ -668,7 +667,7 @@ class Sync:
                 index = start + k
                 try:
                     signed = decode_for_replay(leaf, verified=index < state.written)
-                    op = signed.op
+                    op = content_of(signed.op)  # a custodial write: the write it carries
                     revoked_before = self._was_revoked(op)
                     ns.apply(signed, log=state.origin)
                 except AuthorityError as e:
@@ -769,6 +768,8 @@ class Sync:
 
     def _effects(self, op: Operation, origin: str, index: int, was_revoked: bool) -> list[Change]:
         ns = self.namespace
+        if isinstance(op, Custody):
+            return []  # who may write, not what resolves
         if isinstance(op, Mint):
             items = [(it.suffix, it.prev + 1, it.record.encode()) for it in op.items]
             return [MintChange(str(op.prefix), origin, index, items)]

@@ -228,12 +228,15 @@ async def _up(args: argparse.Namespace) -> int:
                 d.mkdir(parents=True, exist_ok=True)
                 log_key = _key(d / "log.key", cfg.get(role, "origin"))
                 (d / "log.vkey").write_text(f"{log_key.verifier}\n")
+                # The city's registrar writes for Handle clients (stack/handle_demo.py).
+                custody = _key(d / "custody.key", "custody") if role == "city" else None
                 RegistrarConfig(
                     directory=d, origin=cfg.get(role, "origin"), log_key_file=d / "log.key",
                     anchors=[Anchor(Prefix.parse(cfg.get(role, "prefix")), admin.verifier)],
                     listen=cfg.get(role, "listen"), public_url=f"http://{cfg.get(role, 'listen')}",
                     witnesses=list(zip(witness_urls, witness_vkeys, strict=True)),
                     quorum=int(cfg.get("witnesses", "quorum")),
+                    custody_key_file=d / "custody.key" if custody else None,
                 ).save()  # fmt: skip
             rc = RegistrarConfig.load(d)
             rc.listen = cfg.get(role, "listen")
@@ -401,6 +404,10 @@ async def _seed(
     ]
     await city.submit(leaves)
     _say(f"cityid: delegated {len(leaves)} departments under {SHIJIAZHUANG}")
+    from .handle_demo import ADMIN, DEPARTMENT, SECRET_FILE, seed
+
+    await seed(city, city_admin, dept_keys[DEPARTMENT], data / "keys", ts)
+    _say(f"cityid: Handle clients write as {ADMIN} (secret in keys/{SECRET_FILE})")
 
     if assets <= 0:
         return

@@ -132,7 +132,7 @@ def test_delegation_carries_the_application_and_the_table() -> None:
     by_type = {v.type: v.data for v in op.record.values}
     assert by_type["NAME"] == "保定市"
     assert by_type["GEO"] == "38.874434,115.464589"  # the table's point for 130600000000
-    assert by_type["HS_SITE"] == {
+    assert by_type["CITYID_SITE"] == {
         "registrar": "https://reg.bd.example", "ledger": "https://reg.bd.example/log"
     }  # fmt: skip
     assert by_type["NS"] == "ns1.bd.example 192.0.2.1"

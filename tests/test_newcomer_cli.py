@@ -3,7 +3,7 @@
 ``cityid up`` (small demo, free loopback ports) runs the root and city
 registrars, witnesses and the resolver; each command is ``python -m cityid.cli``
 in a child process, as a user types it. The city prefix MA.156.1301 is
-delegated with ``HS_SITE registrar=`` naming the city registrar.
+delegated with ``CITYID_SITE registrar=`` naming the city registrar.
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ def one_error_line(stderr: str) -> str:
 
 
 def test_mint_finds_the_prefix_registrar_from_the_resolver(system: System) -> None:
-    """No --registrar: the write goes to the registrar the delegation's HS_SITE names."""
+    """No --registrar: the write goes to the registrar the delegation's CITYID_SITE names."""
     ident = f"{TRAFFIC}/NEWCOMER-1"
     res = cli("id", "mint", ident, "--key", traffic_key(system), "--resolver", system.base,
               "--url", "https://bus.example/newcomer-1")  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.startswith(f"minted {ident}\n"), res.stdout
-    assert "HS_SITE of MA.156.1301" in res.stderr, res.stderr
+    assert "CITYID_SITE of MA.156.1301" in res.stderr, res.stderr
 
 
 def test_mint_says_minted_only_after_the_receipt(system: System) -> None:

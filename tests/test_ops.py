@@ -15,6 +15,8 @@ from cityid.ops import (
     KINDS,
     MAX_LEAF,
     VERSION,
+    Custodial,
+    Custody,
     Delegate,
     Delete,
     Mint,
@@ -69,6 +71,11 @@ def all_ops() -> list[Operation]:
         Delete(parse_identifier("MA.156.1301/W0000127R"), 2, T),
         Delete(parse_identifier("0.NA/MA.156.1301.01"), 1, T),
         RotateKey(CITY, 1, OTHER.public_key, T),
+        Custody(CITY, 0, OTHER.public_key, ("MA.156.1301/ADMIN", "MA.156.1301/OPS"), T),
+        Custody(CITY, 1, OTHER.public_key, (), T),
+        Custodial("MA.156.1301/ADMIN", Update(parse_identifier("MA.156.1301/X"), 1, r, T)),
+        Custodial("0.NA/MA.156.1301", Mint(CITY, (MintItem("Y", 0, r),), T)),
+        Custodial("MA.156.1301/ADMIN", Delete(parse_identifier("MA.156.1301/X"), 2, T)),
     ]
 
 
@@ -350,7 +357,7 @@ def test_unhashable_kind_is_an_operation_error(kind: object) -> None:
 
 
 def test_bad_pubkey_in_leaf_is_an_operation_error() -> None:
-    body = ["mint", "MA.156.1301", [["A", 0, [[1, "HS_PUBKEY", "zz", 60, T]]]], T]
+    body = ["mint", "MA.156.1301", [["A", 0, [[1, "CITYID_PUBKEY", "zz", 60, T]]]], T]
     with pytest.raises(OperationError):
         SignedOperation.decode(_leaf(body))
 

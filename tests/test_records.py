@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cityid.errors import RecordError
+from cityid.keys import SigningKey
 from cityid.records import (
     DEFAULT_TTL,
     MAX_RECORD_BYTES,
@@ -536,7 +537,22 @@ def test_loc_type_in_lower_case_is_still_validated() -> None:
 
 def test_bad_pubkey_value_is_a_record_error() -> None:
     with pytest.raises(RecordError):
-        Value.make(1, "HS_PUBKEY", "not-a-key", DEFAULT_TTL, TS)
+        Value.make(1, "CITYID_PUBKEY", "not-a-key", DEFAULT_TTL, TS)
+
+
+def test_cityid_payloads_have_their_own_types_and_older_records_still_read() -> None:
+    # HS_PUBKEY is Handle's (its binary key format, base64 in JSON): cityid does not judge it.
+    Value.make(1, "HS_PUBKEY", "AAAADERTQV9QVUJfS0VZAAAA", DEFAULT_TTL, TS)
+    site = {"ledger": "https://ledger.example/log"}
+    key = str(SigningKey.generate("log.example/log").verifier)
+    for site_type, key_type in (("CITYID_SITE", "CITYID_PUBKEY"), ("HS_SITE", "HS_PUBKEY")):
+        record = Record.of(
+            [
+                Value.make(1, site_type, site, timestamp=TS),
+                Value.make(2, key_type, key, timestamp=TS),
+            ]
+        )
+        assert (record.sites(), record.pubkeys()) == (site, [key])
 
 
 def test_lone_surrogate_from_json_is_a_record_error() -> None:

@@ -111,11 +111,11 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         aiohttp.ClientSession() as session,
     ):
         w = World(session, root, city, health, root_key, city_key, traffic, urban, health_key, ts)
-        site = rec(ts, ("NAME", "Shijiazhuang"), ("HS_SITE", {"registrar": city.url}))
+        site = rec(ts, ("NAME", "Shijiazhuang"), ("CITYID_SITE", {"registrar": city.url}))
         await w.ok(
             root, sign(Delegate(CITY, 0, city_key.public_key, CITY_ORIGIN, site, ts), root_key)
         )
-        dept = rec(ts, ("NAME", "Health"), ("HS_SITE", {"registrar": health.url}))
+        dept = rec(ts, ("NAME", "Health"), ("CITYID_SITE", {"registrar": health.url}))
         await w.ok(
             city,
             sign(
@@ -138,8 +138,7 @@ async def test_delegation_chain_and_ten_thousand_mints(tmp_path: Path) -> None:
         d = SignedOperation.decode(leaf).op
         assert isinstance(d, Delegate)
         assert (d.origin, d.key) == (CITY_ORIGIN, w.city_key.public_key)
-        site = d.record.first("HS_SITE")
-        assert site is not None and site.data == {"registrar": w.city.url}
+        assert d.record.sites() == {"registrar": w.city.url}
 
         # The traffic key mints 10,000 identifiers as one range: one leaf.
         template = rec(w.ts, ("URL", "https://bus.sjz.example/asset/{suffix}"))

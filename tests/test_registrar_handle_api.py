@@ -274,8 +274,12 @@ async def test_refusals(tmp_path: Path) -> None:
         # A malformed header, and another scheme.
         status, body, _ = await a.put(ID, new, auth='CityID-Ed25519 key="x"')
         assert status == 403 and body["rule"] == "auth-syntax", body
-        status, body, _ = await a.put(ID, new, auth="Basic dXNlcjpwYXNz")
+        status, body, _ = await a.put(ID, new, auth="Bearer dXNlcjpwYXNz")
         assert status == 403 and body["rule"] == "auth-scheme", body
+        # Handle's Basic scheme is taken (tests/test_registrar_handle_auth.py), "user:pass"
+        # is not a Handle username.
+        status, body, _ = await a.put(ID, new, auth="Basic dXNlcjpwYXNz")
+        assert status == 403 and body["rule"] == "auth-syntax", body
         # A prefix record is created by delegation, not PUT.
         status, body, _ = await a.put(f"0.NA/{CITY}.07", new)
         codes(status, body, handle.INVALID_REQUEST)

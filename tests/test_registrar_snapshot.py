@@ -289,7 +289,7 @@ def test_an_undone_mint_leaves_no_number_behind() -> None:
         (lambda d: d[: len(d) // 2], "snapshot-corrupt"),
         (lambda d: d[:-1], "snapshot-corrupt"),
         (lambda d: b"", "snapshot-format"),
-        (lambda d: d.replace(b"CITYID-NS 1\n", b"CITYID-NS 2\n", 1), "snapshot-format"),
+        (lambda d: d.replace(b"CITYID-NS 2\n", b"CITYID-NS 3\n", 1), "snapshot-format"),
         (lambda d: b"PK\x03\x04" + d[4:], "snapshot-format"),
     ],
     ids=["flipped-byte", "half", "last-byte-cut", "empty", "newer-format", "not-a-snapshot"],
@@ -475,7 +475,7 @@ BAD: dict[str, Callable[[bytes, Path, RegistrarSpec], bytes]] = {
     "flipped-byte": lambda d, _, __: d[:-40] + bytes([d[-40] ^ 0x10]) + d[-39:],
     "truncated": lambda d, _, __: d[: len(d) * 2 // 3],
     "empty": lambda d, _, __: b"",
-    "newer-format": lambda d, _, __: d.replace(b"CITYID-NS 1\n", b"CITYID-NS 9\n", 1),
+    "newer-format": lambda d, _, __: d.replace(b"CITYID-NS 2\n", b"CITYID-NS 9\n", 1),
     "other-origin": lambda _, r, s: _encode_position(r, s, lambda p: _at(p, origin="x.test/log")),
     "other-root": lambda _, r, s: _encode_position(r, s, lambda p: _at(p, root=bytes(32))),
     "beyond-the-log": lambda _, r, s: _encode_position(r, s, lambda p: _at(p, size=10**6)),
@@ -597,7 +597,7 @@ def test_a_crash_between_the_log_write_and_the_snapshot_write(tmp_path: Path) ->
     assert size == first + 5
     # What a crash in the middle of a snapshot write leaves: a temp file, never renamed.
     tmp = spec.directory / "snapshot" / f".namespace-{size:020d}.snap.4242.tmp"
-    tmp.write_bytes(b"CITYID-NS 1\n" + os.urandom(1000))
+    tmp.write_bytes(b"CITYID-NS 2\n" + os.urandom(1000))
     reg = Registrar.open(spec.config())
     try:
         assert (reg.snapshot_size, reg.replayed) == (first, 5)

@@ -101,8 +101,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         city_record = Record.of(
             [
                 Value.make(1, "NAME", "Shijiazhuang", timestamp=TS),
-                Value.make(2, "HS_SITE", {"ledger": w.city_url}, timestamp=TS),
-                Value.make(3, "HS_PUBKEY", str(w.city_log_key.verifier), timestamp=TS),
+                Value.make(2, "CITYID_SITE", {"ledger": w.city_url}, timestamp=TS),
+                Value.make(3, "CITYID_PUBKEY", str(w.city_log_key.verifier), timestamp=TS),
             ]
         )
         sib_record = Record.of([Value.make(1, "NAME", "Tangshan", timestamp=TS)])
