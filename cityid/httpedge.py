@@ -52,7 +52,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import StreamReader, web
+from aiohttp import StreamReader, web, web_response
 from aiohttp.http_exceptions import (
     BadHttpMethod,
     BadStatusLine,
@@ -66,12 +66,25 @@ from aiohttp.http_exceptions import (
 from .errors import CityIdError
 
 MiB = 1024 * 1024
+#: The one ``Server`` value of every cityid HTTP answer: no product or version to fingerprint.
+SERVER = "cityid"
+
+
+def use_server_name() -> None:
+    """Make :data:`SERVER` aiohttp's default ``Server`` header in this process.
+
+    Also for the answers aiohttp gives before any application sees the request (the
+    400 to malformed HTTP it refuses itself), which no ``on_response_prepare`` hook
+    reaches. aiohttp has no setting for it; its response module reads this default
+    as it prepares each answer.
+    """
+    web_response.SERVER_SOFTWARE = SERVER  # type: ignore[attr-defined]
 
 
 def _plain_reply(status: str, text: str) -> bytes:
     body = text.encode() + b"\n"
     return (
-        f"HTTP/1.1 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status}\r\nServer: {SERVER}\r\nContent-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     ).encode() + body
 

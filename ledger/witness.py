@@ -44,7 +44,15 @@ from aiohttp import web
 
 from cityid.durable import atomic_write
 from cityid.errors import LedgerError, ListenError, NoteError, ProofError, WitnessError
-from cityid.httpedge import EDGE_KEY, Edge, EdgeLimits, EdgeRefusal, EdgeSite, edge_middleware
+from cityid.httpedge import (
+    EDGE_KEY,
+    Edge,
+    EdgeLimits,
+    EdgeRefusal,
+    EdgeSite,
+    edge_middleware,
+    use_server_name,
+)
 from cityid.keys import SigningKey, VerifierKey
 
 from .checkpoint import Checkpoint
@@ -362,6 +370,7 @@ def witness_app(witness: Witness, *, prefix: str = "", edge: Edge | None = None)
     serves the app through it.
     """
     edge = edge or Edge("witness")
+    use_server_name()
     app = web.Application(client_max_size=MAX_REQUEST_SIZE, middlewares=[edge_middleware])
     app[WITNESS_KEY] = witness
     app[EDGE_KEY] = edge

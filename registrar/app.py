@@ -42,7 +42,7 @@ from cityid.errors import (
     SignatureError,
 )
 from cityid.handle import error_body
-from cityid.httpedge import EDGE_KEY, Edge, EdgeRefusal, edge_middleware
+from cityid.httpedge import EDGE_KEY, Edge, EdgeRefusal, edge_middleware, use_server_name
 from cityid.identifiers import Identifier, parse_identifier, parse_prefix
 from cityid.ops import (
     MAX_LEAF,
@@ -448,6 +448,7 @@ def make_app(reg: Registrar, edge: Edge | None = None) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY, middlewares=[edge_middleware, errors_middleware]
     )
+    use_server_name()
     app[REGISTRAR_KEY] = reg
     app[EDGE_KEY] = edge or Edge("registrar")
     app.router.add_post("/api/ops", post_ops)

@@ -39,6 +39,7 @@ from aiohttp import web
 
 from cityid.errors import CityIdError
 from cityid.handle import INVALID_REQUEST, error_body
+from cityid.httpedge import use_server_name
 from cityid.identifiers import Prefix
 
 from . import assets, explorer, favicon, i18n, openapi, scanner, search_api, search_pages
@@ -46,7 +47,7 @@ from .answers import Resolver, ServeOptions, log
 from .encode import NO_STORE, RECORD_JSON, choose, dumps, location, page_headers
 from .layout import StoreError
 from .metrics import ROUTES, Metrics
-from .reply import SERVER, Reply
+from .reply import Reply
 
 # -- aiohttp ------------------------------------------------------------------------------
 
@@ -214,14 +215,10 @@ async def prefix_page(request: web.Request) -> web.StreamResponse | None:
     )
 
 
-async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Server"] = SERVER  # as the fast path's pre-encoded heads say
-
-
 def make_app(resolver: Resolver) -> web.Application:
     app = web.Application(middlewares=[edge], client_max_size=1024)
     app[RESOLVER_KEY] = resolver
-    app.on_response_prepare.append(_server_header)
+    use_server_name()  # as the fast path's pre-encoded heads say
     app[explorer.PUBLIC_URL_KEY] = resolver.base_url
     r = app.router
     r.add_get("/", index, name="index")

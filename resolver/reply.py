@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from http import HTTPStatus
 
+from cityid.httpedge import SERVER
+
 #: Headers every answer carries: any web page may read them (CORS), and no
 #: browser second-guesses the declared content type.
 COMMON_HEADERS: tuple[tuple[str, str], ...] = (
@@ -21,9 +23,6 @@ COMMON_HEADERS: tuple[tuple[str, str], ...] = (
     ("X-Content-Type-Options", "nosniff"),
 )
 
-#: The one ``Server`` value: no product versions to fingerprint. The aiohttp
-#: application sets it on its responses too (``resolver.http``).
-SERVER = "cityid"
 _SERVER_LINE = f"Server: {SERVER}\r\n"
 
 _KEEP_304 = {"cache-control", "etag", "vary", "expires"} | {k.lower() for k, _ in COMMON_HEADERS}

@@ -598,6 +598,20 @@ async def test_one_malformed_request_is_one_counted_line(
 
 
 @pytest.mark.parametrize("service", ["registrar", "witness"])
+async def test_one_server_value_without_versions(service: str, tmp_path: Path) -> None:
+    # An application's answer, a head aiohttp refuses before the application sees it, and
+    # the edge's own refusal (a head over the size limit): the same Server value.
+    async with SERVERS[service](tmp_path) as srv:
+        malformed = b"GET / HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n"
+        too_long = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"y" * 70000 + b"\r\n\r\n"
+        for request in (get("/healthz"), malformed, too_long):
+            reply = await exchange(srv.port, request)
+            fields = reply.split(b"\r\n\r\n")[0].decode("latin-1").split("\r\n")[1:]
+            servers = [f for f in fields if f.lower().startswith("server:")]
+            assert servers == ["Server: cityid"], (request[:40], reply[:300])
+
+
+@pytest.mark.parametrize("service", ["registrar", "witness"])
 async def test_fuzzed_requests_give_no_traceback_and_no_server_error(
     service: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

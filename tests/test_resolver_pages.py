@@ -7,6 +7,7 @@ Valkey, both through the fast path's hand-off and through aiohttp alone.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
@@ -217,6 +218,14 @@ async def test_one_server_value_everywhere_without_versions(city: Served) -> Non
                  f"/{PFX}/NEVER", "/favicon.ico", "/robots.txt", f"/{BUS}?noredirect"):  # fmt: skip
         _, h, _ = await city.get(path)
         assert h.getall("Server") == ["cityid"], (path, h.getall("Server"))
+    # A head aiohttp refuses itself, before any application or hook sees it.
+    host, port = city.base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
+    head = (await asyncio.wait_for(reader.read(65536), 5)).split(b"\r\n\r\n")[0]
+    writer.close()
+    status, *fields = head.decode("latin-1").split("\r\n")
+    assert status.split()[1] == "400" and "Server: cityid" in fields, head
 
 
 async def test_favicon_and_robots_are_served(city: Served) -> None:
